@@ -1,0 +1,286 @@
+"""MNIST-format data sources as `tf.data` pipelines.
+
+Every source yields the same elements: `(float32 [steps, features] in [0, 1], int32 label)`,
+where the view decides the sequence shape: `rows` is [28, 28] (28 steps of one image row),
+`pixels` is [784, 1] (sequential MNIST) and `permuted` is [784, 1] in a fixed pixel order.
+
+Sources:
+    sample  real MNIST digits shipped inside the package (4,000 train / 1,000 test).
+    idx     a folder holding the four standard IDX files, gzipped or not.
+    tfds    TensorFlow Datasets (`mnist`, `fashion_mnist`); offline from a folder of the
+            original files through `manual_dir`.
+    auto    TFDS when prepared or downloadable, otherwise the sample.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import socket
+import threading
+
+import numpy as np
+import tensorflow as tf
+
+from kerasrnn import idx
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("auto", "sample", "idx", "tfds")
+DATASETS = ("mnist", "fashion_mnist")
+VIEWS = ("rows", "pixels", "permuted")
+SPLITS = ("train", "validation", "train+validation", "test")
+SAMPLE_DIR = os.path.join(os.path.dirname(__file__), "sample")
+# Debian's `dataset-fashion-mnist` package installs the IDX files here.
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+_PERMUTATION_SEED = 92916
+_TFDS_HOST = ("storage.googleapis.com", 443)
+
+
+class DataUnavailableError(RuntimeError):
+    """The requested data source cannot be used here; the message names the alternatives."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the data comes from and how it is shaped and batched.
+
+    Attributes:
+        source: one of `SOURCES`.
+        dataset: one of `DATASETS` (`sample` holds MNIST only).
+        data_dir: the IDX folder for `idx`; TFDS's data_dir for `tfds`.
+        manual_dir: for `tfds`, a folder of the original files to prepare from offline.
+        view: one of `VIEWS`.
+        batch_size: examples per batch.
+        validation_fraction: share of the training data held out as `validation`.
+        max_examples: keep only the first N examples of each split (quick runs).
+        seed: shuffling and validation-split seed.
+    """
+
+    source: str = "auto"
+    dataset: str = "mnist"
+    data_dir: str | None = None
+    manual_dir: str | None = None
+    view: str = "rows"
+    batch_size: int = 64
+    validation_fraction: float = 0.1
+    max_examples: int | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        for name, allowed in (("source", SOURCES), ("dataset", DATASETS), ("view", VIEWS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {self.batch_size}")
+        if not 0.0 < self.validation_fraction < 1.0:
+            raise ValueError(
+                f"validation_fraction must be in (0, 1), got {self.validation_fraction}"
+            )
+        if self.max_examples is not None and self.max_examples <= 0:
+            raise ValueError(f"max_examples must be positive, got {self.max_examples}")
+        if self.source == "sample" and self.dataset != "mnist":
+            raise ValueError(
+                f"the bundled sample holds MNIST only, not {self.dataset!r}: use "
+                f"source='idx' (Fashion-MNIST: {FASHION_MNIST_DIR}) or source='tfds'"
+            )
+
+
+def input_shape(view: str) -> tuple[int, int]:
+    """Returns the (steps, features) shape of one example in `view`."""
+    if view not in VIEWS:
+        raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
+    return (28, 28) if view == "rows" else (784, 1)
+
+
+def network_available(timeout: float = 1.0) -> bool:
+    """Whether TFDS's download host answers within `timeout` seconds (DNS included)."""
+    result = []
+
+    def probe():
+        try:
+            socket.create_connection(_TFDS_HOST, timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)  # DNS look-ups ignore the socket timeout; cap them here
+    return bool(result)
+
+
+def _tfds_builder(config: DataConfig):
+    import tensorflow_datasets as tfds
+
+    return tfds.builder(config.dataset, data_dir=config.data_dir)
+
+
+def resolve_source(config: DataConfig) -> str:
+    """Turns `auto` into a concrete source, logging the choice in one line."""
+    if config.source != "auto":
+        return config.source
+    if config.manual_dir or _tfds_builder(config).is_prepared() or network_available():
+        return "tfds"
+    if config.dataset == "mnist":
+        log.warning("TFDS 'mnist' is not prepared and there is no network: using the bundled sample")
+        return "sample"
+    if config.data_dir or os.path.isdir(FASHION_MNIST_DIR):
+        log.warning("TFDS %r is not prepared and there is no network: reading IDX files", config.dataset)
+        return "idx"
+    raise DataUnavailableError(
+        f"no source for {config.dataset!r}: TFDS is not prepared and there is no network; "
+        f"install Debian's dataset-fashion-mnist or pass data_dir with the IDX files"
+    )
+
+
+def _idx_paths(folder: str, prefix: str) -> tuple[str, str]:
+    """Finds `{prefix}-images-idx3-ubyte[.gz]` and the labels file in `folder`."""
+    paths = []
+    for kind in ("images-idx3", "labels-idx1"):
+        names = [f"{prefix}-{kind}-ubyte{ext}" for ext in ("", ".gz")]
+        names += [f"{prefix}-{kind.replace('-', '.')}-ubyte{ext}" for ext in ("", ".gz")]
+        found = [os.path.join(folder, n) for n in names if os.path.exists(os.path.join(folder, n))]
+        if not found:
+            raise DataUnavailableError(f"{folder}: no {names[0]} or {names[1]} found")
+        paths.append(found[0])
+    return paths[0], paths[1]
+
+
+def _idx_folder(config: DataConfig) -> str:
+    if config.source == "sample" or (config.source == "auto" and config.data_dir is None):
+        return SAMPLE_DIR
+    if config.data_dir:
+        folder = config.data_dir
+    elif config.dataset == "fashion_mnist":
+        folder = FASHION_MNIST_DIR
+    else:
+        raise DataUnavailableError("source 'idx' needs data_dir, a folder with the four IDX files")
+    if not os.path.isdir(folder):
+        raise DataUnavailableError(f"IDX folder {folder} does not exist")
+    return folder
+
+
+def _split_indices(n: int, config: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded permutation of the training set cut into (train, validation) indices."""
+    order = np.random.default_rng(config.seed).permutation(n)
+    n_val = max(1, int(round(n * config.validation_fraction)))
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def load_arrays(config: DataConfig, split: str = "test") -> tuple[np.ndarray, np.ndarray]:
+    """Loads one split as NumPy arrays (for calibration, verification, plots).
+
+    Args:
+        config: the data configuration (`view` and `batch_size` are ignored).
+        split: one of `SPLITS`.
+
+    Returns:
+        (uint8 images [n, 28, 28], int32 labels [n]).
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    source = resolve_source(config)
+    if source == "tfds":
+        images, labels = [], []
+        for x, y in _tfds_split(config, split).batch(4096).as_numpy_iterator():
+            images.append(x.reshape(-1, 28, 28))
+            labels.append(y)
+        images, labels = np.concatenate(images), np.concatenate(labels)
+    else:
+        folder = _idx_folder(dataclasses.replace(config, source=source))
+        images, labels = idx.read_pair(*_idx_paths(folder, "t10k" if split == "test" else "train"))
+        if split in ("train", "validation"):
+            keep = _split_indices(len(labels), config)[split == "validation"]
+            images, labels = images[keep], labels[keep]
+    if config.max_examples:
+        images, labels = images[: config.max_examples], labels[: config.max_examples]
+    return images, labels.astype(np.int32)
+
+
+def _tfds_split(config: DataConfig, split: str) -> tf.data.Dataset:
+    """TFDS's own pipeline for `split`, preparing it offline from `manual_dir` if given."""
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as e:  # e.g. its undeclared importlib_resources dependency
+        raise DataUnavailableError(f"tensorflow-datasets cannot be imported: {e}") from None
+    builder = _tfds_builder(config)
+    if not builder.is_prepared():
+        if config.manual_dir:
+            log.info("preparing TFDS %r from %s", config.dataset, config.manual_dir)
+            builder.download_and_prepare(
+                download_config=tfds.download.DownloadConfig(manual_dir=config.manual_dir)
+            )
+        elif not network_available():
+            raise DataUnavailableError(
+                f"TFDS {config.dataset!r} is not prepared in {builder.data_dir} and there is no "
+                f"network: pass manual_dir (a folder with the original IDX files), or use "
+                f"source='idx' with data_dir, or source='sample'"
+            )
+        else:
+            builder.download_and_prepare()
+    percent = int(round(100 * config.validation_fraction))
+    tfds_split = {
+        "train": f"train[{percent}%:]",
+        "validation": f"train[:{percent}%]",
+        "train+validation": "train",
+        "test": "test",
+    }[split]
+    return builder.as_dataset(split=tfds_split, as_supervised=True, shuffle_files=False)
+
+
+def _to_view(view: str):
+    permutation = tf.constant(np.random.default_rng(_PERMUTATION_SEED).permutation(784))
+
+    def convert(image, label):
+        x = tf.cast(tf.reshape(image, [28, 28]), tf.float32) / 255.0
+        if view != "rows":
+            x = tf.reshape(x, [784])
+            if view == "permuted":
+                x = tf.gather(x, permutation)
+            x = x[:, None]
+        return x, tf.cast(label, tf.int32)
+
+    return convert
+
+
+def pipeline(config: DataConfig, split: str = "train", shuffle: bool | None = None) -> tf.data.Dataset:
+    """Builds the batched, cached, prefetched `tf.data.Dataset` for one split.
+
+    Args:
+        config: see `DataConfig`.
+        split: one of `SPLITS`; `validation` is carved from the training data.
+        shuffle: reshuffle every epoch (default: for the training splits only).
+
+    Returns:
+        Dataset of `(float32 [batch, steps, features], int32 [batch])`.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if shuffle is None:
+        shuffle = split in ("train", "train+validation")
+    if resolve_source(config) == "tfds":
+        ds = _tfds_split(config, split)
+        if config.max_examples:
+            ds = ds.take(config.max_examples)
+    else:
+        ds = tf.data.Dataset.from_tensor_slices(load_arrays(config, split))
+    ds = ds.map(_to_view(config.view), num_parallel_calls=tf.data.AUTOTUNE).cache()
+    if shuffle:
+        ds = ds.shuffle(16384, seed=config.seed, reshuffle_each_iteration=True)
+    return ds.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def mnist(split: str = "train", shuffle: bool | None = None, **options) -> tf.data.Dataset:
+    """The one-call entry point: `mnist("test", source="sample", batch_size=256)`.
+
+    Args:
+        split: one of `SPLITS`.
+        shuffle: see `pipeline`.
+        **options: fields of `DataConfig` (source, dataset, data_dir, view, ...).
+
+    Returns:
+        Dataset of `(float32 [batch, steps, features], int32 [batch])`.
+    """
+    return pipeline(DataConfig(**options), split, shuffle)

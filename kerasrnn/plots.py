@@ -1,0 +1,68 @@
+"""Figures written to a run directory: training curves and the confusion matrix."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kerasrnn._io import atomic_write
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def training_curves(history: list[dict], path: str) -> None:
+    """Plots loss and accuracy (train and validation) by epoch into a PNG.
+
+    Args:
+        history: one dict per epoch with epoch, loss, accuracy, val_loss, val_accuracy.
+        path: the PNG to write.
+    """
+    plt = _figure()
+    epochs = [row["epoch"] for row in history]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        ax.plot(epochs, [row[metric] for row in history], "o-", label="train")
+        ax.plot(epochs, [row[f"val_{metric}"] for row in history], "o-", label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, classes: int = 10) -> np.ndarray:
+    """Counts [true class, predicted class] pairs.
+
+    Returns:
+        int64 array [classes, classes].
+    """
+    counts = np.zeros((classes, classes), dtype=np.int64)
+    np.add.at(counts, (np.asarray(labels), np.asarray(predictions)), 1)
+    return counts
+
+
+def confusion_matrix_png(counts: np.ndarray, path: str, title: str = "confusion matrix") -> None:
+    """Draws a confusion matrix (rows: true class, columns: prediction) into a PNG."""
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(6, 5.5))
+    image = ax.imshow(counts, cmap="Blues")
+    fig.colorbar(image, ax=ax)
+    for (i, j), n in np.ndenumerate(counts):
+        color = "white" if n > counts.max() / 2 else "black"
+        ax.text(j, i, str(n), ha="center", va="center", fontsize=7, color=color)
+    ax.set_xticks(range(len(counts)))
+    ax.set_yticks(range(len(counts)))
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
