@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 def atomic_write(path: str, data: bytes | str | Callable[[str], None]) -> None:

@@ -165,7 +165,7 @@ def _idx_folder(config: DataConfig) -> str:
 def _split_indices(n: int, config: DataConfig) -> tuple[np.ndarray, np.ndarray]:
     """A seeded permutation of the training set cut into (train, validation) indices."""
     order = np.random.default_rng(config.seed).permutation(n)
-    n_val = max(1, int(round(n * config.validation_fraction)))
+    n_val = max(1, round(n * config.validation_fraction))
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
@@ -206,27 +206,30 @@ def _tfds_split(config: DataConfig, split: str) -> tf.data.Dataset:
     except ImportError as e:  # e.g. its undeclared importlib_resources dependency
         raise DataUnavailableError(f"tensorflow-datasets cannot be imported: {e}") from None
     builder = _tfds_builder(config)
-    if not builder.is_prepared():
-        if config.manual_dir:
-            log.info("preparing TFDS %r from %s", config.dataset, config.manual_dir)
-            builder.download_and_prepare(
-                download_config=tfds.download.DownloadConfig(manual_dir=config.manual_dir)
-            )
-        elif not network_available():
-            raise DataUnavailableError(
-                f"TFDS {config.dataset!r} is not prepared in {builder.data_dir} and there is no "
-                f"network: pass manual_dir (a folder with the original IDX files), or use "
-                f"source='idx' with data_dir, or source='sample'"
-            )
-        else:
-            builder.download_and_prepare()
-    percent = int(round(100 * config.validation_fraction))
+    percent = round(100 * config.validation_fraction)
     tfds_split = {
         "train": f"train[{percent}%:]",
         "validation": f"train[:{percent}%]",
         "train+validation": "train",
         "test": "test",
     }[split]
+    try:
+        return builder.as_dataset(split=tfds_split, as_supervised=True, shuffle_files=False)
+    except AssertionError:  # TFDS's way of saying "not prepared in data_dir"
+        pass
+    if config.manual_dir:
+        log.info("preparing TFDS %r from %s", config.dataset, config.manual_dir)
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=config.manual_dir)
+        )
+    elif network_available():
+        builder.download_and_prepare()
+    else:
+        raise DataUnavailableError(
+            f"TFDS {config.dataset!r} is not prepared in {builder.data_dir} and there is no "
+            f"network: pass manual_dir (a folder with the original IDX files), or use "
+            f"source='idx' with data_dir, or source='sample'"
+        )
     return builder.as_dataset(split=tfds_split, as_supervised=True, shuffle_files=False)
 
 

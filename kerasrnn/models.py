@@ -56,7 +56,7 @@ class ModelConfig:
 
 
 def _recurrent_layer(config: ModelConfig, return_sequences: bool, name: str):
-    common = dict(return_sequences=return_sequences, name=name)
+    common = {"return_sequences": return_sequences, "name": name}
     if config.cell == "simple":
         return keras.layers.SimpleRNN(config.units, activation=config.activation,
                                       recurrent_initializer=config.recurrent_initializer,

@@ -57,6 +57,7 @@ class RunDirectory:
             RunExistsError: the folder holds a run and `resume` is false, or it holds a
                 run made with a different configuration.
         """
+        config = json.loads(json.dumps(config))  # compare as stored (tuples become lists)
         if os.path.exists(self.config_path):
             with open(self.config_path) as f:
                 saved = json.load(f)
@@ -66,10 +67,10 @@ class RunDirectory:
                     f"continue it, or choose another output folder"
                 )
             if saved != config:
-                changed = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
                 raise RunExistsError(
                     f"{self.path} holds a run with a different configuration "
-                    f"({', '.join(changed)} differ): resume it with the same settings"
+                    f"({', '.join(_differences(saved, config))}): resume it with the same "
+                    f"settings or choose another output folder"
                 )
         write_json(self.config_path, config)
 
@@ -88,6 +89,18 @@ class RunDirectory:
         writer.writeheader()
         writer.writerows(history)
         atomic_write(self.metrics_csv, buffer.getvalue())
+
+
+def _differences(saved: dict, new: dict, prefix: str = "") -> list[str]:
+    """Names the settings that differ between two nested configs, e.g. 'model.units 8 -> 9'."""
+    out = []
+    for key in sorted(set(saved) | set(new)):
+        old, value = saved.get(key), new.get(key)
+        if isinstance(old, dict) and isinstance(value, dict):
+            out += _differences(old, value, f"{prefix}{key}.")
+        elif old != value:
+            out.append(f"{prefix}{key} {old!r} -> {value!r}")
+    return out
 
 
 class RunRecorder(keras.callbacks.Callback):

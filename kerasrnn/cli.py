@@ -1,0 +1,154 @@
+"""The `kerasrnn` command line: a thin layer that parses flags into configs and calls the API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+
+def _add_data_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("data")
+    group.add_argument("--data", dest="source", default="auto",
+                       choices=("auto", "sample", "tfds", "idx"),
+                       help="where the digits come from (default: auto = TFDS if prepared "
+                            "or downloadable, else the bundled sample)")
+    group.add_argument("--dataset", default="mnist", choices=("mnist", "fashion_mnist"))
+    group.add_argument("--data-dir", help="IDX folder (--data idx) or TFDS data_dir (--data tfds)")
+    group.add_argument("--manual-dir",
+                       help="--data tfds: prepare TFDS offline from this folder of original files")
+    group.add_argument("--view", default=None, choices=("rows", "pixels", "permuted"),
+                       help="sequence view: 28 rows (default), 784 pixels, permuted pixels")
+    group.add_argument("--batch-size", type=int, default=64)
+    group.add_argument("--max-examples", type=int, help="use only the first N examples per split")
+
+
+def _data_config(args, view: str | None = None):
+    from kerasrnn.data import DataConfig
+
+    return DataConfig(source=args.source, dataset=args.dataset, data_dir=args.data_dir,
+                      manual_dir=args.manual_dir, view=args.view or view or "rows",
+                      batch_size=args.batch_size, max_examples=args.max_examples)
+
+
+def _add_train_flags(parser: argparse.ArgumentParser) -> None:
+    model = parser.add_argument_group("model")
+    model.add_argument("--cell", default="elman", choices=("simple", "elman", "lstm", "gru"))
+    model.add_argument("--units", type=int, default=64)
+    model.add_argument("--layers", type=int, default=1)
+    model.add_argument("--dropout", type=float, default=0.0)
+    model.add_argument("--activation", default="tanh", choices=("tanh", "relu"))
+    model.add_argument("--recurrent-init", default="orthogonal", choices=("orthogonal", "identity"))
+    train = parser.add_argument_group("training")
+    train.add_argument("--epochs", type=int, default=10)
+    train.add_argument("--learning-rate", type=float, default=2e-3)
+    train.add_argument("--clipnorm", type=float, default=1.0, help="0 disables clipping")
+    train.add_argument("--loop", default="bptt", choices=("bptt", "fit"),
+                       help="explicit GradientTape BPTT loop, or Keras model.fit")
+    train.add_argument("--xla", action="store_true", help="compile the steps with XLA")
+    train.add_argument("--patience", type=int, default=3, help="early stopping; 0 disables")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--resume", action="store_true", help="continue the run in --out")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _train_configs(args):
+    from kerasrnn.models import ModelConfig
+    from kerasrnn.training import TrainConfig
+
+    model = ModelConfig(cell=args.cell, units=args.units, layers=args.layers,
+                        dropout=args.dropout, activation=args.activation,
+                        recurrent_initializer=args.recurrent_init)
+    train = TrainConfig(epochs=args.epochs, learning_rate=args.learning_rate,
+                        clipnorm=args.clipnorm or None, loop=args.loop, jit_compile=args.xla,
+                        patience=args.patience or None, seed=args.seed,
+                        verbose=0 if args.quiet else 1)
+    return model, train
+
+
+def cmd_train(args) -> None:
+    from kerasrnn.training import train
+
+    model_config, train_config = _train_configs(args)
+    result = train(model_config, _data_config(args), train_config, args.out, resume=args.resume)
+    print(f"test loss {result.test['test_loss']:.4f}, test accuracy "
+          f"{result.test['test_accuracy']:.2%} on {result.test['test_examples']} digits "
+          f"({result.test['epochs']} epochs, {result.test['parameters']} parameters)")
+    print(f"run folder: {result.run_dir}")
+
+
+def cmd_evaluate(args) -> None:
+    from kerasrnn.training import evaluate_file
+
+    scores = evaluate_file(args.model, _data_config(args))
+    print(json.dumps(scores) if args.json else
+          f"test loss {scores['loss']:.4f}, test accuracy {scores['accuracy']:.2%} "
+          f"on {scores['examples']} digits")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kerasrnn",
+        description="Recurrent MNIST classifiers, from first principles to a microcontroller.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and TF logs")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("train", help="train a classifier into a run folder",
+                            description="Train an N-to-1 classifier and evaluate it on the "
+                                        "test split.")
+    _add_train_flags(p)
+    _add_data_flags(p)
+    p.add_argument("--out", required=True, help="the run folder, e.g. runs/elman64")
+    p.set_defaults(func=cmd_train)
+
+    p = commands.add_parser("evaluate", help="print a saved model's test loss and accuracy")
+    p.add_argument("model", help="a .keras file")
+    _add_data_flags(p)
+    p.add_argument("--json", action="store_true", help="print the scores as JSON")
+    p.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def _import_tensorflow_quietly() -> None:
+    """Imports TensorFlow with its C++ start-up chatter (oneDNN, CUDA probing) hidden.
+
+    TF writes those lines straight to file descriptor 2 before any log level applies.
+    """
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()  # probes CUDA now, while stderr is hidden
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the command line; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    if not args.debug:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING,
+                        format="kerasrnn: %(message)s")
+    try:
+        if not args.debug:
+            _import_tensorflow_quietly()
+        args.func(args)
+    except KeyboardInterrupt:
+        print("kerasrnn: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # one clear line for users; --debug shows the traceback
+        if args.debug:
+            raise
+        print(f"kerasrnn: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kerasrnn import data
+
+
+@pytest.mark.parametrize("view,shape", [("rows", (28, 28)), ("pixels", (784, 1)),
+                                        ("permuted", (784, 1))])
+def test_sample_elements_have_the_view_shape_dtype_and_range(view, shape):
+    x, y = next(iter(data.mnist("test", source="sample", view=view, batch_size=32)))
+    assert x.shape == (32, *shape) and x.dtype == tf.float32 and y.dtype == tf.int32
+    assert 0.0 <= float(tf.reduce_min(x)) and float(tf.reduce_max(x)) <= 1.0
+
+
+def test_views_hold_the_same_pixels():
+    rows = next(iter(data.mnist("test", source="sample", view="rows", batch_size=8)))[0].numpy()
+    pixels = next(iter(data.mnist("test", source="sample", view="pixels", batch_size=8)))[0].numpy()
+    permuted = next(iter(data.mnist("test", source="sample", view="permuted", batch_size=8)))[0]
+    np.testing.assert_array_equal(rows.reshape(8, 784, 1), pixels)
+    np.testing.assert_array_equal(np.sort(pixels, axis=1), np.sort(permuted.numpy(), axis=1))
+    assert not np.array_equal(pixels, permuted.numpy())
+
+
+def test_validation_is_carved_from_training_data_and_disjoint():
+    config = data.DataConfig(source="sample")
+    train, _ = data.load_arrays(config, "train")
+    val, _ = data.load_arrays(config, "validation")
+    full, _ = data.load_arrays(config, "train+validation")
+    test, _ = data.load_arrays(config, "test")
+    assert (len(train), len(val), len(full), len(test)) == (3600, 400, 4000, 1000)
+    train_keys = {x.tobytes() for x in train}
+    assert not train_keys & {x.tobytes() for x in val}
+    assert not {x.tobytes() for x in full} & {x.tobytes() for x in test}
+
+
+def test_training_split_is_reshuffled_each_epoch_and_test_is_not():
+    ds = data.mnist("train", source="sample", batch_size=16)
+    first = [next(iter(ds))[1].numpy() for _ in range(2)]
+    assert not np.array_equal(*first)
+    test = data.mnist("test", source="sample", batch_size=16)
+    np.testing.assert_array_equal(next(iter(test))[1], next(iter(test))[1])
+
+
+def test_every_example_is_seen_once_per_epoch():
+    ds = data.mnist("train", source="sample", batch_size=100)
+    assert sum(int(tf.shape(y)[0]) for _, y in ds) == 3600
+
+
+def test_idx_folder_reads_full_mnist(mnist_dir):
+    images, labels = data.load_arrays(data.DataConfig(source="idx", data_dir=mnist_dir), "test")
+    assert images.shape == (10000, 28, 28) and np.bincount(labels).sum() == 10000
+
+
+def test_idx_reads_uncompressed_files(tmp_path):
+    from kerasrnn import idx
+
+    images, labels = data.load_arrays(data.DataConfig(source="sample"), "test")
+    idx.write(str(tmp_path / "t10k-images-idx3-ubyte"), images[:50])
+    idx.write(str(tmp_path / "t10k-labels-idx1-ubyte"), labels[:50].astype(np.uint8))
+    x, y = data.load_arrays(data.DataConfig(source="idx", data_dir=str(tmp_path)), "test")
+    np.testing.assert_array_equal(x, images[:50])
+    np.testing.assert_array_equal(y, labels[:50])
+
+
+def test_idx_folder_without_files_names_the_missing_file(tmp_path):
+    with pytest.raises(data.DataUnavailableError, match="no t10k-images-idx3-ubyte"):
+        data.load_arrays(data.DataConfig(source="idx", data_dir=str(tmp_path)), "test")
+
+
+def test_fashion_mnist_from_debian_package(fashion_dir):
+    images, labels = data.load_arrays(data.DataConfig(source="idx", dataset="fashion_mnist"), "train")
+    assert images.shape == (54000, 28, 28) and set(np.unique(labels)) == set(range(10))
+
+
+def test_tfds_without_network_fails_fast_naming_alternatives(tmp_path):
+    if data.network_available():
+        pytest.skip("this machine reaches TFDS's download host")
+    with pytest.raises(data.DataUnavailableError, match="no network.*manual_dir.*'idx'.*'sample'"):
+        data.mnist("test", source="tfds", data_dir=str(tmp_path))
+
+
+def test_auto_falls_back_to_the_sample_offline(tmp_path, caplog):
+    if data.network_available():
+        pytest.skip("this machine reaches TFDS's download host")
+    assert data.resolve_source(data.DataConfig(data_dir=str(tmp_path))) == "sample"
+    assert "using the bundled sample" in caplog.text
+
+
+def test_tfds_pipeline_with_tfds_mock_data():
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=20):
+        x, y = next(iter(data.mnist("test", source="tfds", batch_size=20)))
+    assert x.shape == (20, 28, 28) and x.dtype == tf.float32 and y.dtype == tf.int32
+
+
+def test_tfds_prepared_offline_from_the_original_files(tmp_path_factory, mnist_dir):
+    config = data.DataConfig(source="tfds", data_dir=str(tmp_path_factory.mktemp("tfds")),
+                             manual_dir=mnist_dir)
+    images, labels = data.load_arrays(config, "test")
+    expected, expected_labels = data.load_arrays(
+        data.DataConfig(source="idx", data_dir=mnist_dir), "test")
+    assert images.shape == (10000, 28, 28)
+    # TFDS holds the same digits as the original files (in its own order).
+    np.testing.assert_array_equal(np.bincount(labels), np.bincount(expected_labels))
+    np.testing.assert_allclose(images.mean(), expected.mean())
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"source": "web"}, "source must be one of"),
+    ({"view": "columns"}, "view must be one of"),
+    ({"batch_size": 0}, "batch_size must be positive"),
+    ({"validation_fraction": 1.0}, r"validation_fraction must be in \(0, 1\)"),
+    ({"source": "sample", "dataset": "fashion_mnist"}, "sample holds MNIST only"),
+])
+def test_bad_data_config_is_rejected(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        data.DataConfig(**kwargs)
+
+
+def test_bad_split_is_rejected():
+    with pytest.raises(ValueError, match="split must be one of"):
+        data.mnist("dev", source="sample")

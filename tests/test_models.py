@@ -1,0 +1,84 @@
+import keras
+import numpy as np
+import pytest
+
+from kerasrnn.cells import ElmanCell, LearnableInitialState
+from kerasrnn.models import CELLS, ModelConfig, build_classifier
+
+
+def _x(batch=4, shape=(28, 28)):
+    return np.random.default_rng(0).random((batch, *shape)).astype("float32")
+
+
+def test_elman_cell_matches_simple_rnn_with_copied_weights():
+    simple = build_classifier(cell="simple", units=32)
+    elman = build_classifier(cell="elman", units=32)
+    kernel, recurrent, bias = simple.get_layer("simple_0").get_weights()
+    cell = elman.get_layer("elman_0").cell
+    cell.set_weights([kernel, recurrent, bias])
+    elman.get_layer("h0_0").set_weights([np.zeros(32, "float32")])  # SimpleRNN starts at 0
+    elman.get_layer("logits").set_weights(simple.get_layer("logits").get_weights())
+    np.testing.assert_allclose(elman(_x()).numpy(), simple(_x()).numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("cell,params", [
+    # W_xh 28x16 + W_hh 16x16 + b 16 (+ h0 16) + dense 16x10 + 10
+    ("simple", 28 * 16 + 16 * 16 + 16 + 170),
+    ("elman", 28 * 16 + 16 * 16 + 16 + 16 + 170),
+    ("lstm", 4 * (28 * 16 + 16 * 16 + 16) + 170),
+    ("gru", 3 * (28 * 16 + 16 * 16 + 2 * 16) + 170),  # reset_after: two biases
+])
+def test_exact_parameter_counts(cell, params):
+    assert build_classifier(cell=cell, units=16).count_params() == params
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("layers", [1, 2])
+def test_keras_file_round_trip_gives_identical_predictions(tmp_path, cell, layers):
+    model = build_classifier(cell=cell, units=8, layers=layers, dropout=0.2)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    np.testing.assert_array_equal(loaded.predict(_x(), verbose=0), model.predict(_x(), verbose=0))
+
+
+def test_pixel_view_model_shape():
+    model = build_classifier(cell="elman", units=8, input_shape=(784, 1))
+    assert model(_x(2, (784, 1))).shape == (2, 10)
+
+
+def test_irnn_identity_init_and_relu():
+    model = build_classifier(cell="elman", units=8, activation="relu",
+                             recurrent_initializer="identity")
+    np.testing.assert_array_equal(model.get_layer("elman_0").cell.w_hh.numpy(), np.eye(8))
+
+
+def test_learnable_h0_receives_gradient_and_changes_output():
+    model = build_classifier(cell="elman", units=8)
+    before = model(_x()).numpy()
+    model.get_layer("h0_0").h0.assign(np.ones(8, "float32"))
+    assert not np.allclose(model(_x()).numpy(), before)
+
+
+@pytest.mark.parametrize("layer", [ElmanCell(5, activation="relu"), LearnableInitialState(7)])
+def test_layer_config_round_trip(layer):
+    clone = layer.__class__.from_config(layer.get_config())
+    assert clone.get_config() == layer.get_config()
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"cell": "transformer"}, "cell must be one of"),
+    ({"units": 0}, "units must be a positive integer, got 0"),
+    ({"layers": -1}, "layers must be a positive integer"),
+    ({"dropout": 1.5}, r"dropout must be in \[0, 1\)"),
+    ({"activation": "sigmoid"}, "activation must be 'tanh' or 'relu'"),
+    ({"input_shape": (28,)}, r"input_shape must be \(steps, features\)"),
+])
+def test_bad_model_config_is_rejected(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ModelConfig(**kwargs)
+
+
+def test_bad_cell_units_are_rejected():
+    with pytest.raises(ValueError, match="units must be a positive integer, got -2"):
+        ElmanCell(-2)
