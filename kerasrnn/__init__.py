@@ -25,7 +25,7 @@ _EXPORTS = {
     "load_model": "kerasrnn.training",
 }
 
-__all__ = list(sorted(_EXPORTS))
+__all__ = list(_EXPORTS)
 
 
 def __getattr__(name):
