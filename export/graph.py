@@ -1,0 +1,234 @@
+"""Inference graphs for conversion, written from a trained classifier's weights.
+
+Keras's RNN layers lower to TensorList ops, which TFLite can only run as Flex (Select TF)
+ops. This module rebuilds the same maths from builtin-friendly ops instead, in the form
+that gives the smallest file that still runs on LiteRT and TensorFlow Lite Micro:
+
+- the input projection x_t @ W_x + b of every time step is one FULLY_CONNECTED over the
+  whole sequence, outside the recurrence;
+- the recurrence is unrolled over the (static) time steps: per step one FULLY_CONNECTED
+  with the shared W_h, an ADD and the activation (plus the gate arithmetic of LSTM/GRU);
+- a zero initial state skips the first step's recurrent product; a learnable h0 folds
+  into a constant.
+
+The streaming form runs one step: (x_t [1, features], state [1, state_size]) ->
+(next state [1, state_size], logits [1, classes]), where the state concatenates every
+layer's h (and c for LSTM).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kerasrnn.cells import ElmanCell
+
+
+@dataclasses.dataclass(frozen=True)
+class RecurrentWeights:
+    """One recurrent layer's weights in a cell-agnostic layout.
+
+    Attributes:
+        kind: "elman" (SimpleRNN and ElmanCell), "lstm" or "gru".
+        w_x: [features, gates * units] input kernel.
+        w_h: [units, gates * units] recurrent kernel.
+        b_x: [gates * units] bias added to the input projection.
+        b_h: [gates * units] GRU's recurrent bias (reset_after), else None.
+        h0: [units] initial hidden state (zeros for Keras's cells).
+        activation: "tanh" or "relu" (elman only).
+    """
+
+    kind: str
+    w_x: np.ndarray
+    w_h: np.ndarray
+    b_x: np.ndarray
+    b_h: np.ndarray | None
+    h0: np.ndarray
+    activation: str = "tanh"
+
+    @property
+    def units(self) -> int:
+        return self.w_h.shape[0]
+
+    @property
+    def state_size(self) -> int:
+        return 2 * self.units if self.kind == "lstm" else self.units
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifierWeights:
+    """A whole classifier: recurrent layers, then logits = h_T @ w_y + b_y."""
+
+    layers: tuple[RecurrentWeights, ...]
+    w_y: np.ndarray
+    b_y: np.ndarray
+    input_shape: tuple[int, int]
+
+    @property
+    def state_size(self) -> int:
+        return sum(layer.state_size for layer in self.layers)
+
+    @property
+    def initial_state(self) -> np.ndarray:
+        """[state_size] float32: every layer's h0 (and a zero c for LSTM)."""
+        parts = [np.concatenate([l.h0, np.zeros(l.units)]) if l.kind == "lstm" else l.h0
+                 for l in self.layers]
+        return np.concatenate(parts).astype(np.float32)
+
+
+def _layer_weights(layer: keras.layers.Layer, h0: np.ndarray | None) -> RecurrentWeights:
+    cell = layer.cell
+    if isinstance(cell, ElmanCell):
+        w_x, w_h, b = (v.numpy() for v in (cell.w_xh, cell.w_hh, cell.b))
+        kind, b_h, activation = "elman", None, keras.activations.serialize(cell.activation)
+    elif isinstance(cell, keras.layers.SimpleRNNCell):
+        w_x, w_h, b = (v.numpy() for v in (cell.kernel, cell.recurrent_kernel, cell.bias))
+        kind, b_h, activation = "elman", None, keras.activations.serialize(cell.activation)
+    elif isinstance(cell, keras.layers.LSTMCell):
+        w_x, w_h, b = (v.numpy() for v in (cell.kernel, cell.recurrent_kernel, cell.bias))
+        kind, b_h, activation = "lstm", None, "tanh"
+    elif isinstance(cell, keras.layers.GRUCell):
+        if not cell.reset_after:
+            raise ValueError("only GRU with reset_after=True (the Keras default) can be exported")
+        w_x, w_h = cell.kernel.numpy(), cell.recurrent_kernel.numpy()
+        b, b_h = cell.bias.numpy()
+        kind, activation = "gru", "tanh"
+    else:
+        raise ValueError(f"cannot export recurrent cell {type(cell).__name__}")
+    if activation not in ("tanh", "relu"):
+        raise ValueError(f"cannot export activation {activation!r}: use tanh or relu")
+    units = w_h.shape[0]
+    h0 = np.zeros(units, np.float32) if h0 is None else h0
+    return RecurrentWeights(kind, w_x, w_h, b, b_h, h0.astype(np.float32), activation)
+
+
+def classifier_weights(model: keras.Model) -> ClassifierWeights:
+    """Reads the weights of a model built by `kerasrnn.build_classifier`.
+
+    Raises:
+        ValueError: the model is not a recurrent classifier this module can rebuild.
+    """
+    layers, h0 = [], None
+    dense = None
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer | keras.layers.Dropout):
+            continue
+        if type(layer).__name__ == "LearnableInitialState":
+            h0 = layer.h0.numpy()
+        elif isinstance(layer, keras.layers.RNN):
+            if layer.go_backwards or getattr(layer, "stateful", False):
+                raise ValueError(f"cannot export {layer.name}: backwards or stateful RNN")
+            layers.append(_layer_weights(layer, h0))
+            h0 = None
+        elif isinstance(layer, keras.layers.Dense):
+            dense = layer
+        else:
+            raise ValueError(f"cannot export layer {layer.name} ({type(layer).__name__}): "
+                             f"expected recurrent layers and a final Dense")
+    if not layers or dense is None or dense.activation.__name__ != "linear":
+        raise ValueError(f"model {model.name!r} is not an N-to-1 recurrent classifier "
+                         f"(recurrent layers, then a linear Dense)")
+    w_y, b_y = dense.get_weights()
+    return ClassifierWeights(tuple(layers), w_y, b_y, tuple(model.input_shape[1:]))
+
+
+def _act(name: str):
+    return tf.nn.relu if name == "relu" else tf.tanh
+
+
+def _step(layer: RecurrentWeights, xw_t, state):
+    """One recurrent step. `state` is h (or (h, c) for LSTM); None means all zeros.
+
+    Args:
+        xw_t: [batch, gates * units] the input projection x_t @ W_x + b_x.
+
+    Returns:
+        (h [batch, units], the next state).
+    """
+    w_h = tf.constant(layer.w_h)
+    if layer.kind == "elman":
+        z = xw_t if state is None else xw_t + tf.matmul(state, w_h)
+        h = _act(layer.activation)(z)
+        return h, h
+    if layer.kind == "lstm":
+        h, c = state if state is not None else (None, None)
+        z = xw_t if h is None else xw_t + tf.matmul(h, w_h)
+        i, f, g, o = tf.split(z, 4, axis=-1)
+        g = tf.sigmoid(i) * tf.tanh(g)
+        c = g if c is None else tf.sigmoid(f) * c + g
+        h = tf.sigmoid(o) * tf.tanh(c)
+        return h, (h, c)
+    # GRU, reset_after: the recurrent bias sits inside r * (h @ W_hh + b_hh)
+    x_z, x_r, x_h = tf.split(xw_t, 3, axis=-1)
+    hw = tf.constant(layer.b_h) if state is None else tf.matmul(state, w_h) + layer.b_h
+    h_z, h_r, h_h = tf.split(hw, 3, axis=-1) if state is not None else np.split(layer.b_h, 3)
+    z = tf.sigmoid(x_z + h_z)
+    candidate = tf.tanh(x_h + tf.sigmoid(x_r + h_r) * h_h)
+    h = (1.0 - z) * candidate if state is None else z * state + (1.0 - z) * candidate
+    return h, h
+
+
+def _initial(layer: RecurrentWeights):
+    """The first step's state: None (zeros, skipped) or the constant learnable h0."""
+    if not layer.h0.any():
+        return None
+    h0 = tf.constant(layer.h0[None])
+    return (h0, tf.zeros_like(h0)) if layer.kind == "lstm" else h0
+
+
+def sequence_function(weights: ClassifierWeights, batch_size: int | None = 1):
+    """The whole-sequence classifier as a `tf.function`, unrolled over time.
+
+    Args:
+        weights: see `classifier_weights`.
+        batch_size: static batch size (1 for microcontrollers) or None (dynamic).
+
+    Returns:
+        A concrete function: sequence [batch, steps, features] float32 -> logits [batch, classes].
+    """
+    steps, features = weights.input_shape
+
+    @tf.function(input_signature=[tf.TensorSpec([batch_size, steps, features], tf.float32,
+                                                name="sequence")])
+    def classify(sequence):
+        x = sequence
+        for layer in weights.layers:
+            width = layer.w_x.shape[1]
+            xw = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), layer.w_x) + layer.b_x
+            state, outputs = _initial(layer), []
+            for xw_t in tf.unstack(tf.reshape(xw, [-1, steps, width]), axis=1):
+                h, state = _step(layer, xw_t, state)
+                outputs.append(h)
+            x = tf.stack(outputs, axis=1)
+        return tf.matmul(h, weights.w_y) + weights.b_y
+
+    return classify.get_concrete_function()
+
+
+def step_function(weights: ClassifierWeights):
+    """One streaming step as a `tf.function` (batch 1).
+
+    Returns:
+        A concrete function: (row [1, features], state [1, state_size]) ->
+        {"state": [1, state_size], "logits": [1, classes]}.
+    """
+    features = weights.input_shape[1]
+
+    @tf.function(input_signature=[tf.TensorSpec([1, features], tf.float32, name="row"),
+                                  tf.TensorSpec([1, weights.state_size], tf.float32,
+                                                name="state")])
+    def step(row, state):
+        parts = tf.split(state, [l.state_size for l in weights.layers], axis=-1)
+        x, new_states = row, []
+        for layer, part in zip(weights.layers, parts):
+            xw = tf.matmul(x, layer.w_x) + layer.b_x
+            previous = tuple(tf.split(part, 2, axis=-1)) if layer.kind == "lstm" else part
+            x, next_state = _step(layer, xw, previous)
+            new_states.extend(next_state if layer.kind == "lstm" else [next_state])
+        return {"state": tf.concat(new_states, axis=-1),
+                "logits": tf.matmul(x, weights.w_y) + weights.b_y}
+
+    return step.get_concrete_function()

@@ -1,0 +1,203 @@
+"""The device runtime: run exported classifiers with NumPy and `ai_edge_litert` only.
+
+This module never imports TensorFlow or Keras, so it runs where only the LiteRT runtime
+is installed (`pip install ai-edge-litert numpy`). It is the one module that imports the
+interpreter.
+
+    clf = Classifier("model.tflite")
+    logits = clf.predict(images)          # images [n, 28, 28] in [0, 1] (or uint8 0-255)
+
+    stream = Stream("model.step.tflite")  # one row at a time
+    for row in image:
+        logits = stream.push(row)
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from ai_edge_litert import schema_py_generated as schema
+from ai_edge_litert.interpreter import Interpreter
+
+INITIAL_STATE_METADATA = b"kerasrnn.initial_state"
+
+
+class ModelFileError(ValueError):
+    """The file is not a valid TFLite model."""
+
+
+def _load(path: str) -> tuple[bytes, Interpreter]:
+    """Reads and checks a model file before the interpreter sees it."""
+    if not os.path.isfile(path):
+        raise ModelFileError(f"{path}: no such model file")
+    with open(path, "rb") as f:
+        content = f.read()
+    if len(content) < 8:
+        raise ModelFileError(f"{path}: {len(content)} bytes is too short for a TFLite model")
+    if content[4:8] != b"TFL3":
+        raise ModelFileError(f"{path}: not a TFLite model (file identifier {content[4:8]!r}, "
+                             f"expected b'TFL3')")
+    try:  # the interpreter verifies the flatbuffer before building the graph
+        interpreter = Interpreter(model_content=content)
+        interpreter.allocate_tensors()
+    except (ValueError, RuntimeError) as e:
+        raise ModelFileError(f"{path}: invalid or truncated TFLite model ({e})") from None
+    return content, interpreter
+
+
+def _quantize(values: np.ndarray, detail: dict) -> np.ndarray:
+    """float -> the tensor's dtype, using its (scale, zero point) when it is integer."""
+    if detail["dtype"] == np.float32:
+        return values.astype(np.float32)
+    scale, zero_point = detail["quantization"]
+    info = np.iinfo(detail["dtype"])
+    return np.clip(np.round(values / scale + zero_point), info.min, info.max).astype(detail["dtype"])
+
+
+def _dequantize(values: np.ndarray, detail: dict) -> np.ndarray:
+    if detail["dtype"] == np.float32:
+        return values.astype(np.float32)
+    scale, zero_point = detail["quantization"]
+    return (values.astype(np.float32) - zero_point) * scale
+
+
+def _to_float(values) -> np.ndarray:
+    """Validates pixel values and scales them to float32 [0, 1]."""
+    array = np.asarray(values)
+    if array.dtype == np.uint8:
+        return array.astype(np.float32) / 255.0
+    if array.dtype.kind != "f":
+        raise ValueError(f"pixels must be uint8 (0-255) or float in [0, 1], got {array.dtype}")
+    array = array.astype(np.float32)
+    if np.isnan(array).any():
+        raise ValueError("pixels contain NaN")
+    if array.size and (array.min() < 0.0 or array.max() > 1.0):
+        raise ValueError(f"float pixels must lie in [0, 1], got range "
+                         f"[{array.min():.3g}, {array.max():.3g}]")
+    return array
+
+
+def _as_batch(images, shape: tuple[int, int]) -> np.ndarray:
+    """[n, steps, features] float32 from a batch or a single image of the model's shape.
+
+    Models over 784 pixel steps also take [n, 28, 28] images, read in row-major order.
+    """
+    array = _to_float(images)
+    if array.shape == shape:
+        array = array[None]
+    elif array.shape[-2:] == (28, 28) and shape == (784, 1):
+        array = array.reshape(-1, *shape)
+    if array.ndim != 3 or array.shape[1:] != shape:
+        raise ValueError(f"images must have shape [n, {shape[0]}, {shape[1]}] or "
+                         f"[{shape[0]}, {shape[1]}], got {list(np.shape(images))}")
+    return array
+
+
+class Classifier:
+    """Runs a whole-sequence classifier (.tflite from `kerasrnn export`).
+
+    Args:
+        path: the .tflite file (float32, float16, dynamic or int8).
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        _, self._interpreter = _load(path)
+        inputs, outputs = self._interpreter.get_input_details(), self._interpreter.get_output_details()
+        if len(inputs) != 1 or len(outputs) != 1 or len(inputs[0]["shape"]) != 3:
+            raise ModelFileError(f"{path}: not a kerasrnn classifier (expected one "
+                                 f"[batch, steps, features] input and one output)")
+        self._input, self._output = inputs[0], outputs[0]
+        self.input_shape = tuple(int(d) for d in self._input["shape"][1:])
+        self.batch_size = int(self._input["shape_signature"][0])  # -1: dynamic
+        self.quantized = self._input["dtype"] != np.float32
+
+    def predict(self, images) -> np.ndarray:
+        """Logits for a batch of any size.
+
+        Args:
+            images: [n, 28, 28] (or the model's [n, steps, features]), uint8 0-255 or float
+                in [0, 1]; a single image [28, 28] is accepted too.
+
+        Returns:
+            float32 logits [n, classes] (dequantized for int8 models).
+        """
+        x = _as_batch(images, self.input_shape)
+        batch = self.batch_size if self.batch_size > 0 else len(x)
+        if self.batch_size < 0 and len(x):
+            self._interpreter.resize_tensor_input(self._input["index"], [len(x), *self.input_shape])
+            self._interpreter.allocate_tensors()
+            self._input, self._output = (self._interpreter.get_input_details()[0],
+                                         self._interpreter.get_output_details()[0])
+        logits = []
+        for start in range(0, len(x), batch):
+            chunk = x[start:start + batch]
+            padded = np.concatenate([chunk, np.zeros((batch - len(chunk), *self.input_shape),
+                                                     np.float32)])
+            self._interpreter.set_tensor(self._input["index"], _quantize(padded, self._input))
+            self._interpreter.invoke()
+            out = _dequantize(self._interpreter.get_tensor(self._output["index"]), self._output)
+            logits.append(out[: len(chunk)])
+        classes = int(self._output["shape"][-1])
+        return np.concatenate(logits) if logits else np.zeros((0, classes), np.float32)
+
+    def classify(self, images) -> np.ndarray:
+        """Predicted class ids [n]."""
+        return self.predict(images).argmax(axis=-1)
+
+
+def _initial_state(content: bytes, path: str) -> np.ndarray:
+    model = schema.Model.GetRootAs(content, 0)
+    for i in range(model.MetadataLength()):
+        entry = model.Metadata(i)
+        if entry.Name() == INITIAL_STATE_METADATA:
+            return model.Buffers(entry.Buffer()).DataAsNumpy().view(np.float32).copy()
+    raise ModelFileError(f"{path}: not a kerasrnn streaming model (no initial state metadata)")
+
+
+class Stream:
+    """Runs a streaming step model: push one row at a time, get the logits so far.
+
+    Args:
+        path: a step .tflite (`kerasrnn export --stream`), float32 or int8.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        content, self._interpreter = _load(path)
+        details = {d["name"]: d for d in self._interpreter.get_input_details()}
+        outputs = self._interpreter.get_output_details()
+        if set(details) != {"row", "state"} or len(outputs) != 2:
+            raise ModelFileError(f"{path}: not a kerasrnn streaming model (inputs "
+                                 f"{sorted(details)}, expected ['row', 'state'])")
+        self._row, self._state_in = details["row"], details["state"]
+        state_size = int(self._state_in["shape"][-1])
+        self._state_out, self._logits = sorted(
+            outputs, key=lambda d: int(d["shape"][-1]) != state_size)
+        self.features = int(self._row["shape"][-1])
+        self.initial_state = _initial_state(content, path)
+        self.reset()
+
+    def reset(self) -> None:
+        """Starts a new sequence."""
+        self.state = self.initial_state[None].copy()
+        self.steps = 0
+
+    def push(self, row) -> np.ndarray:
+        """Feeds one row [features] (uint8 0-255 or float in [0, 1]).
+
+        Returns:
+            float32 logits [classes] after this row.
+        """
+        x = _to_float(row)
+        if x.shape != (self.features,):
+            raise ValueError(f"a row must have shape [{self.features}], got {list(x.shape)}")
+        x = x[None]
+        self._interpreter.set_tensor(self._row["index"], _quantize(x, self._row))
+        self._interpreter.set_tensor(self._state_in["index"], _quantize(self.state, self._state_in))
+        self._interpreter.invoke()
+        self.state = _dequantize(self._interpreter.get_tensor(self._state_out["index"]),
+                                 self._state_out)
+        self.steps += 1
+        return _dequantize(self._interpreter.get_tensor(self._logits["index"]), self._logits)[0]
