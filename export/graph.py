@@ -88,7 +88,11 @@ def _layer_weights(layer: keras.layers.Layer, h0: np.ndarray | None) -> Recurren
         w_x, w_h, b = (v.numpy() for v in (cell.kernel, cell.recurrent_kernel, cell.bias))
         kind, b_h, activation = "elman", None, keras.activations.serialize(cell.activation)
     elif isinstance(cell, keras.layers.LSTMCell):
-        w_x, w_h, b = (v.numpy() for v in (cell.kernel, cell.recurrent_kernel, cell.bias))
+        # Keras orders the gates [i, f, c, o]; store [i, f, o, c] so that the three
+        # sigmoid gates are contiguous and share one LOGISTIC op.
+        order = np.r_[0:2 * cell.units, 3 * cell.units:4 * cell.units, 2 * cell.units:3 * cell.units]
+        w_x, w_h, b = (v.numpy()[..., order] for v in (cell.kernel, cell.recurrent_kernel,
+                                                        cell.bias))
         kind, b_h, activation = "lstm", None, "tanh"
     elif isinstance(cell, keras.layers.GRUCell):
         if not cell.reset_after:
@@ -153,21 +157,30 @@ def _step(layer: RecurrentWeights, xw_t, state):
         z = xw_t if state is None else xw_t + tf.matmul(state, w_h)
         h = _act(layer.activation)(z)
         return h, h
-    if layer.kind == "lstm":
+    units = layer.units
+    if layer.kind == "lstm":  # gates stored as [i, f, o | c] (see `_layer_weights`)
         h, c = state if state is not None else (None, None)
         z = xw_t if h is None else xw_t + tf.matmul(h, w_h)
-        i, f, g, o = tf.split(z, 4, axis=-1)
-        g = tf.sigmoid(i) * tf.tanh(g)
-        c = g if c is None else tf.sigmoid(f) * c + g
-        h = tf.sigmoid(o) * tf.tanh(c)
+        sigmoid_gates, g = tf.split(z, [3 * units, units], axis=-1)
+        i, f, o = tf.split(tf.sigmoid(sigmoid_gates), 3, axis=-1)  # one LOGISTIC for three
+        g = i * tf.tanh(g)
+        c = g if c is None else f * c + g
+        h = o * tf.tanh(c)
         return h, (h, c)
     # GRU, reset_after: the recurrent bias sits inside r * (h @ W_hh + b_hh)
-    x_z, x_r, x_h = tf.split(xw_t, 3, axis=-1)
-    hw = tf.constant(layer.b_h) if state is None else tf.matmul(state, w_h) + layer.b_h
-    h_z, h_r, h_h = tf.split(hw, 3, axis=-1) if state is not None else np.split(layer.b_h, 3)
-    z = tf.sigmoid(x_z + h_z)
-    candidate = tf.tanh(x_h + tf.sigmoid(x_r + h_r) * h_h)
-    h = (1.0 - z) * candidate if state is None else z * state + (1.0 - z) * candidate
+    x_zr, x_h = tf.split(xw_t, [2 * units, units], axis=-1)
+    if state is None:  # h = 0: the recurrent terms are the bias alone
+        b_zr, b_hh = np.split(layer.b_h, [2 * units])
+        z, r = tf.split(tf.sigmoid(x_zr + b_zr if b_zr.any() else x_zr), 2, axis=-1)
+        # Zero constants are left out, not multiplied: int8 quantization of an all-zero
+        # tensor gives a degenerate scale that LiteRT aborts on.
+        candidate = tf.tanh(x_h + r * b_hh) if b_hh.any() else tf.tanh(x_h)
+        h = candidate - z * candidate
+        return h, h
+    h_zr, h_h = tf.split(tf.matmul(state, w_h) + layer.b_h, [2 * units, units], axis=-1)
+    z, r = tf.split(tf.sigmoid(x_zr + h_zr), 2, axis=-1)  # one LOGISTIC for both gates
+    candidate = tf.tanh(x_h + r * h_h)
+    h = candidate + z * (state - candidate)  # = z * state + (1 - z) * candidate
     return h, h
 
 
@@ -179,20 +192,31 @@ def _initial(layer: RecurrentWeights):
     return (h0, tf.zeros_like(h0)) if layer.kind == "lstm" else h0
 
 
-def sequence_function(weights: ClassifierWeights, batch_size: int | None = 1):
-    """The whole-sequence classifier as a `tf.function`, unrolled over time.
+FORMS = ("loop", "unrolled")
+
+
+def sequence_function(weights: ClassifierWeights, batch_size: int | None = 1,
+                      form: str = "unrolled"):
+    """The whole-sequence classifier as a `tf.function`.
 
     Args:
         weights: see `classifier_weights`.
         batch_size: static batch size (1 for microcontrollers) or None (dynamic).
+        form: "unrolled" (one set of ops per time step) or "loop" (one builtin WHILE whose
+            body runs a step of every layer; smaller, but the int8 converter crashes on it).
 
     Returns:
         A concrete function: sequence [batch, steps, features] float32 -> logits [batch, classes].
     """
+    if form not in FORMS:
+        raise ValueError(f"form must be one of {FORMS}, got {form!r}")
     steps, features = weights.input_shape
+    spec = tf.TensorSpec([batch_size, steps, features], tf.float32, name="sequence")
+    if form == "loop":
+        return tf.function(lambda sequence: _loop(weights, sequence),
+                           input_signature=[spec]).get_concrete_function()
 
-    @tf.function(input_signature=[tf.TensorSpec([batch_size, steps, features], tf.float32,
-                                                name="sequence")])
+    @tf.function(input_signature=[spec])
     def classify(sequence):
         x = sequence
         for layer in weights.layers:
@@ -206,6 +230,33 @@ def sequence_function(weights: ClassifierWeights, batch_size: int | None = 1):
         return tf.matmul(h, weights.w_y) + weights.b_y
 
     return classify.get_concrete_function()
+
+
+def _loop(weights: ClassifierWeights, sequence):
+    """The recurrence as a WHILE loop over time; the body steps every layer once."""
+    steps = weights.input_shape[0]
+    first = weights.layers[0]
+    # The first layer's input projection for all steps at once, outside the loop.
+    xw = tf.matmul(sequence, first.w_x) + first.b_x  # [batch, steps, gates * units]
+    batch = tf.shape(sequence)[0]
+    states = []
+    for layer in weights.layers:
+        h0 = tf.broadcast_to(tf.constant(layer.h0[None]), [batch, layer.units])
+        states.append((h0, tf.zeros_like(h0)) if layer.kind == "lstm" else h0)
+
+    def body(t, states):
+        x, new_states = None, []
+        for i, (layer, state) in enumerate(zip(weights.layers, states)):
+            projection = tf.gather(xw, t, axis=1) if i == 0 else (
+                tf.matmul(x, layer.w_x) + layer.b_x)
+            x, state = _step(layer, projection, state)
+            new_states.append(state)
+        return t + 1, new_states
+
+    _, states = tf.while_loop(lambda t, _: t < steps, body, [tf.constant(0), states],
+                              maximum_iterations=steps)
+    top = states[-1][0] if weights.layers[-1].kind == "lstm" else states[-1]
+    return tf.matmul(top, weights.w_y) + weights.b_y
 
 
 def step_function(weights: ClassifierWeights):

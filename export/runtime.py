@@ -18,7 +18,7 @@ import os
 
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
-from ai_edge_litert.interpreter import Interpreter
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 INITIAL_STATE_METADATA = b"kerasrnn.initial_state"
 
@@ -39,7 +39,11 @@ def _load(path: str) -> tuple[bytes, Interpreter]:
         raise ModelFileError(f"{path}: not a TFLite model (file identifier {content[4:8]!r}, "
                              f"expected b'TFL3')")
     try:  # the interpreter verifies the flatbuffer before building the graph
-        interpreter = Interpreter(model_content=content)
+        # LiteRT's own kernels, not the XNNPACK delegate: XNNPACK aborts the process on
+        # some valid int8 graphs, and these are the kernels `kerasrnn export` verified.
+        interpreter = Interpreter(
+            model_content=content,
+            experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
         interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as e:
         raise ModelFileError(f"{path}: invalid or truncated TFLite model ({e})") from None
@@ -112,6 +116,9 @@ class Classifier:
         self.input_shape = tuple(int(d) for d in self._input["shape"][1:])
         self.batch_size = int(self._input["shape_signature"][0])  # -1: dynamic
         self.quantized = self._input["dtype"] != np.float32
+        # the size of one output quantization step (None for float outputs)
+        self.output_scale = (float(self._output["quantization"][0])
+                             if self._output["dtype"] != np.float32 else None)
 
     def predict(self, images) -> np.ndarray:
         """Logits for a batch of any size.

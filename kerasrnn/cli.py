@@ -8,6 +8,8 @@ import logging
 import os
 import sys
 
+import numpy as np
+
 
 def _add_data_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data")
@@ -88,6 +90,40 @@ def cmd_evaluate(args) -> None:
           f"on {scores['examples']} digits")
 
 
+def cmd_run(args) -> None:
+    from kerasrnn.pipeline import run, summary_table
+
+    model_config, train_config = _train_configs(args)
+    print(summary_table(run(model_config, _data_config(args), train_config, args.out,
+                            resume=args.resume)))
+
+
+def cmd_export(args) -> None:
+    from kerasrnn.export.workflow import ExportConfig, export_model
+
+    config = ExportConfig(quantization=args.quantize,
+                          batch_size=None if args.dynamic_batch else 1,
+                          stream=args.stream, micro=not args.no_micro, c_array=args.c_array)
+    written, report, extras = export_model(args.model, args.out, config, _data_config(args))
+    print(f"wrote {written.path}: {written.size_bytes:,} bytes, {written.size_ratio:.2f}x the "
+          f"{written.parameter_bytes:,} bytes of float32 parameters ({written.form})")
+    print(report.table())
+    for kind, path in extras.items():
+        print(f"{kind}: {path}")
+
+
+def cmd_predict(args) -> None:
+    from kerasrnn.export.runtime import Classifier
+    from kerasrnn.images import load_images
+
+    classifier = Classifier(args.model)
+    logits = classifier.predict(load_images(args.images))
+    probabilities = np.exp(logits - logits.max(-1, keepdims=True))
+    probabilities /= probabilities.sum(-1, keepdims=True)
+    for i, p in enumerate(probabilities):
+        print(f"{i}: digit {int(p.argmax())} ({p.max():.1%})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kerasrnn",
@@ -108,6 +144,35 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_flags(p)
     p.add_argument("--json", action="store_true", help="print the scores as JSON")
     p.set_defaults(func=cmd_evaluate)
+
+    p = commands.add_parser("run", help="train, evaluate, export float and int8, verify",
+                            description="The whole job: train into --out, evaluate, export "
+                                        "model.tflite and model_int8.tflite (with streaming "
+                                        "model and C array), verify each against Keras and "
+                                        "TensorFlow Lite Micro, and print one summary.")
+    _add_train_flags(p)
+    _add_data_flags(p)
+    p.add_argument("--out", required=True, help="the run folder")
+    p.set_defaults(func=cmd_run)
+
+    p = commands.add_parser("export", help="convert a .keras model to builtin-only TFLite",
+                            description="Convert to a .tflite that runs on LiteRT and "
+                                        "TensorFlow Lite Micro, then verify it.")
+    p.add_argument("model", help="a .keras file from `kerasrnn train`")
+    p.add_argument("--quantize", default="none", choices=("none", "float16", "dynamic", "int8"))
+    p.add_argument("--out", required=True, help="the .tflite file to write")
+    p.add_argument("--dynamic-batch", action="store_true",
+                   help="dynamic batch size (LiteRT only; default: batch 1, runs on MCUs)")
+    p.add_argument("--stream", action="store_true", help="also write NAME.step.tflite")
+    p.add_argument("--c-array", action="store_true", help="also write model_data.cc/.h")
+    p.add_argument("--no-micro", action="store_true", help="skip the TFLM check")
+    _add_data_flags(p)
+    p.set_defaults(func=cmd_export)
+
+    p = commands.add_parser("predict", help="classify digits with a .tflite (LiteRT only)")
+    p.add_argument("model", help="a .tflite file from `kerasrnn export`")
+    p.add_argument("images", help="images.npy ([n, 28, 28] or [28, 28]) or a digit .png")
+    p.set_defaults(func=cmd_predict, tensorflow=False)
     return parser
 
 
@@ -136,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING,
                         format="kerasrnn: %(message)s")
     try:
-        if not args.debug:
+        if not args.debug and getattr(args, "tensorflow", True):
             _import_tensorflow_quietly()
         args.func(args)
     except KeyboardInterrupt:

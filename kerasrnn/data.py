@@ -233,7 +233,10 @@ def _tfds_split(config: DataConfig, split: str) -> tf.data.Dataset:
     return builder.as_dataset(split=tfds_split, as_supervised=True, shuffle_files=False)
 
 
-def _to_view(view: str):
+def view_function(view: str):
+    """The map function (uint8 image, label) -> (float32 [steps, features], int32 label)."""
+    if view not in VIEWS:
+        raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
     permutation = tf.constant(np.random.default_rng(_PERMUTATION_SEED).permutation(784))
 
     def convert(image, label):
@@ -269,7 +272,7 @@ def pipeline(config: DataConfig, split: str = "train", shuffle: bool | None = No
             ds = ds.take(config.max_examples)
     else:
         ds = tf.data.Dataset.from_tensor_slices(load_arrays(config, split))
-    ds = ds.map(_to_view(config.view), num_parallel_calls=tf.data.AUTOTUNE).cache()
+    ds = ds.map(view_function(config.view), num_parallel_calls=tf.data.AUTOTUNE).cache()
     if shuffle:
         ds = ds.shuffle(16384, seed=config.seed, reshuffle_each_iteration=True)
     return ds.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)

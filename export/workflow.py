@@ -1,0 +1,87 @@
+"""Export in one call: convert, verify against Keras and TFLM, write the C array."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from kerasrnn import data
+from kerasrnn.export.convert import TfliteFile, to_tflite
+from kerasrnn.export.verify import Report, verify
+
+CALIBRATION_IMAGES = 500
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    """How a model is exported.
+
+    Attributes:
+        quantization: "none", "float16", "dynamic" or "int8".
+        batch_size: static batch size of the file (1 runs on microcontrollers), or None.
+        stream: also write the streaming step model next to the file (`NAME.step.tflite`).
+        micro: check the file in TensorFlow Lite Micro (batch-1 files).
+        c_array: also write `model_data.cc/.h` next to the file.
+    """
+
+    quantization: str = "none"
+    batch_size: int | None = 1
+    stream: bool = False
+    micro: bool = True
+    c_array: bool = False
+
+
+def view_of(model, requested: str | None = None) -> str:
+    """The data view a model was trained on, from its input shape."""
+    if tuple(model.input_shape[1:]) == (28, 28):
+        return "rows"
+    return "permuted" if requested == "permuted" else "pixels"
+
+
+def export_model(model_path: str, out_path: str, config: ExportConfig,
+                 data_config: data.DataConfig) -> tuple[TfliteFile, Report, dict]:
+    """Converts a saved classifier, verifies it and writes the extras.
+
+    Calibration (int8) uses real training images; verification uses the test split.
+
+    Args:
+        model_path: the .keras file.
+        out_path: the .tflite to write.
+        config: see `ExportConfig`.
+        data_config: where calibration and test digits come from (its view follows the model).
+
+    Returns:
+        (the written file, the verification report, {"stream": path, "c_array": [paths]}).
+    """
+    from kerasrnn.training import load_model
+
+    model = load_model(model_path)
+    data_config = dataclasses.replace(data_config, view=view_of(model, data_config.view))
+    calibration = None
+    if config.quantization == "int8":
+        images, _ = data.load_arrays(dataclasses.replace(data_config, max_examples=None), "train")
+        calibration = _views(images[:CALIBRATION_IMAGES], data_config.view)
+    written = to_tflite(model, out_path, config.quantization, calibration, config.batch_size)
+    images, labels = data.load_arrays(data_config, "test")
+    report = verify(out_path, model, (_views(images, data_config.view), labels),
+                    micro=config.micro and config.batch_size == 1,
+                    json_path=os.path.splitext(out_path)[0] + ".verify.json")
+    extras = {}
+    if config.stream:
+        extras["stream"] = os.path.splitext(out_path)[0] + ".step.tflite"
+        to_tflite(model, extras["stream"], "int8" if config.quantization == "int8" else "none",
+                  calibration, stream=True)
+    if config.c_array:
+        from kerasrnn.export.micro import write_c_array
+
+        extras["c_array"] = list(write_c_array(out_path, os.path.dirname(os.path.abspath(out_path))))
+    return written, report, extras
+
+
+def _views(images, view: str):
+    """uint8 [n, 28, 28] -> float32 [n, steps, features] in the given view (as `data` makes it)."""
+    import tensorflow as tf
+
+    dataset = tf.data.Dataset.from_tensor_slices((images, tf.zeros(len(images), tf.int32)))
+    batches = dataset.map(data.view_function(view)).batch(4096)
+    return tf.concat([x for x, _ in batches], axis=0).numpy()

@@ -1,0 +1,39 @@
+"""Reading digits for prediction: NumPy arrays and image files (no TensorFlow)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+
+def load_images(path: str) -> np.ndarray:
+    """Loads digits as uint8 [n, 28, 28] (or the float array as stored).
+
+    Args:
+        path: a `.npy` file ([n, 28, 28] or [28, 28], uint8 0-255 or float in [0, 1]), or an
+            image file (PNG, JPEG...), made grey, resized to 28x28 and, when it is dark on
+            light like ink on paper, inverted to MNIST's light-on-dark.
+
+    Returns:
+        The images, [n, 28, 28].
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"image file {path} does not exist")
+    if path.endswith(".npy"):
+        try:
+            images = np.load(path, allow_pickle=False)
+        except ValueError as e:
+            raise ValueError(f"{path} is not a readable .npy array: {e}") from None
+        return images[None] if images.ndim == 2 else images
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        image = Image.open(path).convert("L")
+    except UnidentifiedImageError:
+        raise ValueError(f"{path} is neither a .npy array nor an image file") from None
+    pixels = np.asarray(image.resize((28, 28), Image.BILINEAR), dtype=np.uint8)
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    if border.mean() > 127:  # dark ink on a light background
+        pixels = 255 - pixels
+    return pixels[None]
