@@ -161,8 +161,8 @@ def _run_worker(job_path: str) -> None:
 def _convert(job: dict) -> None:
     """The child process: build the graph, convert, slim, write."""
     import tensorflow as tf
-
     from kerasrnn.export import flatbuffer, graph
+
     from kerasrnn.training import load_model
 
     model = load_model(job["model"])

@@ -78,6 +78,7 @@ def verify(tflite_path: str, keras_model, dataset, micro: bool = False,
     """
     from kerasrnn.export import flatbuffer
     from kerasrnn.export.runtime import Classifier
+
     from kerasrnn.training import load_model
 
     model = load_model(keras_model) if isinstance(keras_model, str) else keras_model

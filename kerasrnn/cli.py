@@ -124,6 +124,20 @@ def cmd_predict(args) -> None:
         print(f"{i}: digit {int(p.argmax())} ({p.max():.1%})")
 
 
+def cmd_tune(args) -> None:
+    from kerasrnn.search_space import SearchSpace
+    from kerasrnn.tuning import TuneConfig, tune
+
+    space = SearchSpace.parse(args.set or [], args.range or [])
+    config = TuneConfig(tuner=args.tuner, max_trials=args.max_trials, max_epochs=args.max_epochs,
+                        patience=args.patience or None, loop=args.loop, max_bytes=args.max_bytes,
+                        size_measure=args.size_measure, time_budget_s=args.time_budget,
+                        seed=args.seed)
+    outcome = tune(space, _data_config(args), config, args.out, role=args.role,
+                   oracle=args.oracle, worker_id=args.worker_id, retrain=not args.no_retrain)
+    print(outcome.report())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kerasrnn",
@@ -168,6 +182,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-micro", action="store_true", help="skip the TFLM check")
     _add_data_flags(p)
     p.set_defaults(func=cmd_export)
+
+    p = commands.add_parser(
+        "tune", help="search hyperparameters with Keras Tuner (resumable, distributed)",
+        description="Search the space of build_classifier with Keras Tuner. Re-running the "
+                    "same command continues an interrupted search. Distributed: start one "
+                    "--role chief and any number of --role worker with the same --oracle.")
+    p.add_argument("--out", required=True, help="the search folder")
+    p.add_argument("--tuner", default="random", choices=("random", "bayesian", "hyperband"))
+    p.add_argument("--set", action="append", metavar="NAME=VALUE",
+                   help="fix a hyperparameter, e.g. --set cell=elman (repeatable)")
+    p.add_argument("--range", action="append", metavar="NAME=LOW:HIGH|A,B",
+                   help="narrow one, e.g. --range units=32:256 or --range cell=lstm,gru")
+    p.add_argument("--max-trials", type=int, default=10)
+    p.add_argument("--max-epochs", type=int, default=10, help="per-trial epoch cap")
+    p.add_argument("--patience", type=int, default=2, help="early stopping in a trial; 0: off")
+    p.add_argument("--loop", default="bptt", choices=("bptt", "fit"))
+    p.add_argument("--max-bytes", type=int,
+                   help="edge objective: best val_accuracy among models of at most this size")
+    p.add_argument("--size-measure", default="float32_params",
+                   choices=("float32_params", "int8_params", "int8_tflite"))
+    p.add_argument("--time-budget", type=float, metavar="SECONDS",
+                   help="stop cleanly after the running trial once this much time passed")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--role", choices=("chief", "worker"),
+                   help="distributed tuning (or set KERASTUNER_* environment variables)")
+    p.add_argument("--oracle", metavar="HOST:PORT", help="the chief's address")
+    p.add_argument("--worker-id", help="this worker's id (default: worker-PID)")
+    p.add_argument("--no-retrain", action="store_true",
+                   help="skip retraining the best model on train+validation")
+    _add_data_flags(p)
+    p.set_defaults(func=cmd_tune)
 
     p = commands.add_parser("predict", help="classify digits with a .tflite (LiteRT only)")
     p.add_argument("model", help="a .tflite file from `kerasrnn export`")

@@ -7,7 +7,8 @@ import numpy as np
 from kerasrnn._io import atomic_write
 
 
-def _figure():
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never needs a display
@@ -23,7 +24,7 @@ def training_curves(history: list[dict], path: str) -> None:
         history: one dict per epoch with epoch, loss, accuracy, val_loss, val_accuracy.
         path: the PNG to write.
     """
-    plt = _figure()
+    plt = pyplot()
     epochs = [row["epoch"] for row in history]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, metric in zip(axes, ("loss", "accuracy")):
@@ -51,7 +52,7 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, classes: int =
 
 def confusion_matrix_png(counts: np.ndarray, path: str, title: str = "confusion matrix") -> None:
     """Draws a confusion matrix (rows: true class, columns: prediction) into a PNG."""
-    plt = _figure()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 5.5))
     image = ax.imshow(counts, cmap="Blues")
     fig.colorbar(image, ax=ax)

@@ -98,7 +98,8 @@ def fit_bptt(model: keras.Model, train_ds: tf.data.Dataset, val_ds: tf.data.Data
 
     Args:
         model: a model compiled by `compile_model`.
-        train_ds, val_ds: batches of (x [batch, steps, features], y [batch]).
+        train_ds, val_ds: batches of (x [batch, steps, features], y [batch]); with
+            val_ds None no validation is run (e.g. a final fit on train+validation).
         config: see `TrainConfig`.
         callbacks: Keras callbacks.
         initial_epoch: the first epoch to run (0-based; later when resuming).
@@ -135,7 +136,8 @@ def fit_bptt(model: keras.Model, train_ds: tf.data.Dataset, val_ds: tf.data.Data
             progbar.update(step + 1, [("loss", float(loss_mean.result())),
                                       ("accuracy", float(accuracy.result()))])
         logs = {"loss": float(loss_mean.result()), "accuracy": float(accuracy.result())}
-        logs.update({f"val_{k}": v for k, v in evaluate(model, val_ds).items()})
+        if val_ds is not None:
+            logs.update({f"val_{k}": v for k, v in evaluate(model, val_ds).items()})
         if config.verbose:
             print(f"epoch {epoch + 1}/{config.epochs}: " +
                   ", ".join(f"{k} {v:.4f}" for k, v in logs.items()))

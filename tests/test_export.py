@@ -1,0 +1,244 @@
+"""Export: builtin-only TFLite for every model kind and quantization, checked against
+Keras, LiteRT and TensorFlow Lite Micro on the bundled sample's test digits."""
+
+import os
+
+import numpy as np
+import pytest
+from kerasrnn.export import convert, flatbuffer, graph
+from kerasrnn.export.micro import run_micro, write_c_array
+from kerasrnn.export.runtime import Classifier, Stream
+from kerasrnn.export.verify import verify
+
+from kerasrnn import data, training
+from kerasrnn.models import ModelConfig, build_classifier
+
+KINDS = {  # name: (cell, units, layers)
+    "simple": ("simple", 64, 1), "elman": ("elman", 64, 1), "lstm": ("lstm", 32, 1),
+    "gru": ("gru", 32, 1), "stacked": ("elman", 32, 2),
+}
+QUANTIZATIONS = convert.QUANTIZATIONS
+SAMPLE = data.DataConfig(source="sample")
+# max |logit diff| and top-1 agreement against Keras, per float quantization
+TOLERANCE = {"none": (1e-4, 1.0), "float16": (0.05, 0.99)}
+
+
+@pytest.fixture(scope="session")
+def test_digits():
+    images, labels = data.load_arrays(SAMPLE, "test")
+    return images.astype(np.float32) / 255.0, labels
+
+
+@pytest.fixture(scope="session")
+def calibration():
+    images, _ = data.load_arrays(SAMPLE, "train+validation")
+    return images.astype(np.float32) / 255.0  # all 4,000 training digits, as `export` does
+
+
+@pytest.fixture(scope="session")
+def trained_models(tmp_path_factory):
+    """Each model kind, trained 10 epochs on the sample (seeded)."""
+    import keras
+
+    models = {}
+    for name, (cell, units, layers) in KINDS.items():
+        keras.utils.set_random_seed(0)
+        result = training.train(ModelConfig(cell=cell, units=units, layers=layers), SAMPLE,
+                                training.TrainConfig(epochs=10, verbose=0),
+                                str(tmp_path_factory.mktemp(name)))
+        models[name] = result.model
+    return models
+
+
+@pytest.fixture(scope="session")
+def exported(trained_models, calibration, tmp_path_factory):
+    """(kind, quantization) -> TfliteFile, converted once for the whole session."""
+    folder = tmp_path_factory.mktemp("tflite")
+    return {(kind, q): convert.to_tflite(model, str(folder / f"{kind}_{q}.tflite"), q,
+                                         calibration if q == "int8" else None)
+            for kind, model in trained_models.items() for q in QUANTIZATIONS}
+
+
+@pytest.mark.parametrize("quantization", QUANTIZATIONS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_export_uses_builtin_ops_only(exported, kind, quantization):
+    ops = exported[kind, quantization].operators
+    assert ops and all(flatbuffer.is_builtin(op) for op in ops), ops
+    assert not any(op.startswith("Flex") or op == "CUSTOM" for op in ops)
+
+
+@pytest.mark.parametrize("quantization", ["none", "float16"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_float_files_match_keras(exported, trained_models, test_digits, kind, quantization):
+    images, _ = test_digits
+    expected = trained_models[kind].predict(images, verbose=0)
+    logits = Classifier(exported[kind, quantization].path).predict(images)
+    max_diff, agreement = TOLERANCE[quantization]
+    assert np.abs(logits - expected).max() < max_diff
+    assert (logits.argmax(1) == expected.argmax(1)).mean() >= agreement
+
+
+@pytest.mark.parametrize("quantization", ["dynamic", "int8"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_quantized_accuracy_within_1_5_points_of_keras(exported, trained_models, test_digits,
+                                                       kind, quantization):
+    images, labels = test_digits
+    report = verify(exported[kind, quantization].path, trained_models[kind], (images, labels))
+    assert abs(report.tflite_accuracy - report.keras_accuracy) <= 0.015, report.table()
+    assert report.keras_accuracy > 0.8  # a trained model, or the comparison says nothing
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_int8_file_takes_and_gives_int8(exported, kind):
+    classifier = Classifier(exported[kind, "int8"].path)
+    assert classifier.quantized and classifier.output_scale > 0
+
+
+@pytest.mark.parametrize("quantization", ["none", "int8"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_micro_matches_litert(exported, test_digits, kind, quantization):
+    images, _ = test_digits
+    path = exported[kind, quantization].path
+    litert = Classifier(path).predict(images)
+    micro = run_micro(path, images)
+    assert micro.arena_bytes > 0
+    if quantization == "none":
+        assert np.abs(micro.logits - litert).max() < 1e-5
+    else:
+        assert (micro.logits.argmax(1) == litert.argmax(1)).mean() >= 0.99
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_quantized_files_are_smaller_than_float(exported, kind):
+    # float16 and dynamic keep the WHILE loop; int8 is unrolled (see choose_form), so its
+    # size is reported by benchmarks/export_sizes.py rather than bounded here.
+    float_size = exported[kind, "none"].size_bytes
+    for quantization in ("float16", "dynamic"):
+        assert exported[kind, quantization].size_bytes < 0.7 * float_size, quantization
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_float_file_is_close_to_its_parameter_bytes(exported, kind):
+    # the WHILE-loop form: graph overhead is a few KB, whatever the sequence length
+    exported_file = exported[kind, "none"]
+    assert "WHILE loop" in exported_file.form
+    assert exported_file.size_bytes - exported_file.parameter_bytes < 6000
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_streaming_equals_whole_sequence(trained_models, test_digits, tmp_path, kind):
+    images, _ = test_digits
+    model = trained_models[kind]
+    path = convert.to_tflite(model, str(tmp_path / "step.tflite"), stream=True).path
+    stream = Stream(path)
+    expected = Classifier(convert.to_tflite(model, str(tmp_path / "whole.tflite")).path)
+    for image in images[:20]:
+        stream.reset()
+        for row in image:
+            logits = stream.push(row)
+        np.testing.assert_allclose(logits, expected.predict(image)[0], atol=1e-5)
+    assert stream.steps == 28
+
+
+def test_int8_streaming_agrees_with_keras(trained_models, test_digits, calibration, tmp_path):
+    images, _ = test_digits
+    model = trained_models["elman"]
+    stream = Stream(convert.to_tflite(model, str(tmp_path / "s8.tflite"), "int8", calibration,
+                                      stream=True).path)
+    predictions = []
+    for image in images[:200]:
+        stream.reset()
+        for row in image:
+            logits = stream.push(row)
+        predictions.append(logits.argmax())
+    expected = model.predict(images[:200], verbose=0).argmax(1)
+    assert (np.array(predictions) == expected).mean() >= 0.95
+
+
+def test_graph_forms_agree_with_keras(trained_models, test_digits):
+    import tensorflow as tf
+
+    images, _ = test_digits
+    for kind, model in trained_models.items():
+        weights = graph.classifier_weights(model)
+        expected = model.predict(images[:16], verbose=0)
+        for form in graph.FORMS:
+            logits = graph.sequence_function(weights, None, form)(tf.constant(images[:16]))
+            np.testing.assert_allclose(logits.numpy(), expected, atol=1e-5, err_msg=(kind, form))
+
+
+def test_dynamic_batch_file_takes_any_batch(trained_models, test_digits, tmp_path):
+    images, _ = test_digits
+    path = convert.to_tflite(trained_models["gru"], str(tmp_path / "d.tflite"),
+                             batch_size=None).path
+    classifier = Classifier(path)
+    assert classifier.batch_size == -1
+    for n in (1, 7, 64):
+        assert classifier.predict(images[:n]).shape == (n, 10)
+
+
+def test_pixel_view_model_exports(tmp_path, test_digits):
+    model = build_classifier(cell="elman", units=8, input_shape=(784, 1))
+    path = convert.to_tflite(model, str(tmp_path / "p.tflite")).path
+    images, _ = test_digits
+    x = images[:4].reshape(4, 784, 1)
+    np.testing.assert_allclose(Classifier(path).predict(x), model.predict(x, verbose=0),
+                               atol=1e-4)
+
+
+def test_verify_report_has_every_number(exported, trained_models, test_digits, tmp_path):
+    report = verify(exported["elman", "int8"].path, trained_models["elman"], test_digits,
+                    micro=True, json_path=str(tmp_path / "r.json"), max_micro_examples=100)
+    assert report.examples == 1000 and report.micro["examples"] == 100
+    assert report.micro["max_diff_steps"] is not None
+    for line in ("operators", "top-1 agreement", "TFLM arena", "quantization steps"):
+        assert line in report.table()
+    assert os.path.getsize(tmp_path / "r.json") > 0
+
+
+def test_c_array_compiles_back_to_the_same_bytes(exported, tmp_path):
+    path = exported["elman", "int8"].path
+    header, source = write_c_array(path, str(tmp_path))
+    text = open(source).read()
+    body = text[text.index("{") + 1:text.index("}")]
+    data_bytes = bytes(int(v, 16) for v in body.replace("\n", "").split(",") if v.strip())
+    assert data_bytes == open(path, "rb").read()
+    assert "alignas(16)" in text and f"g_model_len = {len(data_bytes)}" in text
+    assert "extern const unsigned char g_model[]" in open(header).read()
+
+
+@pytest.mark.parametrize("kwargs,error,message", [
+    ({"quantization": "int4"}, ValueError, "quantization must be one of"),
+    ({"quantization": "int8"}, ValueError, "int8 quantization needs representative_data"),
+    ({"batch_size": 0}, ValueError, "batch_size must be a positive integer or None"),
+    ({"quantization": "int8", "representative_data": np.full((2, 28, 28), 2.0)}, ValueError,
+     r"images scaled to \[0, 1\]"),
+    ({"form": "spiral"}, ValueError, "form must be"),
+])
+def test_bad_export_arguments(tmp_path, kwargs, error, message):
+    model = build_classifier(cell="elman", units=4)
+    with pytest.raises(error, match=message):
+        convert.to_tflite(model, str(tmp_path / "x.tflite"), **kwargs)
+    assert not os.listdir(tmp_path)  # nothing half-written
+
+
+def test_unexportable_model_is_a_clear_error(tmp_path):
+    import keras
+
+    inputs = keras.Input((28, 28))
+    model = keras.Model(inputs, keras.layers.Dense(10)(keras.layers.Flatten()(inputs)))
+    with pytest.raises(Exception, match="cannot export layer"):
+        convert.to_tflite(model, str(tmp_path / "x.tflite"))
+    assert not (tmp_path / "x.tflite").exists()
+
+
+def test_failed_export_keeps_the_previous_file(tmp_path):
+    import keras
+
+    target = tmp_path / "model.tflite"
+    target.write_bytes(b"previous export")
+    inputs = keras.Input((28, 28))
+    bad = keras.Model(inputs, keras.layers.Dense(10)(keras.layers.Flatten()(inputs)))
+    with pytest.raises(convert.ConversionError):
+        convert.to_tflite(bad, str(target))
+    assert target.read_bytes() == b"previous export"
