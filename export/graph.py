@@ -101,7 +101,7 @@ def _layer_weights(layer: keras.layers.Layer, h0: np.ndarray | None) -> Recurren
         b, b_h = cell.bias.numpy()
         kind, activation = "gru", "tanh"
     else:
-        raise ValueError(f"cannot export recurrent cell {type(cell).__name__}")
+        raise TypeError(f"cannot export recurrent cell {type(cell).__name__}")
     if activation not in ("tanh", "relu"):
         raise ValueError(f"cannot export activation {activation!r}: use tanh or relu")
     units = w_h.shape[0]

@@ -113,6 +113,6 @@ def _micro_report(tflite_path, images, litert_logits, classifier) -> dict:
            "max_diff_steps": None}
     scale = classifier.output_scale
     if scale:  # int8: the same difference counted in output quantization steps
-        out["max_diff_steps"] = int(round(out["max_abs_diff"] / scale))
+        out["max_diff_steps"] = round(out["max_abs_diff"] / scale)
     return out
 

@@ -42,11 +42,11 @@ def run(model_config: ModelConfig, data_config: data.DataConfig, train_config: T
 
 def summary_table(summary: dict) -> str:
     """One table: the Keras model, then each exported file."""
-    lines = [f"Keras model: {summary['parameters']:,} parameters "
-             f"({4 * summary['parameters']:,} bytes float32), {summary['epochs']} epochs, "
-             f"test accuracy {summary['test_accuracy']:.2%}",
-             f"{'file':<20} {'bytes':>8} {'ratio':>6} {'accuracy':>9} {'top-1 agree':>12} "
-             f"{'max |diff|':>10} {'TFLM arena':>11} {'TFLM agree':>11}"]
+    lines = [(f"Keras model: {summary['parameters']:,} parameters "
+              f"({4 * summary['parameters']:,} bytes float32), {summary['epochs']} epochs, "
+              f"test accuracy {summary['test_accuracy']:.2%}"),
+             (f"{'file':<20} {'bytes':>8} {'ratio':>6} {'accuracy':>9} {'top-1 agree':>12} "
+              f"{'max |diff|':>10} {'TFLM arena':>11} {'TFLM agree':>11}")]
     for name, e in summary["exports"].items():
         micro = e["micro"] or {}
         lines.append(f"{name:<20} {e['size_bytes']:>8,} {e['size_ratio']:>6.2f} "

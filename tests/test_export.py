@@ -199,12 +199,15 @@ def test_verify_report_has_every_number(exported, trained_models, test_digits, t
 def test_c_array_compiles_back_to_the_same_bytes(exported, tmp_path):
     path = exported["elman", "int8"].path
     header, source = write_c_array(path, str(tmp_path))
-    text = open(source).read()
+    with open(source) as f:
+        text = f.read()
     body = text[text.index("{") + 1:text.index("}")]
     data_bytes = bytes(int(v, 16) for v in body.replace("\n", "").split(",") if v.strip())
-    assert data_bytes == open(path, "rb").read()
+    with open(path, "rb") as f:
+        assert data_bytes == f.read()
     assert "alignas(16)" in text and f"g_model_len = {len(data_bytes)}" in text
-    assert "extern const unsigned char g_model[]" in open(header).read()
+    with open(header) as f:
+        assert "extern const unsigned char g_model[]" in f.read()
 
 
 @pytest.mark.parametrize("kwargs,error,message", [
@@ -227,7 +230,7 @@ def test_unexportable_model_is_a_clear_error(tmp_path):
 
     inputs = keras.Input((28, 28))
     model = keras.Model(inputs, keras.layers.Dense(10)(keras.layers.Flatten()(inputs)))
-    with pytest.raises(Exception, match="cannot export layer"):
+    with pytest.raises(convert.ConversionError, match="cannot export layer"):
         convert.to_tflite(model, str(tmp_path / "x.tflite"))
     assert not (tmp_path / "x.tflite").exists()
 

@@ -105,7 +105,8 @@ _BAD_BYTES = {
     ("missing", "no such model file"),
 ])
 def test_bad_model_files_give_a_clear_error_not_a_crash(files, tmp_path, kind, message):
-    content = open(files["float"], "rb").read()
+    with open(files["float"], "rb") as f:
+        content = f.read()
     path = tmp_path / f"{kind}.tflite"
     if kind == "wrong_magic":
         path.write_bytes(content[:4] + b"XXXX" + content[8:])

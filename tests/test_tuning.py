@@ -95,7 +95,7 @@ def test_search_killed_mid_trial_resumes_without_training_a_trial_twice(tmp_path
     before = {tid: t for tid, t in _trials(out).items() if t["status"] == "COMPLETED"}
     assert len(before) >= 2
     second = _kerasrnn(*args)
-    stdout, stderr = second.communicate(timeout=600)
+    _, stderr = second.communicate(timeout=600)
     assert second.returncode == 0, stderr
     after = _trials(out)
     assert len(after) == 4 and all(t["status"] == "COMPLETED" for t in after.values())
