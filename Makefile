@@ -9,18 +9,21 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/kerasrnn train --data sample --out runs/quickstart --resume
+	$(BIN)/kerasrnn run --data sample --out runs/quickstart --resume --quiet
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+benchmark: $(STAMP)
+	$(BIN)/python benchmarks/export_sizes.py
+	$(BIN)/python benchmarks/training_speed.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check kerasrnn export tests benchmarks tools

@@ -149,8 +149,11 @@ def _run_worker(job_path: str) -> None:
     result = subprocess.run([sys.executable, "-m", "kerasrnn.export.convert", job_path],
                             capture_output=True, text=True, env=env, check=False)
     if result.returncode < 0:
-        raise ConversionError(f"the TFLite converter or LiteRT's check of its output crashed "
-                              f"(signal {-result.returncode}); no file was written")
+        raise ConversionError(
+            f"the TFLite converter or LiteRT's check of its output crashed (signal "
+            f"{-result.returncode}); no file was written. For int8 this happens when "
+            f"calibration sees a tensor that never varies (an untrained model on MNIST's "
+            f"blank first rows, say): train the model or calibrate on more varied data")
     if result.returncode != 0:
         lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
         ops = sorted(set(re.findall(r"\btf\.(\w+)", result.stderr)))

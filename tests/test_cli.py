@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 
@@ -18,7 +19,7 @@ def kerasrnn(*args, check=True):
 
 def test_help_lists_the_commands():
     out = kerasrnn("--help").stdout
-    for command in ("train", "evaluate"):
+    for command in ("train", "evaluate", "run", "export", "predict", "tune"):
         assert command in out
 
 
@@ -56,3 +57,83 @@ def test_not_a_keras_file_is_a_clear_error(tmp_path):
     bad.write_bytes(b"not a zip")
     result = kerasrnn("evaluate", str(bad), "--data", "sample", check=False)
     assert result.returncode == 1 and "is not a loadable .keras model" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory):
+    """`kerasrnn run` on a slice of the sample: train, export float and int8, verify."""
+    out = tmp_path_factory.mktemp("run") / "run"
+    result = kerasrnn("run", "--data", "sample", "--units", "16", "--epochs", "2",
+                      "--max-examples", "600", "--quiet", "--out", str(out))
+    return out, result.stdout
+
+
+def test_run_prints_one_summary_and_writes_every_file(pipeline_run):
+    out, stdout = pipeline_run
+    for text in ("Keras model:", "model.tflite", "model_int8.tflite", "TFLM arena"):
+        assert text in stdout
+    for name in ("model.keras", "model.tflite", "model_int8.tflite", "model_int8.step.tflite",
+                 "model_data.cc", "model_data.h", "pipeline.json", "model_int8.verify.json"):
+        assert (out / name).stat().st_size > 0, name
+    with open(out / "pipeline.json") as f:
+        summary = json.load(f)
+    exported = summary["exports"]["model.tflite"]
+    assert exported["max_abs_logit_diff"] < 1e-4 and exported["top1_agreement"] == 1.0
+    assert summary["exports"]["model_int8.tflite"]["micro"]["arena_bytes"] > 0
+
+
+def test_export_command_prints_the_report(pipeline_run, tmp_path):
+    out, _ = pipeline_run
+    target = tmp_path / "f16.tflite"
+    stdout = kerasrnn("export", str(out / "model.keras"), "--quantize", "float16", "--out",
+                      str(target), "--data", "sample", "--max-examples", "200").stdout
+    assert "wrote" in stdout and "operators" in stdout and "DEQUANTIZE" in stdout
+    assert target.stat().st_size > 0
+
+
+def test_predict_reads_npy_and_png(pipeline_run, tmp_path):
+    from PIL import Image
+
+    from kerasrnn import data
+
+    out, _ = pipeline_run
+    images, labels = data.load_arrays(data.DataConfig(source="sample"), "test")
+    np.save(tmp_path / "digits.npy", images[:3])
+    lines = kerasrnn("predict", str(out / "model_int8.tflite"),
+                     str(tmp_path / "digits.npy")).stdout.strip().splitlines()
+    assert len(lines) == 3 and all(" digit " in line for line in lines)
+    Image.fromarray(255 - images[0]).save(tmp_path / "ink_on_paper.png")  # dark on light
+    line = kerasrnn("predict", str(out / "model.tflite"),
+                    str(tmp_path / "ink_on_paper.png")).stdout.strip()
+    npy_line = kerasrnn("predict", str(out / "model.tflite"),
+                        str(tmp_path / "digits.npy")).stdout.splitlines()[0]
+    assert line.split("(")[0] == npy_line.split("(")[0]  # inverted back: same digit
+
+
+def test_predict_does_not_need_tensorflow(pipeline_run, tmp_path):
+    from kerasrnn import data
+
+    out, _ = pipeline_run
+    images, _ = data.load_arrays(data.DataConfig(source="sample"), "test")
+    np.save(tmp_path / "d.npy", images[:2])
+    code = ("import sys\nfor m in ('tensorflow', 'keras'): sys.modules[m] = None\n"
+            "from kerasrnn.cli import main\nsys.exit(main(sys.argv[1:]))")
+    result = subprocess.run([sys.executable, "-c", code, "predict", str(out / "model.tflite"),
+                             str(tmp_path / "d.npy")], capture_output=True, text=True,
+                            timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.strip().splitlines()) == 2
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"garbage, not a model", "not a TFLite model"),
+    (b"", "too short for a TFLite model"),
+])
+def test_predict_with_a_bad_model_is_one_line(tmp_path, content, message):
+    model = tmp_path / "bad.tflite"
+    model.write_bytes(content)
+    np.save(tmp_path / "d.npy", np.zeros((1, 28, 28), np.uint8))
+    result = kerasrnn("predict", str(model), str(tmp_path / "d.npy"), check=False)
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("kerasrnn: error: ") and message in line

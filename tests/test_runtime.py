@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from kerasrnn.export import convert
 
-from kerasrnn import data
-from kerasrnn.models import build_classifier
+from kerasrnn import data, training
+from kerasrnn.models import ModelConfig
 
 # Run code where `import tensorflow` (or keras) raises, as on a device with LiteRT only.
 _NO_TENSORFLOW = textwrap.dedent("""
@@ -29,7 +29,10 @@ def run_without_tensorflow(code: str, *args: str) -> subprocess.CompletedProcess
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("runtime")
-    model = build_classifier(cell="elman", units=16)
+    # trained briefly: int8 calibration of an untrained model meets constant tensors
+    model = training.train(ModelConfig(cell="elman", units=16),
+                           data.DataConfig(source="sample", max_examples=1000),
+                           training.TrainConfig(epochs=2, verbose=0), str(folder / "run")).model
     images, _ = data.load_arrays(data.DataConfig(source="sample"), "train")
     calibration = images[:100].astype(np.float32) / 255
     return {
@@ -72,7 +75,7 @@ def test_int8_model_quantizes_and_dequantizes(files):
 
     logits = Classifier(files["int8"]).predict(files["images"])
     assert logits.dtype == np.float32
-    assert (logits.argmax(1) == files["keras_logits"].argmax(1)).mean() >= 0.75
+    assert (logits.argmax(1) == files["keras_logits"].argmax(1)).mean() >= 0.75  # of 8
 
 
 @pytest.mark.parametrize("n", [1, 3, 8])

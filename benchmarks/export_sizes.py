@@ -1,0 +1,55 @@
+"""File size and TFLM arena of every model kind, graph form and quantization.
+
+    python benchmarks/export_sizes.py [--units 64]
+
+Sizes do not depend on the weights' values, so the models are untrained; int8 files are
+calibrated on the bundled sample's training digits. Prints a table.
+"""
+
+import argparse
+import os
+import tempfile
+
+import numpy as np
+
+from kerasrnn import data
+from kerasrnn.export.convert import to_tflite
+from kerasrnn.export.micro import MicroError, run_micro
+from kerasrnn.models import build_classifier
+
+KINDS = (("simple", 1), ("elman", 1), ("lstm", 1), ("gru", 1), ("elman", 2))
+CASES = (("none", "loop"), ("none", "unrolled"), ("float16", "loop"), ("dynamic", "loop"),
+         ("int8", "unrolled"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--units", type=int, default=64)
+    args = parser.parse_args()
+    images, _ = data.load_arrays(data.DataConfig(source="sample"), "train+validation")
+    calibration = images[:1000].astype(np.float32) / 255.0
+    header = (f"{'model':<12} {'params':>7} {'param bytes':>11} {'quant':<8} {'form':<9} "
+              f"{'file bytes':>10} {'ratio':>6} {'TFLM arena':>10}")
+    print(header)
+    print("-" * len(header))
+    with tempfile.TemporaryDirectory() as tmp:
+        for cell, layers in KINDS:
+            model = build_classifier(cell=cell, units=args.units, layers=layers)
+            name = f"{cell}x{layers}" if layers > 1 else cell
+            for quantization, form in CASES:
+                path = os.path.join(tmp, f"{name}-{quantization}-{form}.tflite")
+                written = to_tflite(model, path, quantization,
+                                    calibration if quantization == "int8" else None, form=form)
+                arena = "-"
+                if quantization in ("none", "int8"):
+                    try:
+                        arena = f"{run_micro(path, calibration[:1]).arena_bytes:,}"
+                    except MicroError:
+                        arena = "fails"
+                print(f"{name:<12} {model.count_params():>7,} {written.parameter_bytes:>11,} "
+                      f"{quantization:<8} {form:<9} {written.size_bytes:>10,} "
+                      f"{written.size_ratio:>6.2f} {arena:>10}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
