@@ -2,7 +2,7 @@
 
     convert.py  `to_tflite`: builtin-only .tflite (float32, float16, dynamic, int8)
     graph.py    the unrolled inference graphs the converter sees
-    verify.py   `verify`: parity and accuracy of a .tflite against its Keras model
+    verification.py `verify`: parity and accuracy of a .tflite against its Keras model
     micro.py    TensorFlow Lite Micro: run, arena size, C source array
     runtime.py  `Classifier`, `Stream`: NumPy + ai_edge_litert only, runs on the device
 
@@ -15,7 +15,7 @@ _EXPORTS = {
     "to_tflite": "kerasrnn.export.convert",
     "to_stream_tflite": "kerasrnn.export.convert",
     "ConversionError": "kerasrnn.export.convert",
-    "verify": "kerasrnn.export.verify",
+    "verify": "kerasrnn.export.verification",
     "run_micro": "kerasrnn.export.micro",
     "write_c_array": "kerasrnn.export.micro",
     "Classifier": "kerasrnn.export.runtime",

@@ -3,12 +3,14 @@
 The converter names every intermediate tensor after its fused source ops (hundreds of
 bytes each in an unrolled int8 graph) and gives every tensor its own empty buffer. None of
 that is needed to run the model, so `slim` drops it: it keeps the names of the graph's
-inputs and outputs and points every data-less tensor at the shared empty buffer 0.
+inputs and outputs, points every data-less tensor at the shared empty buffer 0, and writes
+identical tensor tables once.
 """
 
 from __future__ import annotations
 
 import flatbuffers
+import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
 _OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
@@ -22,6 +24,46 @@ def _pack(model: schema.ModelT) -> bytes:
     builder = flatbuffers.Builder(1024)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     return bytes(builder.Output())
+
+
+def _tensor_key(tensor: schema.TensorT):
+    """What makes two tensor tables byte-identical (None: never share this one)."""
+    if tensor.sparsity is not None or tensor.variantTensors:
+        return None
+    q = tensor.quantization
+    quantization = None if q is None else (
+        None if q.scale is None else tuple(np.asarray(q.scale).tolist()),
+        None if q.zeroPoint is None else tuple(np.asarray(q.zeroPoint).tolist()),
+        q.quantizedDimension, q.detailsType)
+    if q is not None and q.details is not None:
+        return None
+    shape = lambda v: None if v is None else tuple(np.asarray(v).tolist())  # noqa: E731
+    return (shape(tensor.shape), shape(tensor.shapeSignature), tensor.type, tensor.buffer,
+            tensor.name, tensor.isVariable, tensor.hasRank, quantization)
+
+
+def _pack_sharing_tensors(model: schema.ModelT) -> bytes:
+    """Packs `model`, writing each distinct tensor table once.
+
+    An unrolled graph has hundreds of intermediate tensors, many alike (same shape, type
+    and quantization, no data, no name). A flatbuffer may point several entries of the
+    tensor vector at one table; interpreters read tensors by index, so nothing changes.
+    """
+    cache = {}
+
+    class SharedTensor(schema.TensorT):
+        def Pack(self, builder):
+            key = _tensor_key(self)
+            if key is None:
+                return super().Pack(builder)
+            if key not in cache:
+                cache[key] = super().Pack(builder)
+            return cache[key]
+
+    for subgraph in model.subgraphs:
+        for tensor in subgraph.tensors:
+            tensor.__class__ = SharedTensor
+    return _pack(model)
 
 
 def operators(model_bytes: bytes) -> list[str]:
@@ -79,4 +121,4 @@ def slim(model_bytes: bytes, metadata: dict[str, bytes] | None = None) -> bytes:
         entry = schema.MetadataT()
         entry.name, entry.buffer = name.encode(), len(model.buffers) - 1
         model.metadata = [*(model.metadata or []), entry]
-    return _pack(model)
+    return _pack_sharing_tensors(model)

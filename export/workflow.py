@@ -6,7 +6,7 @@ import dataclasses
 import os
 
 from kerasrnn.export.convert import TfliteFile, to_tflite
-from kerasrnn.export.verify import Report, verify
+from kerasrnn.export.verification import Report, verify
 
 from kerasrnn import data
 

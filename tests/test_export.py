@@ -8,7 +8,7 @@ import pytest
 from kerasrnn.export import convert, flatbuffer, graph
 from kerasrnn.export.micro import run_micro, write_c_array
 from kerasrnn.export.runtime import Classifier, Stream
-from kerasrnn.export.verify import verify
+from kerasrnn.export.verification import verify
 
 from kerasrnn import data, training
 from kerasrnn.models import ModelConfig, build_classifier
