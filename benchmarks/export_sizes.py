@@ -12,10 +12,10 @@ import os
 import tempfile
 
 import numpy as np
-
-from kerasrnn import data
 from kerasrnn.export.convert import to_tflite
 from kerasrnn.export.micro import MicroError, run_micro
+
+from kerasrnn import data
 from kerasrnn.models import build_classifier
 from kerasrnn.training import TrainConfig, compile_model, fit_bptt
 

@@ -36,7 +36,7 @@ def main() -> None:
     print(f"{args.cell}-{args.units} on the bundled sample, {args.epochs} epochs")
     print(f"{'loop':<6} {'XLA':<5} {'samples/s (median)':>19} {'vs bptt':>8}")
     for (loop, xla), rate in results.items():
-        print(f"{loop:<6} {str(xla):<5} {rate:>19,.0f} {rate / base:>8.2f}")
+        print(f"{loop:<6} {xla!s:<5} {rate:>19,.0f} {rate / base:>8.2f}")
 
 
 if __name__ == "__main__":

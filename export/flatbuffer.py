@@ -26,18 +26,20 @@ def _pack(model: schema.ModelT) -> bytes:
     return bytes(builder.Output())
 
 
+def _values(vector) -> tuple | None:
+    return None if vector is None else tuple(np.asarray(vector).tolist())
+
+
 def _tensor_key(tensor: schema.TensorT):
     """What makes two tensor tables byte-identical (None: never share this one)."""
     if tensor.sparsity is not None or tensor.variantTensors:
         return None
     q = tensor.quantization
-    quantization = None if q is None else (
-        None if q.scale is None else tuple(np.asarray(q.scale).tolist()),
-        None if q.zeroPoint is None else tuple(np.asarray(q.zeroPoint).tolist()),
-        q.quantizedDimension, q.detailsType)
+    quantization = None if q is None else (_values(q.scale), _values(q.zeroPoint),
+                                           q.quantizedDimension, q.detailsType)
     if q is not None and q.details is not None:
         return None
-    shape = lambda v: None if v is None else tuple(np.asarray(v).tolist())  # noqa: E731
+    shape = lambda v: None if v is None else tuple(np.asarray(v).tolist())
     return (shape(tensor.shape), shape(tensor.shapeSignature), tensor.type, tensor.buffer,
             tensor.name, tensor.isVariable, tensor.hasRank, quantization)
 

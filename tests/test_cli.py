@@ -97,7 +97,7 @@ def test_predict_reads_npy_and_png(pipeline_run, tmp_path):
     from kerasrnn import data
 
     out, _ = pipeline_run
-    images, labels = data.load_arrays(data.DataConfig(source="sample"), "test")
+    images, _ = data.load_arrays(data.DataConfig(source="sample"), "test")
     np.save(tmp_path / "digits.npy", images[:3])
     lines = kerasrnn("predict", str(out / "model_int8.tflite"),
                      str(tmp_path / "digits.npy")).stdout.strip().splitlines()
