@@ -133,8 +133,9 @@ def fit_bptt(model: keras.Model, train_ds: tf.data.Dataset, val_ds: tf.data.Data
                                       stateful_metrics=["loss", "accuracy"])
         for step, (x, y) in enumerate(train_ds):
             train_step(x, y)
-            progbar.update(step + 1, [("loss", float(loss_mean.result())),
-                                      ("accuracy", float(accuracy.result()))])
+            if config.verbose:  # reading the metrics waits for the step; only for display
+                progbar.update(step + 1, [("loss", float(loss_mean.result())),
+                                          ("accuracy", float(accuracy.result()))])
         logs = {"loss": float(loss_mean.result()), "accuracy": float(accuracy.result())}
         if val_ds is not None:
             logs.update({f"val_{k}": v for k, v in evaluate(model, val_ds).items()})
