@@ -4,7 +4,7 @@ The converter names every intermediate tensor after its fused source ops (hundre
 bytes each in an unrolled int8 graph) and gives every tensor its own empty buffer. None of
 that is needed to run the model, so `slim` drops it: it keeps the names of the graph's
 inputs and outputs, points every data-less tensor at the shared empty buffer 0, and writes
-identical tensor tables once.
+identical tables and small vectors once.
 """
 
 from __future__ import annotations
@@ -20,52 +20,67 @@ def _unpack(model_bytes: bytes) -> schema.ModelT:
     return schema.ModelT.InitFromPackedBuf(model_bytes, 0)
 
 
-def _pack(model: schema.ModelT) -> bytes:
-    builder = flatbuffers.Builder(1024)
+class _SharingBuilder(flatbuffers.Builder):
+    """A builder that writes each distinct small vector (shapes, tensor indices,
+    quantization scales) once; larger vectors (weights) keep their own storage."""
+
+    def __init__(self, size: int):
+        super().__init__(size)
+        self._vectors = {}
+
+    def CreateNumpyVector(self, x):
+        if x.nbytes > 64:
+            return super().CreateNumpyVector(x)
+        key = (x.dtype.str, x.shape, x.tobytes())
+        if key not in self._vectors:
+            self._vectors[key] = super().CreateNumpyVector(x)
+        return self._vectors[key]
+
+
+def _content(obj):
+    """A hashable key of an object-API value: equal keys pack to identical bytes."""
+    if isinstance(obj, np.ndarray):
+        return ("array", obj.dtype.str, obj.shape, obj.tobytes())
+    if isinstance(obj, list | tuple):
+        return tuple(_content(v) for v in obj)
+    if hasattr(obj, "__dict__"):
+        name = getattr(type(obj), "shared_base", type(obj)).__name__
+        return (name, tuple(sorted((k, _content(v)) for k, v in vars(obj).items())))
+    return obj
+
+
+def _share_tables(objects, cache: dict) -> None:
+    """Makes each object pack its table once per distinct content (see `_content`).
+
+    A flatbuffer may point several places at one table; interpreters only read them.
+    """
+    subclasses = {}
+    for obj in objects:
+        base = type(obj)
+        if base not in subclasses:
+
+            def pack(self, builder, _base=base):
+                key = _content(self)
+                if key not in cache:
+                    cache[key] = _base.Pack(self, builder)
+                return cache[key]
+
+            subclasses[base] = type(base.__name__, (base,), {"Pack": pack, "shared_base": base})
+        obj.__class__ = subclasses[base]
+
+
+def _pack_shared(model: schema.ModelT) -> bytes:
+    """Packs `model`, writing identical tensors, quantization parameters, operator options
+    and small vectors once. An unrolled graph has hundreds of alike tensors and ops."""
+    cache = {}
+    for subgraph in model.subgraphs:
+        quantizations = [t.quantization for t in subgraph.tensors if t.quantization is not None]
+        options = [op.builtinOptions for op in subgraph.operators if op.builtinOptions is not None]
+        _share_tables(quantizations + options, cache)
+        _share_tables(subgraph.tensors, cache)
+    builder = _SharingBuilder(1024)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     return bytes(builder.Output())
-
-
-def _values(vector) -> tuple | None:
-    return None if vector is None else tuple(np.asarray(vector).tolist())
-
-
-def _tensor_key(tensor: schema.TensorT):
-    """What makes two tensor tables byte-identical (None: never share this one)."""
-    if tensor.sparsity is not None or tensor.variantTensors:
-        return None
-    q = tensor.quantization
-    quantization = None if q is None else (_values(q.scale), _values(q.zeroPoint),
-                                           q.quantizedDimension, q.detailsType)
-    if q is not None and q.details is not None:
-        return None
-    shape = lambda v: None if v is None else tuple(np.asarray(v).tolist())
-    return (shape(tensor.shape), shape(tensor.shapeSignature), tensor.type, tensor.buffer,
-            tensor.name, tensor.isVariable, tensor.hasRank, quantization)
-
-
-def _pack_sharing_tensors(model: schema.ModelT) -> bytes:
-    """Packs `model`, writing each distinct tensor table once.
-
-    An unrolled graph has hundreds of intermediate tensors, many alike (same shape, type
-    and quantization, no data, no name). A flatbuffer may point several entries of the
-    tensor vector at one table; interpreters read tensors by index, so nothing changes.
-    """
-    cache = {}
-
-    class SharedTensor(schema.TensorT):
-        def Pack(self, builder):
-            key = _tensor_key(self)
-            if key is None:
-                return super().Pack(builder)
-            if key not in cache:
-                cache[key] = super().Pack(builder)
-            return cache[key]
-
-    for subgraph in model.subgraphs:
-        for tensor in subgraph.tensors:
-            tensor.__class__ = SharedTensor
-    return _pack(model)
 
 
 def operators(model_bytes: bytes) -> list[str]:
@@ -123,4 +138,4 @@ def slim(model_bytes: bytes, metadata: dict[str, bytes] | None = None) -> bytes:
         entry = schema.MetadataT()
         entry.name, entry.buffer = name.encode(), len(model.buffers) - 1
         model.metadata = [*(model.metadata or []), entry]
-    return _pack_sharing_tensors(model)
+    return _pack_shared(model)
