@@ -9,7 +9,7 @@
 Names load lazily: `from kerasrnn.export.runtime import Classifier` never imports TensorFlow.
 """
 
-import importlib
+from kerasrnn._lazy import lazy_exports
 
 _EXPORTS = {
     "to_tflite": "kerasrnn.export.convert",
@@ -24,13 +24,4 @@ _EXPORTS = {
 }
 
 __all__ = list(_EXPORTS)
-
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'kerasrnn.export' has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

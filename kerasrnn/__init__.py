@@ -6,7 +6,7 @@ modules start without importing TensorFlow.
     data → cells/models → training → tuning → export (kerasrnn.export) → runtime
 """
 
-import importlib
+from kerasrnn._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -23,16 +23,10 @@ _EXPORTS = {
     "evaluate": "kerasrnn.training",
     "evaluate_file": "kerasrnn.training",
     "load_model": "kerasrnn.training",
+    "SearchSpace": "kerasrnn.search_space",
+    "TuneConfig": "kerasrnn.tuning",
+    "tune": "kerasrnn.tuning",
 }
 
 __all__ = list(_EXPORTS)
-
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'kerasrnn' has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__ + ["__version__"]
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
