@@ -36,13 +36,6 @@ class ExportConfig:
     c_array: bool = False
 
 
-def view_of(model, requested: str | None = None) -> str:
-    """The data view a model was trained on, from its input shape."""
-    if tuple(model.input_shape[1:]) == (28, 28):
-        return "rows"
-    return "permuted" if requested == "permuted" else "pixels"
-
-
 def export_model(model_path: str, out_path: str, config: ExportConfig,
                  data_config: data.DataConfig) -> tuple[TfliteFile, Report, dict]:
     """Converts a saved classifier, verifies it and writes the extras.
@@ -61,7 +54,8 @@ def export_model(model_path: str, out_path: str, config: ExportConfig,
     from kerasrnn.training import load_model
 
     model = load_model(model_path)
-    data_config = dataclasses.replace(data_config, view=view_of(model, data_config.view))
+    data_config = dataclasses.replace(
+        data_config, view=data.view_for_shape(model.input_shape[1:], data_config.view))
     calibration = None
     if config.quantization == "int8":
         images, _ = data.load_arrays(dataclasses.replace(data_config, max_examples=None),

@@ -94,6 +94,16 @@ def input_shape(view: str) -> tuple[int, int]:
     return (28, 28) if view == "rows" else (784, 1)
 
 
+def view_for_shape(shape, requested: str | None = None) -> str:
+    """The view whose sequences have `shape`: (28, 28) is `rows`; (784, 1) is `pixels`, or
+    `permuted` when that is what `requested` says (the shape cannot tell them apart)."""
+    if tuple(shape) == (28, 28):
+        return "rows"
+    if tuple(shape) == (784, 1):
+        return "permuted" if requested == "permuted" else "pixels"
+    raise ValueError(f"no view gives sequences of shape {tuple(shape)}")
+
+
 def network_available(timeout: float = 1.0) -> bool:
     """Whether TFDS's download host answers within `timeout` seconds (DNS included)."""
     result = []

@@ -167,8 +167,7 @@ def evaluate_file(model_path: str, data_config: data.DataConfig) -> dict:
         {"loss": float, "accuracy": float, "examples": int}.
     """
     model = load_model(model_path)
-    view = "rows" if tuple(model.input_shape[1:]) == (28, 28) else (
-        "permuted" if data_config.view == "permuted" else "pixels")
+    view = data.view_for_shape(model.input_shape[1:], data_config.view)
     labels, logits = predict_logits(model, data.pipeline(
         dataclasses.replace(data_config, view=view), "test"))
     return {**scores(labels, logits), "examples": len(labels)}
