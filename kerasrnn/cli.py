@@ -245,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING,
                         format="kerasrnn: %(message)s")
+    if not args.debug:  # TF's retracing advice is for library authors, not for CLI users
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
     try:
         if not args.debug and getattr(args, "tensorflow", True):
             _import_tensorflow_quietly()
