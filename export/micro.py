@@ -72,8 +72,17 @@ def run_micro(tflite_path: str, images: np.ndarray) -> MicroResult:
         return MicroResult(outputs["logits"], outputs["raw"], int(arena.group(1)))
 
 
+def _detail(tflm_detail: dict) -> dict:
+    """TFLM's tensor details in the form the runtime's `quantize`/`dequantize` take."""
+    params = tflm_detail["quantization_parameters"]
+    scale = float(params["scales"][0]) if len(params["scales"]) else 0.0
+    zero_point = int(params["zero_points"][0]) if len(params["zero_points"]) else 0
+    return {"dtype": tflm_detail["dtype"], "quantization": (scale, zero_point)}
+
+
 def _child(model_path: str, folder: str) -> None:
     """The child process: load into TFLM, record the arena, run every image."""
+    from kerasrnn.export.runtime import dequantize, quantize
     from tflite_micro.python.tflite_micro import runtime
 
     with open(model_path, "rb") as f:
@@ -81,23 +90,16 @@ def _child(model_path: str, folder: str) -> None:
     # Generous arena; the recorder then reports what the model really used.
     interpreter = runtime.Interpreter.from_bytes(content, arena_size=16 * len(content) + 65536)
     interpreter.print_allocations()  # a C++ report on stdout/stderr, read by the parent
-    inp, out = interpreter.get_input_details(0), interpreter.get_output_details(0)
+    inp, out = (_detail(interpreter.get_input_details(0)),
+                _detail(interpreter.get_output_details(0)))
     images = np.load(os.path.join(folder, "images.npy"))
     raw = []
     for image in images:
-        x = image[None]
-        if inp["dtype"] != np.float32:
-            scale, zero = inp["quantization_parameters"]["scales"][0], \
-                inp["quantization_parameters"]["zero_points"][0]
-            x = np.clip(np.round(x / scale + zero), -128, 127)
-        interpreter.set_input(x.astype(inp["dtype"]), 0)
+        interpreter.set_input(quantize(image[None], inp), 0)
         interpreter.invoke()
         raw.append(interpreter.get_output(0)[0].copy())
     raw = np.array(raw)
-    logits = raw.astype(np.float32)
-    if out["dtype"] != np.float32:
-        params = out["quantization_parameters"]
-        logits = (logits - params["zero_points"][0]) * params["scales"][0]
+    logits = dequantize(raw, out)
     np.savez(os.path.join(folder, "outputs.npz"), logits=logits, raw=raw)
 
 

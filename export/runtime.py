@@ -50,8 +50,13 @@ def _load(path: str) -> tuple[bytes, Interpreter]:
     return content, interpreter
 
 
-def _quantize(values: np.ndarray, detail: dict) -> np.ndarray:
-    """float -> the tensor's dtype, using its (scale, zero point) when it is integer."""
+def quantize(values: np.ndarray, detail: dict) -> np.ndarray:
+    """float -> a tensor's dtype, using its (scale, zero point) when it is integer.
+
+    Args:
+        values: float values.
+        detail: {"dtype": ..., "quantization": (scale, zero_point)}, as interpreters give.
+    """
     if detail["dtype"] == np.float32:
         return values.astype(np.float32)
     scale, zero_point = detail["quantization"]
@@ -59,7 +64,8 @@ def _quantize(values: np.ndarray, detail: dict) -> np.ndarray:
     return np.clip(np.round(values / scale + zero_point), info.min, info.max).astype(detail["dtype"])
 
 
-def _dequantize(values: np.ndarray, detail: dict) -> np.ndarray:
+def dequantize(values: np.ndarray, detail: dict) -> np.ndarray:
+    """A tensor's values -> float32 (see `quantize`)."""
     if detail["dtype"] == np.float32:
         return values.astype(np.float32)
     scale, zero_point = detail["quantization"]
@@ -142,9 +148,9 @@ class Classifier:
             chunk = x[start:start + batch]
             padded = np.concatenate([chunk, np.zeros((batch - len(chunk), *self.input_shape),
                                                      np.float32)])
-            self._interpreter.set_tensor(self._input["index"], _quantize(padded, self._input))
+            self._interpreter.set_tensor(self._input["index"], quantize(padded, self._input))
             self._interpreter.invoke()
-            out = _dequantize(self._interpreter.get_tensor(self._output["index"]), self._output)
+            out = dequantize(self._interpreter.get_tensor(self._output["index"]), self._output)
             logits.append(out[: len(chunk)])
         classes = int(self._output["shape"][-1])
         return np.concatenate(logits) if logits else np.zeros((0, classes), np.float32)
@@ -201,10 +207,10 @@ class Stream:
         if x.shape != (self.features,):
             raise ValueError(f"a row must have shape [{self.features}], got {list(x.shape)}")
         x = x[None]
-        self._interpreter.set_tensor(self._row["index"], _quantize(x, self._row))
-        self._interpreter.set_tensor(self._state_in["index"], _quantize(self.state, self._state_in))
+        self._interpreter.set_tensor(self._row["index"], quantize(x, self._row))
+        self._interpreter.set_tensor(self._state_in["index"], quantize(self.state, self._state_in))
         self._interpreter.invoke()
-        self.state = _dequantize(self._interpreter.get_tensor(self._state_out["index"]),
+        self.state = dequantize(self._interpreter.get_tensor(self._state_out["index"]),
                                  self._state_out)
         self.steps += 1
-        return _dequantize(self._interpreter.get_tensor(self._logits["index"]), self._logits)[0]
+        return dequantize(self._interpreter.get_tensor(self._logits["index"]), self._logits)[0]

@@ -119,9 +119,10 @@ class RNNHyperModel(kt.HyperModel):
         model_config = ModelConfig(cell=v["cell"], units=v["units"], layers=v["layers"],
                                    dropout=v["dropout"], activation=v["activation"],
                                    input_shape=data.input_shape(self.data_config.view))
-        return compile_model(build_classifier(model_config), self._train_config(v, 1))
+        return compile_model(build_classifier(model_config), self.train_config(v, 1))
 
-    def _train_config(self, values: dict, epochs: int) -> TrainConfig:
+    def train_config(self, values: dict, epochs: int) -> TrainConfig:
+        """The trainer's settings for a trial's hyperparameter values."""
         return TrainConfig(epochs=epochs, learning_rate=values["learning_rate"],
                            clipnorm=values["clipnorm"], loop=self.config.loop,
                            patience=None, seed=self.config.seed, verbose=0)
@@ -135,7 +136,7 @@ class RNNHyperModel(kt.HyperModel):
         """
         values = self._values(hp)
         epochs = min(epochs or self.config.max_epochs, self.config.max_epochs)
-        config = self._train_config(values, epochs)
+        config = self.train_config(values, epochs)
         data_config = dataclasses.replace(self.data_config, batch_size=values["batch_size"],
                                           seed=self.config.seed)
         train_ds = data.pipeline(data_config, "train")

@@ -86,7 +86,7 @@ def _retrain(tuner: kt.Tuner, trial, data_config: data.DataConfig, out_dir: str)
         "best_epoch") else hypermodel.config.max_epochs
     keras.utils.set_random_seed(hypermodel.config.seed)
     model = hypermodel.build(trial.hyperparameters)
-    config = dataclasses.replace(hypermodel._train_config(values, max(1, epochs)), loop="bptt")
+    config = dataclasses.replace(hypermodel.train_config(values, max(1, epochs)), loop="bptt")
     data_config = dataclasses.replace(data_config, batch_size=values["batch_size"])
     fit_bptt(model, data.pipeline(data_config, "train+validation"), None, config)
     atomic_write(os.path.join(out_dir, "best_model.keras"), model.save)
