@@ -23,6 +23,7 @@ test-slow: $(STAMP)
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/export_sizes.py
+	$(BIN)/python benchmarks/int8_agreement.py
 	$(BIN)/python benchmarks/training_speed.py
 
 lint: $(STAMP)

@@ -4,7 +4,8 @@
 
 Each model trains one epoch on the bundled sample first (sizes do not depend on the weights,
 but int8 calibration of an untrained model meets constant tensors); int8 files are
-calibrated on its training digits. Prints a table.
+calibrated on its training digits, with int16 activations ("int8/a16", the default) and
+with int8 activations throughout ("int8/a8"). Prints a table.
 """
 
 import argparse
@@ -20,8 +21,9 @@ from kerasrnn.models import build_classifier
 from kerasrnn.training import TrainConfig, compile_model, fit_bptt
 
 KINDS = (("simple", 1), ("elman", 1), ("lstm", 1), ("gru", 1), ("elman", 2))
-CASES = (("none", "loop"), ("none", "unrolled"), ("float16", "loop"), ("dynamic", "loop"),
-         ("int8", "unrolled"))
+# (quantization, graph form, int8 activations)
+CASES = (("none", "loop", None), ("none", "unrolled", None), ("float16", "loop", None),
+         ("dynamic", "loop", None), ("int8", "unrolled", "int16"), ("int8", "unrolled", "int8"))
 
 
 def main() -> None:
@@ -30,7 +32,7 @@ def main() -> None:
     args = parser.parse_args()
     images, _ = data.load_arrays(data.DataConfig(source="sample"), "train+validation")
     calibration = images[:1000].astype(np.float32) / 255.0
-    header = (f"{'model':<12} {'params':>7} {'param bytes':>11} {'quant':<8} {'form':<9} "
+    header = (f"{'model':<12} {'params':>7} {'param bytes':>11} {'quant':<9} {'form':<9} "
               f"{'file bytes':>10} {'ratio':>6} {'TFLM arena':>10}")
     print(header)
     print("-" * len(header))
@@ -41,10 +43,12 @@ def main() -> None:
                                   config)
             fit_bptt(model, data.pipeline(data.DataConfig(source="sample"), "train"), None, config)
             name = f"{cell}x{layers}" if layers > 1 else cell
-            for quantization, form in CASES:
-                path = os.path.join(tmp, f"{name}-{quantization}-{form}.tflite")
+            for quantization, form, activations in CASES:
+                label = f"{quantization}/a{activations[3:]}" if activations else quantization
+                path = os.path.join(tmp, f"{name}-{label.replace('/', '-')}-{form}.tflite")
                 written = to_tflite(model, path, quantization,
-                                    calibration if quantization == "int8" else None, form=form)
+                                    calibration if quantization == "int8" else None, form=form,
+                                    activations=activations or "int16")
                 arena = "-"
                 if quantization in ("none", "int8"):
                     try:
@@ -52,7 +56,7 @@ def main() -> None:
                     except MicroError:
                         arena = "fails"
                 print(f"{name:<12} {model.count_params():>7,} {written.parameter_bytes:>11,} "
-                      f"{quantization:<8} {form:<9} {written.size_bytes:>10,} "
+                      f"{label:<9} {form:<9} {written.size_bytes:>10,} "
                       f"{written.size_ratio:>6.2f} {arena:>10}", flush=True)
 
 

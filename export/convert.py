@@ -21,6 +21,9 @@ import numpy as np
 from kerasrnn._io import atomic_write
 
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
+# Activations of an int8 file: int16 inside (int8 weights, int8 images and logits; see
+# `kerasrnn.export.integer_io`) or int8 throughout.
+ACTIVATIONS = ("int16", "int8")
 INITIAL_STATE_METADATA = "kerasrnn.initial_state"
 
 
@@ -38,7 +41,7 @@ class TfliteFile:
         parameter_bytes: the Keras model's parameters as float32 (4 bytes each).
         operators: the distinct operators in the file (builtins only).
         quantization: one of `QUANTIZATIONS`.
-        form: the graph form, e.g. "unrolled, batch 1".
+        form: the graph form, e.g. "unrolled, batch 1, int16 activations".
     """
 
     path: str
@@ -56,8 +59,8 @@ class TfliteFile:
 
 def choose_form(quantization: str, form: str = "auto") -> str:
     """The graph form for a quantization: the WHILE loop is the smallest file (elman-64:
-    30.0 KB float vs 35.9 KB unrolled), but the int8 converter segfaults on it, so int8
-    files are unrolled."""
+    30.0 KB float vs 35.9 KB unrolled), but the int8 converter segfaults on it (with int8
+    and int16 activations alike), so int8 files are unrolled."""
     if form == "auto":
         return "unrolled" if quantization == "int8" else "loop"
     if form not in ("loop", "unrolled"):
@@ -65,9 +68,11 @@ def choose_form(quantization: str, form: str = "auto") -> str:
     return form
 
 
-def _check_arguments(quantization, representative_data, batch_size):
+def _check_arguments(quantization, representative_data, batch_size, activations):
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
+    if activations not in ACTIVATIONS:
+        raise ValueError(f"activations must be one of {ACTIVATIONS}, got {activations!r}")
     if quantization == "int8" and representative_data is None:
         raise ValueError("int8 quantization needs representative_data: real training images "
                          "[n, steps, features] float32 in [0, 1]")
@@ -76,14 +81,15 @@ def _check_arguments(quantization, representative_data, batch_size):
 
 
 def to_tflite(model, path: str, quantization: str = "none", representative_data=None,
-              batch_size: int | None = 1, stream: bool = False, form: str = "auto") -> TfliteFile:
+              batch_size: int | None = 1, stream: bool = False, form: str = "auto",
+              activations: str = "int16") -> TfliteFile:
     """Converts a classifier to a builtin-only .tflite file.
 
     Args:
         model: a `keras.Model` from `build_classifier`, or the path of its .keras file.
         path: the .tflite file to write (atomically).
         quantization: "none" (float32), "float16" (weights), "dynamic" (int8 weights,
-            float activations) or "int8" (full integer: int8 input and output).
+            float activations) or "int8" (full integer: int8 weights, input and output).
         representative_data: float32 [n, steps, features] real training images for int8
             calibration (a few hundred are enough).
         batch_size: 1 (runs on microcontrollers), another static size, or None (dynamic;
@@ -91,6 +97,9 @@ def to_tflite(model, path: str, quantization: str = "none", representative_data=
         stream: write the streaming step model instead: (row [1, features], state) ->
             (state, logits), with the initial state stored in the file's metadata.
         form: "auto" (see `choose_form`), "loop" (builtin WHILE) or "unrolled".
+        activations: for int8, the activations inside the graph: "int16" (the recurrent
+            state keeps 16 bits, so LiteRT and TFLM agree; a streaming file's state is
+            int16) or "int8" (every tensor int8).
 
     Returns:
         A `TfliteFile` describing the written file.
@@ -99,7 +108,7 @@ def to_tflite(model, path: str, quantization: str = "none", representative_data=
         ConversionError: the converter failed or crashed, or emitted Flex/custom ops
             (named in the message).
     """
-    _check_arguments(quantization, representative_data, batch_size)
+    _check_arguments(quantization, representative_data, batch_size, activations)
     form = choose_form(quantization, form)
     with tempfile.TemporaryDirectory(prefix="kerasrnn-convert-") as tmp:
         model_path = model if isinstance(model, str) else os.path.join(tmp, "model.keras")
@@ -108,7 +117,8 @@ def to_tflite(model, path: str, quantization: str = "none", representative_data=
         elif not os.path.isfile(model_path):
             raise FileNotFoundError(f"model file {model_path} does not exist")
         job = {"model": os.path.abspath(model_path), "quantization": quantization,
-               "batch_size": batch_size, "stream": stream, "form": form, "out": os.path.join(tmp, "out.tflite"),
+               "batch_size": batch_size, "stream": stream, "form": form,
+               "activations": activations, "out": os.path.join(tmp, "out.tflite"),
                "representative": None}
         if representative_data is not None:
             job["representative"] = os.path.join(tmp, "representative.npy")
@@ -130,8 +140,9 @@ def to_tflite(model, path: str, quantization: str = "none", representative_data=
     atomic_write(path, content)
     shape = "streaming step" if stream else ("WHILE loop" if form == "loop" else "unrolled")
     batch = f"batch {batch_size}" if batch_size else "dynamic batch"
+    inside = f", {activations} activations" if quantization == "int8" else ""
     return TfliteFile(path, len(content), 4 * info["parameters"], tuple(ops), quantization,
-                      f"{shape}, {batch}")
+                      f"{shape}, {batch}{inside}")
 
 
 def _representative(data) -> np.ndarray:
@@ -164,7 +175,7 @@ def _run_worker(job_path: str) -> None:
 def _convert(job: dict) -> None:
     """The child process: build the graph, convert, slim, write."""
     import tensorflow as tf
-    from kerasrnn.export import flatbuffer, graph
+    from kerasrnn.export import flatbuffer, graph, integer_io
 
     from kerasrnn.training import load_model
 
@@ -181,20 +192,29 @@ def _convert(job: dict) -> None:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if quantization == "float16":
         converter.target_spec.supported_types = [tf.float16]
+    int16_inside = quantization == "int8" and job["activations"] == "int16"
     if quantization == "int8":
         images = np.load(job["representative"])
         converter.representative_dataset = _calibration(weights, function, images, job)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = converter.inference_output_type = tf.int8
+        if int16_inside:  # float32 interface here; `integer_io` makes it int8 below
+            converter.target_spec.supported_ops = [
+                tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+        else:
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.inference_input_type = converter.inference_output_type = tf.int8
         # One scale per weight tensor, not per output channel: on the unrolled graph every
         # step's FULLY_CONNECTED would carry its own per-channel multipliers. Measured on
         # elman-64: 20.1 KB vs 22.5 KB file, 18.4 KB vs 32.8 KB TFLM arena, same accuracy.
         converter._experimental_disable_per_channel = True
     content = converter.convert()
+    inputs = [spec.name for spec in function.structured_input_signature[0]]
+    outputs = sorted(function.structured_outputs) if job["stream"] else ["logits"]
+    if int16_inside:
+        content = integer_io.int8_interface(content, inputs, outputs)
     _smoke_test(content)
     metadata = {INITIAL_STATE_METADATA: weights.initial_state.tobytes()} if job["stream"] else {}
     with open(job["out"], "wb") as f:
-        f.write(flatbuffer.slim(content, metadata))
+        f.write(flatbuffer.slim(content, metadata, outputs))
     with open(job["out"] + ".json", "w") as f:
         json.dump({"parameters": int(model.count_params())}, f)
 
@@ -229,9 +249,10 @@ def _calibration(weights, function, images: np.ndarray, job: dict):
 
 
 def to_stream_tflite(model, path: str, quantization: str = "none",
-                     representative_data=None) -> TfliteFile:
+                     representative_data=None, activations: str = "int16") -> TfliteFile:
     """The streaming step model (see `to_tflite(stream=True)`)."""
-    return to_tflite(model, path, quantization, representative_data, batch_size=1, stream=True)
+    return to_tflite(model, path, quantization, representative_data, batch_size=1, stream=True,
+                     activations=activations)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,40 @@ from ai_edge_litert import schema_py_generated as schema
 _OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
 
 
-def _unpack(model_bytes: bytes) -> schema.ModelT:
+def unpack(model_bytes: bytes) -> schema.ModelT:
+    """A .tflite model as LiteRT's schema objects, to edit."""
     return schema.ModelT.InitFromPackedBuf(model_bytes, 0)
+
+
+def pack(model: schema.ModelT) -> bytes:
+    """schema objects -> .tflite bytes (see `slim` for the compact form)."""
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def operator_name(model: schema.ModelT, op: schema.OperatorT) -> str:
+    """An operator's builtin name, e.g. "FULLY_CONNECTED" (or its custom code)."""
+    code = model.operatorCodes[op.opcodeIndex]
+    builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
+    if builtin == schema.BuiltinOperator.CUSTOM:
+        return (code.customCode or b"").decode() or "CUSTOM"
+    return _OP_NAMES.get(builtin, f"BUILTIN_{builtin}")
+
+
+def drop_unused_tensors(subgraph: schema.SubGraphT) -> None:
+    """Removes the tensors no operator, input or output refers to, renumbering the rest."""
+    used = set(subgraph.inputs) | set(subgraph.outputs)
+    for op in subgraph.operators:
+        used.update(i for i in (*op.inputs, *op.outputs) if i >= 0)
+    remap = {old: new for new, old in enumerate(sorted(used))}
+    remap[-1] = -1  # an absent optional input
+    subgraph.tensors = [subgraph.tensors[i] for i in sorted(used)]
+    for op in subgraph.operators:
+        op.inputs = [remap[i] for i in op.inputs]
+        op.outputs = [remap[i] for i in op.outputs]
+    subgraph.inputs = [remap[i] for i in subgraph.inputs]
+    subgraph.outputs = [remap[i] for i in subgraph.outputs]
 
 
 class _SharingBuilder(flatbuffers.Builder):
@@ -85,15 +117,9 @@ def _pack_shared(model: schema.ModelT) -> bytes:
 
 def operators(model_bytes: bytes) -> list[str]:
     """The distinct operators a model uses: builtin names, or the custom code (Flex ops)."""
-    model = _unpack(model_bytes)
-    names = []
-    for code in model.operatorCodes:
-        builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
-        if builtin == schema.BuiltinOperator.CUSTOM:
-            names.append((code.customCode or b"").decode() or "CUSTOM")
-        else:
-            names.append(_OP_NAMES.get(builtin, f"BUILTIN_{builtin}"))
-    return sorted(set(names))
+    model = unpack(model_bytes)
+    return sorted({operator_name(model, op) for subgraph in model.subgraphs
+                   for op in subgraph.operators})
 
 
 def is_builtin(name: str) -> bool:
@@ -101,17 +127,20 @@ def is_builtin(name: str) -> bool:
     return name in _OP_NAMES.values() and name != "CUSTOM"
 
 
-def slim(model_bytes: bytes, metadata: dict[str, bytes] | None = None) -> bytes:
+def slim(model_bytes: bytes, metadata: dict[str, bytes] | None = None,
+         output_names: list[str] | None = None) -> bytes:
     """Drops tensor names and empty per-tensor buffers; adds named metadata buffers.
 
     Args:
         model_bytes: a converted .tflite model.
         metadata: extra named byte strings to store in the model's metadata table.
+        output_names: names for the main graph's outputs, in order (the converter calls
+            them "Identity", "Identity_1", ...); the inputs keep their names.
 
     Returns:
         The slimmed model bytes (same graph, same numbers).
     """
-    model = _unpack(model_bytes)
+    model = unpack(model_bytes)
     used_by_metadata = {m.buffer for m in model.metadata or []}
     remap, kept = {0: 0}, [model.buffers[0]]
     for i, buffer in enumerate(model.buffers[1:], start=1):
@@ -131,6 +160,12 @@ def slim(model_bytes: bytes, metadata: dict[str, bytes] | None = None) -> bytes:
     for entry in model.metadata or []:
         entry.buffer = remap[entry.buffer]
     model.buffers = kept
+    main = model.subgraphs[0]
+    if output_names is not None:
+        if len(output_names) != len(main.outputs):
+            raise ValueError(f"{len(output_names)} output names for {len(main.outputs)} outputs")
+        for index, name in zip(main.outputs, output_names):
+            main.tensors[index].name = name.encode()
     for name, data in (metadata or {}).items():
         buffer = schema.BufferT()
         buffer.data = list(data)

@@ -36,7 +36,11 @@ class RecurrentWeights:
         w_x: [features, gates * units] input kernel.
         w_h: [units, gates * units] recurrent kernel.
         b_x: [gates * units] bias added to the input projection.
-        b_h: [gates * units] GRU's recurrent bias (reset_after), else None.
+        b_h: [units] GRU's recurrent candidate bias b_hh (reset_after: it sits inside
+            r * (h @ W_hh + b_hh)), else None. GRU's recurrent gate biases are folded
+            into b_x: each recurrent FULLY_CONNECTED then has no bias, and the unrolled
+            steps share no bias tensor (a shared bias gets one quantization scale for
+            steps whose inputs have different scales).
         h0: [units] initial hidden state (zeros for Keras's cells).
         activation: "tanh" or "relu" (elman only).
     """
@@ -99,6 +103,8 @@ def _layer_weights(layer: keras.layers.Layer, h0: np.ndarray | None) -> Recurren
             raise ValueError("only GRU with reset_after=True (the Keras default) can be exported")
         w_x, w_h = cell.kernel.numpy(), cell.recurrent_kernel.numpy()
         b, b_h = cell.bias.numpy()
+        b = b + np.concatenate([b_h[:2 * cell.units], np.zeros(cell.units, b_h.dtype)])
+        b_h = b_h[2 * cell.units:]
         kind, activation = "gru", "tanh"
     else:
         raise TypeError(f"cannot export recurrent cell {type(cell).__name__}")
@@ -167,19 +173,19 @@ def _step(layer: RecurrentWeights, xw_t, state):
         c = g if c is None else f * c + g
         h = o * tf.tanh(c)
         return h, (h, c)
-    # GRU, reset_after: the recurrent bias sits inside r * (h @ W_hh + b_hh)
+    # GRU, reset_after: candidate = tanh(x_h + r * (h @ W_hh + b_hh)); the gate biases
+    # are already in xw_t (see `RecurrentWeights.b_h`).
     x_zr, x_h = tf.split(xw_t, [2 * units, units], axis=-1)
     if state is None:  # h = 0: the recurrent terms are the bias alone
-        b_zr, b_hh = np.split(layer.b_h, [2 * units])
-        z, r = tf.split(tf.sigmoid(x_zr + b_zr if b_zr.any() else x_zr), 2, axis=-1)
+        z, r = tf.split(tf.sigmoid(x_zr), 2, axis=-1)
         # Zero constants are left out, not multiplied: int8 quantization of an all-zero
         # tensor gives a degenerate scale that LiteRT aborts on.
-        candidate = tf.tanh(x_h + r * b_hh) if b_hh.any() else tf.tanh(x_h)
+        candidate = tf.tanh(x_h + r * layer.b_h) if layer.b_h.any() else tf.tanh(x_h)
         h = candidate - z * candidate
         return h, h
-    h_zr, h_h = tf.split(tf.matmul(state, w_h) + layer.b_h, [2 * units, units], axis=-1)
+    h_zr, h_h = tf.split(tf.matmul(state, w_h), [2 * units, units], axis=-1)
     z, r = tf.split(tf.sigmoid(x_zr + h_zr), 2, axis=-1)  # one LOGISTIC for both gates
-    candidate = tf.tanh(x_h + r * h_h)
+    candidate = tf.tanh(x_h + r * (h_h + layer.b_h))
     h = candidate + z * (state - candidate)  # = z * state + (1 - z) * candidate
     return h, h
 

@@ -179,15 +179,14 @@ class Stream:
     def __init__(self, path: str):
         self.path = path
         content, self._interpreter = _load(path)
-        details = {d["name"]: d for d in self._interpreter.get_input_details()}
-        outputs = self._interpreter.get_output_details()
-        if set(details) != {"row", "state"} or len(outputs) != 2:
+        inputs = {d["name"]: d for d in self._interpreter.get_input_details()}
+        outputs = {d["name"]: d for d in self._interpreter.get_output_details()}
+        if set(inputs) != {"row", "state"} or set(outputs) != {"logits", "state"}:
             raise ModelFileError(f"{path}: not a kerasrnn streaming model (inputs "
-                                 f"{sorted(details)}, expected ['row', 'state'])")
-        self._row, self._state_in = details["row"], details["state"]
-        state_size = int(self._state_in["shape"][-1])
-        self._state_out, self._logits = sorted(
-            outputs, key=lambda d: int(d["shape"][-1]) != state_size)
+                                 f"{sorted(inputs)}, outputs {sorted(outputs)}; expected "
+                                 f"['row', 'state'] and ['logits', 'state'])")
+        self._row, self._state_in = inputs["row"], inputs["state"]
+        self._state_out, self._logits = outputs["state"], outputs["logits"]
         self.features = int(self._row["shape"][-1])
         self.initial_state = _initial_state(content, path)
         self.reset()

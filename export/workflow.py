@@ -23,6 +23,8 @@ class ExportConfig:
 
     Attributes:
         quantization: "none", "float16", "dynamic" or "int8".
+        activations: int8 only: "int16" inside the graph (int8 weights, input and output)
+            or "int8" throughout (see `to_tflite`).
         batch_size: static batch size of the file (1 runs on microcontrollers), or None.
         stream: also write the streaming step model next to the file (`NAME.step.tflite`).
         micro: check the file in TensorFlow Lite Micro (batch-1 float32 and int8 files).
@@ -30,6 +32,7 @@ class ExportConfig:
     """
 
     quantization: str = "none"
+    activations: str = "int16"
     batch_size: int | None = 1
     stream: bool = False
     micro: bool = True
@@ -61,7 +64,8 @@ def export_model(model_path: str, out_path: str, config: ExportConfig,
         images, _ = data.load_arrays(dataclasses.replace(data_config, max_examples=None),
                                      "train+validation")
         calibration = _views(images[:CALIBRATION_IMAGES], data_config.view)
-    written = to_tflite(model, out_path, config.quantization, calibration, config.batch_size)
+    written = to_tflite(model, out_path, config.quantization, calibration, config.batch_size,
+                        activations=config.activations)
     images, labels = data.load_arrays(data_config, "test")
     report = verify(out_path, model, (_views(images, data_config.view), labels),
                     micro=config.micro and config.batch_size == 1 and
@@ -71,7 +75,7 @@ def export_model(model_path: str, out_path: str, config: ExportConfig,
     if config.stream:
         extras["stream"] = os.path.splitext(out_path)[0] + ".step.tflite"
         to_tflite(model, extras["stream"], "int8" if config.quantization == "int8" else "none",
-                  calibration, stream=True)
+                  calibration, stream=True, activations=config.activations)
     if config.c_array:
         from kerasrnn.export.micro import write_c_array
 

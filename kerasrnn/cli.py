@@ -10,6 +10,8 @@ import sys
 
 import numpy as np
 
+from kerasrnn.export.convert import ACTIVATIONS, QUANTIZATIONS
+
 
 def _add_data_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data")
@@ -101,7 +103,7 @@ def cmd_run(args) -> None:
 def cmd_export(args) -> None:
     from kerasrnn.export.workflow import ExportConfig, export_model
 
-    config = ExportConfig(quantization=args.quantize,
+    config = ExportConfig(quantization=args.quantize, activations=args.activations,
                           batch_size=None if args.dynamic_batch else 1,
                           stream=args.stream, micro=not args.no_micro, c_array=args.c_array)
     written, report, extras = export_model(args.model, args.out, config, _data_config(args))
@@ -173,7 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Convert to a .tflite that runs on LiteRT and "
                                         "TensorFlow Lite Micro, then verify it.")
     p.add_argument("model", help="a .keras file from `kerasrnn train`")
-    p.add_argument("--quantize", default="none", choices=("none", "float16", "dynamic", "int8"))
+    p.add_argument("--quantize", default="none", choices=QUANTIZATIONS)
+    p.add_argument("--activations", default="int16", choices=ACTIVATIONS,
+                   help="int8 only: activations inside the graph (default int16: LiteRT and "
+                        "TFLM agree; int8: every tensor int8)")
     p.add_argument("--out", required=True, help="the .tflite file to write")
     p.add_argument("--dynamic-batch", action="store_true",
                    help="dynamic batch size (LiteRT only; default: batch 1, runs on MCUs)")

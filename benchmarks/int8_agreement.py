@@ -1,0 +1,65 @@
+"""How closely int8 files follow Keras and each other on LiteRT and TensorFlow Lite Micro.
+
+    python benchmarks/int8_agreement.py [--epochs 10] [--seeds 0 1]
+
+Trains every model kind of the export tests on the bundled sample, exports int8 files with
+int16 activations (the default) and with int8 activations throughout, and prints, on the
+sample's 1,000 test digits: test accuracy of Keras and of the int8 file in LiteRT, top-1
+agreement of LiteRT with Keras and with TFLM, and the largest LiteRT/TFLM logit difference
+in output quantization steps.
+"""
+
+import argparse
+import os
+import tempfile
+
+import numpy as np
+from kerasrnn.export.convert import to_tflite
+from kerasrnn.export.micro import run_micro
+from kerasrnn.export.runtime import Classifier
+
+from kerasrnn import data
+from kerasrnn.models import ModelConfig
+from kerasrnn.training import TrainConfig, train
+
+KINDS = {"simple": ("simple", 64, 1), "elman": ("elman", 64, 1), "lstm": ("lstm", 32, 1),
+         "gru": ("gru", 32, 1), "elman x2": ("elman", 32, 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    args = parser.parse_args()
+    sample = data.DataConfig(source="sample")
+    calibration = data.load_arrays(sample, "train+validation")[0].astype(np.float32) / 255.0
+    images, labels = data.load_arrays(sample, "test")
+    images = images.astype(np.float32) / 255.0
+    header = (f"{'model':<9} {'seed':>4} {'activations':<11} {'bytes':>7} {'keras acc':>9} "
+              f"{'int8 acc':>8} {'vs keras':>8} {'vs TFLM':>8} {'max steps':>9}")
+    print(header)
+    print("-" * len(header))
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in args.seeds:
+            for name, (cell, units, layers) in KINDS.items():
+                model = train(ModelConfig(cell=cell, units=units, layers=layers), sample,
+                              TrainConfig(epochs=args.epochs, verbose=0, seed=seed),
+                              os.path.join(tmp, f"{cell}{layers}-{seed}")).model
+                expected = model.predict(images, verbose=0).argmax(1)
+                keras_accuracy = (expected == labels).mean()
+                for activations in ("int16", "int8"):
+                    path = os.path.join(tmp, f"{cell}{layers}-{seed}-{activations}.tflite")
+                    written = to_tflite(model, path, "int8", calibration, activations=activations)
+                    classifier = Classifier(path)
+                    litert = classifier.predict(images)
+                    micro = run_micro(path, images).logits
+                    steps = np.abs(micro - litert).max() / classifier.output_scale
+                    print(f"{name:<9} {seed:>4} {activations:<11} {written.size_bytes:>7,} "
+                          f"{keras_accuracy:>9.1%} {(litert.argmax(1) == labels).mean():>8.1%} "
+                          f"{(litert.argmax(1) == expected).mean():>8.1%} "
+                          f"{(litert.argmax(1) == micro.argmax(1)).mean():>8.1%} "
+                          f"{steps:>9.0f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
