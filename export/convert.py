@@ -24,6 +24,9 @@ QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
 # Activations of an int8 file: int16 inside (int8 weights, int8 images and logits; see
 # `kerasrnn.export.integer_io`) or int8 throughout.
 ACTIVATIONS = ("int16", "int8")
+# Graph forms of `kerasrnn.export.graph.sequence_function`.
+FORMS = ("loop", "unrolled", "fused")
+_FORM_NAMES = {"loop": "WHILE loop", "unrolled": "unrolled", "fused": "fused LSTM"}
 INITIAL_STATE_METADATA = "kerasrnn.initial_state"
 
 
@@ -57,15 +60,23 @@ class TfliteFile:
         return self.size_bytes / self.parameter_bytes
 
 
-def choose_form(quantization: str, form: str = "auto") -> str:
-    """The graph form for a quantization: the WHILE loop is the smallest file (elman-64:
-    30.0 KB float vs 35.9 KB unrolled), but the int8 converter segfaults on it (with int8
-    and int16 activations alike), so int8 files are unrolled."""
-    if form == "auto":
-        return "unrolled" if quantization == "int8" else "loop"
-    if form not in ("loop", "unrolled"):
-        raise ValueError(f"form must be 'auto', 'loop' or 'unrolled', got {form!r}")
-    return form
+def choose_form(quantization: str, form: str = "auto", fusable: bool = False) -> str:
+    """The graph form of a file.
+
+    "auto" picks the smallest file that runs everywhere: TFLite's fused LSTM op for models
+    of LSTM layers (`graph.can_fuse`; lstm-32 int8: 11.4 KB vs 33.3 KB unrolled; but the
+    dynamic-range quantizer leaves the fused op's weights float, so not for "dynamic"), else the
+    WHILE loop (elman-64: 30.0 KB float vs 35.9 KB unrolled); but the int8 converter
+    segfaults on the loop (with int8 and int16 activations alike), so int8 files of the
+    other cells are unrolled.
+    """
+    if form not in ("auto", *FORMS):
+        raise ValueError(f"form must be 'auto' or one of {FORMS}, got {form!r}")
+    if form != "auto":
+        return form
+    if fusable and quantization != "dynamic":
+        return "fused"
+    return "unrolled" if quantization == "int8" else "loop"
 
 
 def _check_arguments(quantization, representative_data, batch_size, activations):
@@ -96,10 +107,13 @@ def to_tflite(model, path: str, quantization: str = "none", representative_data=
             LiteRT only).
         stream: write the streaming step model instead: (row [1, features], state) ->
             (state, logits), with the initial state stored in the file's metadata.
-        form: "auto" (see `choose_form`), "loop" (builtin WHILE) or "unrolled".
+        form: "auto" (see `choose_form`), "loop" (builtin WHILE), "unrolled" or "fused"
+            (LSTM: UNIDIRECTIONAL_SEQUENCE_LSTM, whose state lives in variable tensors:
+            reset them between sequences, as `runtime.Classifier` does).
         activations: for int8, the activations inside the graph: "int16" (the recurrent
             state keeps 16 bits, so LiteRT and TFLM agree; a streaming file's state is
-            int16) or "int8" (every tensor int8).
+            int16) or "int8" (every tensor int8). The fused LSTM op has its own int8
+            scheme (int16 cell state) and ignores this.
 
     Returns:
         A `TfliteFile` describing the written file.
@@ -109,7 +123,7 @@ def to_tflite(model, path: str, quantization: str = "none", representative_data=
             (named in the message).
     """
     _check_arguments(quantization, representative_data, batch_size, activations)
-    form = choose_form(quantization, form)
+    choose_form(quantization, form)  # checks the argument; the child resolves "auto"
     with tempfile.TemporaryDirectory(prefix="kerasrnn-convert-") as tmp:
         model_path = model if isinstance(model, str) else os.path.join(tmp, "model.keras")
         if not isinstance(model, str):
@@ -138,9 +152,12 @@ def to_tflite(model, path: str, quantization: str = "none", representative_data=
         raise ConversionError(f"the converted graph needs non-builtin ops {foreign}; "
                               f"nothing was written to {path}")
     atomic_write(path, content)
-    shape = "streaming step" if stream else ("WHILE loop" if form == "loop" else "unrolled")
+    form = info["form"]
+    shape = "streaming step" if stream else _FORM_NAMES[form]
     batch = f"batch {batch_size}" if batch_size else "dynamic batch"
-    inside = f", {activations} activations" if quantization == "int8" else ""
+    inside = ""
+    if quantization == "int8":
+        inside = ", int16 cell state" if form == "fused" else f", {activations} activations"
     return TfliteFile(path, len(content), 4 * info["parameters"], tuple(ops), quantization,
                       f"{shape}, {batch}{inside}")
 
@@ -181,18 +198,25 @@ def _convert(job: dict) -> None:
 
     model = load_model(job["model"])
     weights = graph.classifier_weights(model)
+    quantization = job["quantization"]
+    form = choose_form(quantization, job["form"],
+                       graph.can_fuse(weights, job["batch_size"]) and not job["stream"])
     if job["stream"]:
         function = graph.step_function(weights)
     else:
-        function = graph.sequence_function(weights, job["batch_size"], job["form"])
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([function])
+        function = graph.sequence_function(weights, job["batch_size"], form)
+    if form == "fused":  # the converter fuses marked functions only on this (newer) path
+        holder = tf.Module()
+        holder.function = function
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([function], holder)
+    else:
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([function])
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    quantization = job["quantization"]
     if quantization != "none":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if quantization == "float16":
         converter.target_spec.supported_types = [tf.float16]
-    int16_inside = quantization == "int8" and job["activations"] == "int16"
+    int16_inside = quantization == "int8" and job["activations"] == "int16" and form != "fused"
     if quantization == "int8":
         images = np.load(job["representative"])
         converter.representative_dataset = _calibration(weights, function, images, job)
@@ -216,7 +240,7 @@ def _convert(job: dict) -> None:
     with open(job["out"], "wb") as f:
         f.write(flatbuffer.slim(content, metadata, outputs))
     with open(job["out"] + ".json", "w") as f:
-        json.dump({"parameters": int(model.count_params())}, f)
+        json.dump({"parameters": int(model.count_params()), "form": form}, f)
 
 
 def _smoke_test(content: bytes) -> None:

@@ -9,7 +9,8 @@ that gives the smallest file that still runs on LiteRT and TensorFlow Lite Micro
 - the recurrence is unrolled over the (static) time steps: per step one FULLY_CONNECTED
   with the shared W_h, an ADD and the activation (plus the gate arithmetic of LSTM/GRU);
 - a zero initial state skips the first step's recurrent product; a learnable h0 folds
-  into a constant.
+  into a constant;
+- or, for LSTM, the recurrence is TFLite's fused UNIDIRECTIONAL_SEQUENCE_LSTM ("fused").
 
 The streaming form runs one step: (x_t [1, features], state [1, state_size]) ->
 (next state [1, state_size], logits [1, classes]), where the state concatenates every
@@ -19,10 +20,12 @@ layer's h (and c for LSTM).
 from __future__ import annotations
 
 import dataclasses
+import uuid
 
 import keras
 import numpy as np
 import tensorflow as tf
+from kerasrnn.export.convert import FORMS
 
 from kerasrnn.cells import ElmanCell
 
@@ -198,7 +201,12 @@ def _initial(layer: RecurrentWeights):
     return (h0, tf.zeros_like(h0)) if layer.kind == "lstm" else h0
 
 
-FORMS = ("loop", "unrolled")
+
+
+def can_fuse(weights: ClassifierWeights, batch_size: int | None) -> bool:
+    """Whether the "fused" form applies: LSTM layers only, zero initial states, static batch."""
+    return batch_size is not None and all(
+        layer.kind == "lstm" and not layer.h0.any() for layer in weights.layers)
 
 
 def sequence_function(weights: ClassifierWeights, batch_size: int | None = 1,
@@ -208,18 +216,23 @@ def sequence_function(weights: ClassifierWeights, batch_size: int | None = 1,
     Args:
         weights: see `classifier_weights`.
         batch_size: static batch size (1 for microcontrollers) or None (dynamic).
-        form: "unrolled" (one set of ops per time step) or "loop" (one builtin WHILE whose
-            body runs a step of every layer; smaller, but the int8 converter crashes on it).
+        form: "unrolled" (one set of ops per time step), "loop" (one builtin WHILE whose
+            body runs a step of every layer; smaller, but the int8 converter crashes on it)
+            or "fused" (LSTM only, see `can_fuse`: TFLite's UNIDIRECTIONAL_SEQUENCE_LSTM).
 
     Returns:
         A concrete function: sequence [batch, steps, features] float32 -> logits [batch, classes].
     """
     if form not in FORMS:
         raise ValueError(f"form must be one of {FORMS}, got {form!r}")
+    if form == "fused" and not can_fuse(weights, batch_size):
+        raise ValueError("the fused form needs LSTM layers only, zero initial states and a "
+                         "static batch size")
     steps, features = weights.input_shape
     spec = tf.TensorSpec([batch_size, steps, features], tf.float32, name="sequence")
-    if form == "loop":
-        return tf.function(lambda sequence: _loop(weights, sequence),
+    if form in ("loop", "fused"):
+        body = _loop if form == "loop" else _fused
+        return tf.function(lambda sequence: body(weights, sequence),
                            input_signature=[spec]).get_concrete_function()
 
     @tf.function(input_signature=[spec])
@@ -236,6 +249,47 @@ def sequence_function(weights: ClassifierWeights, batch_size: int | None = 1,
         return tf.matmul(h, weights.w_y) + weights.b_y
 
     return classify.get_concrete_function()
+
+
+def _keras_lstm(inputs, init_h, init_c, kernel, recurrent_kernel, bias):
+    """An LSTM layer over a whole sequence, gates in Keras's [i, f, c, o] order.
+
+    The TFLite converter replaces a function marked `api_implements="lstm_..."` (as Keras 2's
+    LSTM marks its own) with one fused UNIDIRECTIONAL_SEQUENCE_LSTM; this body is what it
+    stands for, and what TensorFlow runs.
+
+    Args:
+        inputs: [batch, steps, features]; init_h, init_c: [batch, units];
+        kernel: [features, 4 * units]; recurrent_kernel: [units, 4 * units]; bias: [4 * units].
+
+    Returns:
+        (last h [batch, units], every h [batch, steps, units], h, c, a placeholder), the
+        signature the converter expects.
+    """
+    h, c, outputs = init_h, init_c, []
+    for x_t in tf.unstack(inputs, axis=1):
+        z = tf.matmul(x_t, kernel) + tf.matmul(h, recurrent_kernel) + bias
+        i, f, g, o = tf.split(z, 4, axis=1)
+        c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
+        h = tf.sigmoid(o) * tf.tanh(c)
+        outputs.append(h)
+    return h, tf.stack(outputs, axis=1), h, c, tf.constant(0.0)
+
+
+def _fused(weights: ClassifierWeights, sequence):
+    """Stacked LSTM layers, each one fused sequence op (see `_keras_lstm`)."""
+    x = sequence
+    for layer in weights.layers:
+        units = layer.units
+        keras_order = np.r_[0:2 * units, 3 * units:4 * units, 2 * units:3 * units]
+        lstm = tf.function(_keras_lstm, autograph=False, experimental_attributes={
+            "api_implements": f"lstm_{uuid.uuid4().hex}", "time_major": False,
+            "go_backwards": False})
+        zeros = tf.zeros([sequence.shape[0], units])
+        last, x, _, _, _ = lstm(x, zeros, zeros, tf.constant(layer.w_x[:, keras_order]),
+                                tf.constant(layer.w_h[:, keras_order]),
+                                tf.constant(layer.b_x[keras_order]))
+    return tf.matmul(last, weights.w_y) + weights.b_y
 
 
 def _loop(weights: ClassifierWeights, sequence):

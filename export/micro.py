@@ -95,6 +95,7 @@ def _child(model_path: str, folder: str) -> None:
     images = np.load(os.path.join(folder, "images.npy"))
     raw = []
     for image in images:
+        interpreter.reset()  # variable tensors (a fused LSTM's state) back to zero
         interpreter.set_input(quantize(image[None], inp), 0)
         interpreter.invoke()
         raw.append(interpreter.get_output(0)[0].copy())

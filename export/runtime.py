@@ -149,6 +149,7 @@ class Classifier:
             padded = np.concatenate([chunk, np.zeros((batch - len(chunk), *self.input_shape),
                                                      np.float32)])
             self._interpreter.set_tensor(self._input["index"], quantize(padded, self._input))
+            self._interpreter.reset_all_variables()  # a fused LSTM's state: every batch starts at 0
             self._interpreter.invoke()
             out = dequantize(self._interpreter.get_tensor(self._output["index"]), self._output)
             logits.append(out[: len(chunk)])
