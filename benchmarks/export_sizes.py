@@ -5,7 +5,8 @@
 Each model trains one epoch on the bundled sample first (sizes do not depend on the weights,
 but int8 calibration of an untrained model meets constant tensors); int8 files are
 calibrated on its training digits, with int16 activations ("int8/a16", the default) and
-with int8 activations throughout ("int8/a8"). Prints a table.
+with int8 activations throughout ("int8/a8"); LSTM also in the fused form (its default).
+Prints a table.
 """
 
 import argparse
@@ -23,12 +24,15 @@ from kerasrnn.training import TrainConfig, compile_model, fit_bptt
 KINDS = (("simple", 1), ("elman", 1), ("lstm", 1), ("gru", 1), ("elman", 2))
 # (quantization, graph form, int8 activations)
 CASES = (("none", "loop", None), ("none", "unrolled", None), ("float16", "loop", None),
-         ("dynamic", "loop", None), ("int8", "unrolled", "int16"), ("int8", "unrolled", "int8"))
+         ("dynamic", "loop", None), ("int8", "unrolled", "int16"), ("int8", "unrolled", "int8"),
+         ("none", "fused", None), ("float16", "fused", None), ("int8", "fused", None))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--units", type=int, default=64)
+    parser.add_argument("--cells", nargs="+", default=sorted({cell for cell, _ in KINDS}),
+                        help="only these cells")
     args = parser.parse_args()
     images, _ = data.load_arrays(data.DataConfig(source="sample"), "train+validation")
     calibration = images[:1000].astype(np.float32) / 255.0
@@ -37,13 +41,15 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     with tempfile.TemporaryDirectory() as tmp:
-        for cell, layers in KINDS:
+        for cell, layers in (kind for kind in KINDS if kind[0] in args.cells):
             config = TrainConfig(epochs=1, verbose=0)
             model = compile_model(build_classifier(cell=cell, units=args.units, layers=layers),
                                   config)
             fit_bptt(model, data.pipeline(data.DataConfig(source="sample"), "train"), None, config)
             name = f"{cell}x{layers}" if layers > 1 else cell
             for quantization, form, activations in CASES:
+                if form == "fused" and cell != "lstm":  # the fused op exists for LSTM only
+                    continue
                 label = f"{quantization}/a{activations[3:]}" if activations else quantization
                 path = os.path.join(tmp, f"{name}-{label.replace('/', '-')}-{form}.tflite")
                 written = to_tflite(model, path, quantization,
