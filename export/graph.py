@@ -86,6 +86,13 @@ class ClassifierWeights:
         return np.concatenate(parts).astype(np.float32)
 
 
+def _swap_last_gates(units: int) -> np.ndarray:
+    """Column order that swaps LSTM's last two gates: Keras's [i, f, c, o] <-> the stored
+    [i, f, o, c], where the three sigmoid gates are contiguous and share one LOGISTIC op.
+    The swap is its own inverse."""
+    return np.r_[0:2 * units, 3 * units:4 * units, 2 * units:3 * units]
+
+
 def _layer_weights(layer: keras.layers.Layer, h0: np.ndarray | None) -> RecurrentWeights:
     cell = layer.cell
     if isinstance(cell, ElmanCell):
@@ -95,9 +102,7 @@ def _layer_weights(layer: keras.layers.Layer, h0: np.ndarray | None) -> Recurren
         w_x, w_h, b = (v.numpy() for v in (cell.kernel, cell.recurrent_kernel, cell.bias))
         kind, b_h, activation = "elman", None, keras.activations.serialize(cell.activation)
     elif isinstance(cell, keras.layers.LSTMCell):
-        # Keras orders the gates [i, f, c, o]; store [i, f, o, c] so that the three
-        # sigmoid gates are contiguous and share one LOGISTIC op.
-        order = np.r_[0:2 * cell.units, 3 * cell.units:4 * cell.units, 2 * cell.units:3 * cell.units]
+        order = _swap_last_gates(cell.units)
         w_x, w_h, b = (v.numpy()[..., order] for v in (cell.kernel, cell.recurrent_kernel,
                                                         cell.bias))
         kind, b_h, activation = "lstm", None, "tanh"
@@ -201,8 +206,6 @@ def _initial(layer: RecurrentWeights):
     return (h0, tf.zeros_like(h0)) if layer.kind == "lstm" else h0
 
 
-
-
 def can_fuse(weights: ClassifierWeights, batch_size: int | None) -> bool:
     """Whether the "fused" form applies: LSTM layers only, zero initial states, static batch."""
     return batch_size is not None and all(
@@ -281,7 +284,7 @@ def _fused(weights: ClassifierWeights, sequence):
     x = sequence
     for layer in weights.layers:
         units = layer.units
-        keras_order = np.r_[0:2 * units, 3 * units:4 * units, 2 * units:3 * units]
+        keras_order = _swap_last_gates(units)
         lstm = tf.function(_keras_lstm, autograph=False, experimental_attributes={
             "api_implements": f"lstm_{uuid.uuid4().hex}", "time_major": False,
             "go_backwards": False})
