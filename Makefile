@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-slow benchmark lint
+.PHONY: run test test-slow benchmark lint ci
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,8 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+ci: lint test
+
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
@@ -27,4 +29,5 @@ benchmark: $(STAMP)
 	$(BIN)/python benchmarks/training_speed.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check kerasrnn export tests benchmarks tools
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .

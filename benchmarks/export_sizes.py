@@ -14,12 +14,13 @@ import os
 import tempfile
 
 import numpy as np
-from kerasrnn.export.convert import to_tflite
-from kerasrnn.export.micro import MicroError, run_micro
-
 from kerasrnn import data
+from kerasrnn.config import DataConfig, TrainConfig
+from kerasrnn.errors import MicroError
+from kerasrnn.export.convert import to_tflite
+from kerasrnn.export.micro import run_micro
 from kerasrnn.models import build_classifier
-from kerasrnn.training import TrainConfig, compile_model, fit_bptt
+from kerasrnn.training import compile_model, fit
 
 KINDS = (("simple", 1), ("elman", 1), ("lstm", 1), ("gru", 1), ("elman", 2))
 # (quantization, graph form, int8 activations)
@@ -34,7 +35,7 @@ def main() -> None:
     parser.add_argument("--cells", nargs="+", default=sorted({cell for cell, _ in KINDS}),
                         help="only these cells")
     args = parser.parse_args()
-    images, _ = data.load_arrays(data.DataConfig(source="sample"), "train+validation")
+    images, _ = data.load_arrays(DataConfig(source="sample"), "train+validation")
     calibration = images[:1000].astype(np.float32) / 255.0
     header = (f"{'model':<12} {'params':>7} {'param bytes':>11} {'quant':<9} {'form':<9} "
               f"{'file bytes':>10} {'ratio':>6} {'TFLM arena':>10}")
@@ -45,7 +46,7 @@ def main() -> None:
             config = TrainConfig(epochs=1, verbose=0)
             model = compile_model(build_classifier(cell=cell, units=args.units, layers=layers),
                                   config)
-            fit_bptt(model, data.pipeline(data.DataConfig(source="sample"), "train"), None, config)
+            fit(model, data.pipeline(DataConfig(source="sample"), "train"), None, config)
             name = f"{cell}x{layers}" if layers > 1 else cell
             for quantization, form, activations in CASES:
                 if form == "fused" and cell != "lstm":  # the fused op exists for LSTM only

@@ -15,13 +15,12 @@ import os
 import tempfile
 
 import numpy as np
+from kerasrnn import data
+from kerasrnn.config import DataConfig, ModelConfig, TrainConfig
 from kerasrnn.export.convert import to_tflite
 from kerasrnn.export.micro import run_micro
 from kerasrnn.export.runtime import Classifier
-
-from kerasrnn import data
-from kerasrnn.models import ModelConfig
-from kerasrnn.training import TrainConfig, train
+from kerasrnn.training_run import train
 
 KINDS = {"simple": ("simple", 64, 1), "elman": ("elman", 64, 1), "lstm": ("lstm", 32, 1),
          "gru": ("gru", 32, 1), "elmanx2": ("elman", 32, 2)}
@@ -33,7 +32,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KINDS))
     args = parser.parse_args()
-    sample = data.DataConfig(source="sample")
+    sample = DataConfig(source="sample")
     calibration = data.load_arrays(sample, "train+validation")[0].astype(np.float32) / 255.0
     images, labels = data.load_arrays(sample, "test")
     images = images.astype(np.float32) / 255.0

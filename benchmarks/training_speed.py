@@ -11,9 +11,8 @@ import argparse
 import statistics
 import tempfile
 
-from kerasrnn import data
-from kerasrnn.models import ModelConfig
-from kerasrnn.training import TrainConfig, train
+from kerasrnn.config import DataConfig, ModelConfig, TrainConfig
+from kerasrnn.training_run import train
 
 
 def main() -> None:
@@ -22,7 +21,7 @@ def main() -> None:
     parser.add_argument("--units", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=4)
     args = parser.parse_args()
-    config = data.DataConfig(source="sample")
+    config = DataConfig(source="sample")
     results = {}
     for loop in ("bptt", "fit"):
         for xla in (False, True):

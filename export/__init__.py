@@ -1,10 +1,14 @@
 """kerasrnn.export: the edge side. Keras -> builtin-only TFLite, verification, device runtime.
 
-    convert.py  `to_tflite`: builtin-only .tflite (float32, float16, dynamic, int8)
-    graph.py    the unrolled inference graphs the converter sees
-    verification.py `verify`: parity and accuracy of a .tflite against its Keras model
-    micro.py    TensorFlow Lite Micro: run, arena size, C source array
-    runtime.py  `Classifier`, `Stream`: NumPy + ai_edge_litert only, runs on the device
+    config.py        `ExportConfig`, quantizations, graph forms (no TensorFlow)
+    graph.py         the inference graphs the converter sees (loop, unrolled, fused, step)
+    convert.py       `to_tflite`: builtin-only .tflite (float32, float16, dynamic, int8)
+    flatbuffer.py    reading and slimming .tflite files
+    integer_io.py    int8 inputs and outputs around int16 activations
+    verification.py  `verify`: parity and accuracy of a .tflite against its Keras model
+    micro.py         TensorFlow Lite Micro: run, arena size, C source array
+    workflow.py      `export_model`: convert, calibrate, verify and extras in one call
+    runtime.py       `Classifier`, `Stream`: NumPy + ai_edge_litert only, runs on the device
 
 Names load lazily: `from kerasrnn.export.runtime import Classifier` never imports TensorFlow.
 """
@@ -13,14 +17,13 @@ from kerasrnn._lazy import lazy_exports
 
 _EXPORTS = {
     "to_tflite": "kerasrnn.export.convert",
-    "to_stream_tflite": "kerasrnn.export.convert",
-    "ConversionError": "kerasrnn.export.convert",
+    "ExportConfig": "kerasrnn.export.config",
+    "export_model": "kerasrnn.export.workflow",
     "verify": "kerasrnn.export.verification",
     "run_micro": "kerasrnn.export.micro",
     "write_c_array": "kerasrnn.export.micro",
     "Classifier": "kerasrnn.export.runtime",
     "Stream": "kerasrnn.export.runtime",
-    "ModelFileError": "kerasrnn.export.runtime",
 }
 
 __all__ = list(_EXPORTS)

@@ -11,27 +11,22 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
 
 import numpy as np
+import tensorflow as tf
+from kerasrnn.export import flatbuffer, graph, integer_io
+from kerasrnn.export.config import FORMS, INT8_ACTIVATIONS, QUANTIZATIONS
+from kerasrnn.export.runtime import INITIAL_STATE_METADATA, check_loads
 
 from kerasrnn._io import atomic_write
+from kerasrnn.config import check_choice, check_positive
+from kerasrnn.errors import ConfigError, ConversionError
+from kerasrnn.evaluation import load_model
 
-QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
-# Activations of an int8 file: int16 inside (int8 weights, int8 images and logits; see
-# `kerasrnn.export.integer_io`) or int8 throughout.
-ACTIVATIONS = ("int16", "int8")
-# Graph forms of `kerasrnn.export.graph.sequence_function`.
-FORMS = ("loop", "unrolled", "fused")
 _FORM_NAMES = {"loop": "WHILE loop", "unrolled": "unrolled", "fused": "fused LSTM"}
-INITIAL_STATE_METADATA = "kerasrnn.initial_state"
-
-
-class ConversionError(RuntimeError):
-    """The model could not be converted to a builtin-only TFLite file."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,8 +65,7 @@ def choose_form(quantization: str, form: str = "auto", fusable: bool = False) ->
     segfaults on the loop (with int8 and int16 activations alike), so int8 files of the
     other cells are unrolled.
     """
-    if form not in ("auto", *FORMS):
-        raise ValueError(f"form must be 'auto' or one of {FORMS}, got {form!r}")
+    check_choice("form", form, ("auto", *FORMS))
     if form != "auto":
         return form
     if fusable and quantization != "dynamic":
@@ -79,16 +73,13 @@ def choose_form(quantization: str, form: str = "auto", fusable: bool = False) ->
     return "unrolled" if quantization == "int8" else "loop"
 
 
-def _check_arguments(quantization, representative_data, batch_size, activations):
-    if quantization not in QUANTIZATIONS:
-        raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
-    if activations not in ACTIVATIONS:
-        raise ValueError(f"activations must be one of {ACTIVATIONS}, got {activations!r}")
+def _check_arguments(quantization, representative_data, batch_size, activations) -> None:
+    check_choice("quantization", quantization, QUANTIZATIONS)
+    check_choice("activations", activations, INT8_ACTIVATIONS)
+    check_positive("batch_size", batch_size, optional=True, integer=True)
     if quantization == "int8" and representative_data is None:
-        raise ValueError("int8 quantization needs representative_data: real training images "
-                         "[n, steps, features] float32 in [0, 1]")
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size <= 0):
-        raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+        raise ConfigError("int8 quantization needs representative_data: real training images "
+                          "[n, steps, features] float32 in [0, 1]")
 
 
 def to_tflite(model, path: str, quantization: str = "none", representative_data=None,
@@ -119,33 +110,29 @@ def to_tflite(model, path: str, quantization: str = "none", representative_data=
         A `TfliteFile` describing the written file.
 
     Raises:
-        ConversionError: the converter failed or crashed, or emitted Flex/custom ops
-            (named in the message).
+        ConfigError: an argument out of its domain.
+        ModelFileError: a model path that is missing or not a .keras model.
+        ConversionError: a model this package cannot rebuild (named layer), or the
+            converter failed, crashed or emitted non-builtin ops (named).
     """
     _check_arguments(quantization, representative_data, batch_size, activations)
     choose_form(quantization, form)  # checks the argument; the child resolves "auto"
+    if isinstance(model, str):
+        model = load_model(model)
+    graph.classifier_weights(model)  # a model we cannot rebuild fails here, not in the child
+    calibration = None if representative_data is None else _representative(representative_data)
     with tempfile.TemporaryDirectory(prefix="kerasrnn-convert-") as tmp:
-        model_path = model if isinstance(model, str) else os.path.join(tmp, "model.keras")
-        if not isinstance(model, str):
-            model.save(model_path)
-        elif not os.path.isfile(model_path):
-            raise FileNotFoundError(f"model file {model_path} does not exist")
-        job = {"model": os.path.abspath(model_path), "quantization": quantization,
+        job = {"model": os.path.join(tmp, "model.keras"), "quantization": quantization,
                "batch_size": batch_size, "stream": stream, "form": form,
                "activations": activations, "out": os.path.join(tmp, "out.tflite"),
                "representative": None}
-        if representative_data is not None:
+        model.save(job["model"])
+        if calibration is not None:
             job["representative"] = os.path.join(tmp, "representative.npy")
-            np.save(job["representative"], _representative(representative_data))
-        with open(os.path.join(tmp, "job.json"), "w") as f:
-            json.dump(job, f)
-        _run_worker(os.path.join(tmp, "job.json"))
+            np.save(job["representative"], calibration)
+        info = _run_child(job)
         with open(job["out"], "rb") as f:
             content = f.read()
-        with open(job["out"] + ".json") as f:
-            info = json.load(f)
-    from kerasrnn.export import flatbuffer
-
     ops = flatbuffer.operators(content)
     foreign = [op for op in ops if not flatbuffer.is_builtin(op)]
     if foreign:
@@ -165,37 +152,52 @@ def to_tflite(model, path: str, quantization: str = "none", representative_data=
 def _representative(data) -> np.ndarray:
     array = np.asarray(data, dtype=np.float32)
     if array.ndim != 3 or len(array) == 0:
-        raise ValueError(f"representative_data must be [n, steps, features] with n > 0, "
-                         f"got shape {array.shape}")
-    if np.isnan(array).any() or array.min() < 0.0 or array.max() > 1.0:
-        raise ValueError("representative_data must hold images scaled to [0, 1] without NaN")
+        raise ConfigError(f"representative_data must be [n, steps, features] with n > 0, "
+                          f"got shape {array.shape}")
+    if not np.isfinite(array).all() or array.min() < 0.0 or array.max() > 1.0:
+        raise ConfigError("representative_data must hold images scaled to [0, 1], all finite")
     return array
 
 
-def _run_worker(job_path: str) -> None:
+def _run_child(job: dict) -> dict:
+    """Runs `_convert(job)` in a child process; returns the JSON it sends on a pipe.
+
+    Raises:
+        ConversionError: the child crashed or reported an error.
+    """
+    read_end, write_end = os.pipe()
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    result = subprocess.run([sys.executable, "-m", "kerasrnn.export.convert", job_path],
-                            capture_output=True, text=True, env=env, check=False)
-    if result.returncode < 0:
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "kerasrnn.export.convert", json.dumps(job), str(write_end)],
+            pass_fds=(write_end,), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    finally:
+        os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        message = pipe.read()
+    _, stderr = child.communicate()
+    if child.returncode < 0:
         raise ConversionError(
             f"the TFLite converter or LiteRT's check of its output crashed (signal "
-            f"{-result.returncode}); no file was written. For int8 this happens when "
+            f"{-child.returncode}); no file was written. For int8 this happens when "
             f"calibration sees a tensor that never varies (an untrained model on MNIST's "
             f"blank first rows, say): train the model or calibrate on more varied data")
-    if result.returncode != 0:
-        lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
-        ops = sorted(set(re.findall(r"\btf\.(\w+)", result.stderr)))
-        detail = f"unsupported ops: {ops}" if ops else (lines[-1] if lines else "no output")
-        raise ConversionError(f"the TFLite converter failed ({detail}); no file was written")
+    if not message:
+        raise ConversionError(f"the conversion process ended (status {child.returncode}) "
+                              f"without a result; no file was written")
+    result = json.loads(message)
+    if "error" in result:
+        raise ConversionError(f"the TFLite converter failed ({result['error']}); "
+                              f"no file was written")
+    return result
 
 
-def _convert(job: dict) -> None:
-    """The child process: build the graph, convert, slim, write."""
-    import tensorflow as tf
-    from kerasrnn.export import flatbuffer, graph, integer_io
+def _convert(job: dict) -> dict:
+    """The child process: build the graph, convert, slim, write `job["out"]`.
 
-    from kerasrnn.training import load_model
-
+    Returns:
+        {"parameters": int, "form": str}.
+    """
     model = load_model(job["model"])
     weights = graph.classifier_weights(model)
     quantization = job["quantization"]
@@ -235,23 +237,14 @@ def _convert(job: dict) -> None:
     outputs = sorted(function.structured_outputs) if job["stream"] else ["logits"]
     if int16_inside:
         content = integer_io.int8_interface(content, inputs, outputs)
-    _smoke_test(content)
     metadata = {INITIAL_STATE_METADATA: weights.initial_state.tobytes()} if job["stream"] else {}
+    content = flatbuffer.slim(content, metadata, outputs)
+    # LiteRT loads and runs it once here: a file it rejects or aborts on fails the
+    # conversion, not a later caller.
+    check_loads(content)
     with open(job["out"], "wb") as f:
-        f.write(flatbuffer.slim(content, metadata, outputs))
-    with open(job["out"] + ".json", "w") as f:
-        json.dump({"parameters": int(model.count_params()), "form": form}, f)
-
-
-def _smoke_test(content: bytes) -> None:
-    """Loads and runs the converted model once in LiteRT, here in the child process: a
-    model that LiteRT rejects or aborts on fails the conversion, not a later caller."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    interpreter = Interpreter(model_content=content,
-                              experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-    interpreter.allocate_tensors()
-    interpreter.invoke()
+        f.write(content)
+    return {"parameters": int(model.count_params()), "form": form}
 
 
 def _calibration(weights, function, images: np.ndarray, job: dict):
@@ -272,13 +265,20 @@ def _calibration(weights, function, images: np.ndarray, job: dict):
     return steps if job["stream"] else sequences
 
 
-def to_stream_tflite(model, path: str, quantization: str = "none",
-                     representative_data=None, activations: str = "int16") -> TfliteFile:
-    """The streaming step model (see `to_tflite(stream=True)`)."""
-    return to_tflite(model, path, quantization, representative_data, batch_size=1, stream=True,
-                     activations=activations)
+def _child_main(job_json: str, result_fd: int) -> int:
+    """Entry point of the child: converts, and sends {"parameters", "form"} or
+    {"error": "..."} as JSON on `result_fd`."""
+    try:
+        result = _convert(json.loads(job_json))
+        status = 0
+    except Exception as e:  # noqa: BLE001 - every failure goes back to the parent as data
+        detail = str(e).strip().splitlines()
+        result = {"error": f"{type(e).__name__}: {detail[-1] if detail else ''}".rstrip(": ")}
+        status = 1
+    with os.fdopen(result_fd, "w") as pipe:
+        json.dump(result, pipe)
+    return status
 
 
 if __name__ == "__main__":
-    with open(sys.argv[1]) as f:
-        _convert(json.load(f))
+    sys.exit(_child_main(sys.argv[1], int(sys.argv[2])))

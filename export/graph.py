@@ -25,9 +25,12 @@ import uuid
 import keras
 import numpy as np
 import tensorflow as tf
-from kerasrnn.export.convert import FORMS
+from kerasrnn.export.config import FORMS
 
-from kerasrnn.cells import ElmanCell
+from kerasrnn.cell_kinds import kind_of
+from kerasrnn.cells import LearnableInitialState
+from kerasrnn.config import check_choice
+from kerasrnn.errors import ConfigError, ConversionError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +38,7 @@ class RecurrentWeights:
     """One recurrent layer's weights in a cell-agnostic layout.
 
     Attributes:
-        kind: "elman" (SimpleRNN and ElmanCell), "lstm" or "gru".
+        recurrence: the equations (`CellKind.recurrence`): "elman", "lstm" or "gru".
         w_x: [features, gates * units] input kernel.
         w_h: [units, gates * units] recurrent kernel.
         b_x: [gates * units] bias added to the input projection.
@@ -48,7 +51,7 @@ class RecurrentWeights:
         activation: "tanh" or "relu" (elman only).
     """
 
-    kind: str
+    recurrence: str
     w_x: np.ndarray
     w_h: np.ndarray
     b_x: np.ndarray
@@ -62,7 +65,7 @@ class RecurrentWeights:
 
     @property
     def state_size(self) -> int:
-        return 2 * self.units if self.kind == "lstm" else self.units
+        return 2 * self.units if self.recurrence == "lstm" else self.units
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +84,7 @@ class ClassifierWeights:
     @property
     def initial_state(self) -> np.ndarray:
         """[state_size] float32: every layer's h0 (and a zero c for LSTM)."""
-        parts = [np.concatenate([l.h0, np.zeros(l.units)]) if l.kind == "lstm" else l.h0
+        parts = [np.concatenate([l.h0, np.zeros(l.units)]) if l.recurrence == "lstm" else l.h0
                  for l in self.layers]
         return np.concatenate(parts).astype(np.float32)
 
@@ -93,62 +96,61 @@ def _swap_last_gates(units: int) -> np.ndarray:
     return np.r_[0:2 * units, 3 * units:4 * units, 2 * units:3 * units]
 
 
-def _layer_weights(layer: keras.layers.Layer, h0: np.ndarray | None) -> RecurrentWeights:
+def _layer_weights(layer: keras.layers.RNN, h0: np.ndarray | None) -> RecurrentWeights:
+    """One recurrent layer's weights, read as its kind in `cell_kinds.CELL_KINDS` says."""
     cell = layer.cell
-    if isinstance(cell, ElmanCell):
-        w_x, w_h, b = (v.numpy() for v in (cell.w_xh, cell.w_hh, cell.b))
-        kind, b_h, activation = "elman", None, keras.activations.serialize(cell.activation)
-    elif isinstance(cell, keras.layers.SimpleRNNCell):
-        w_x, w_h, b = (v.numpy() for v in (cell.kernel, cell.recurrent_kernel, cell.bias))
-        kind, b_h, activation = "elman", None, keras.activations.serialize(cell.activation)
-    elif isinstance(cell, keras.layers.LSTMCell):
-        order = _swap_last_gates(cell.units)
-        w_x, w_h, b = (v.numpy()[..., order] for v in (cell.kernel, cell.recurrent_kernel,
-                                                        cell.bias))
-        kind, b_h, activation = "lstm", None, "tanh"
-    elif isinstance(cell, keras.layers.GRUCell):
+    try:
+        kind = kind_of(cell)
+    except TypeError as e:
+        raise ConversionError(f"cannot export layer {layer.name}: {e}") from None
+    w_x, w_h, b = (getattr(cell, name).numpy() for name in kind.weights)
+    b_h, activation, units = None, "tanh", w_h.shape[0]
+    if kind.takes_activation:
+        activation = keras.activations.serialize(cell.activation)
+    if kind.recurrence == "lstm":
+        order = _swap_last_gates(units)
+        w_x, w_h, b = w_x[:, order], w_h[:, order], b[order]
+    elif kind.recurrence == "gru":
         if not cell.reset_after:
-            raise ValueError("only GRU with reset_after=True (the Keras default) can be exported")
-        w_x, w_h = cell.kernel.numpy(), cell.recurrent_kernel.numpy()
-        b, b_h = cell.bias.numpy()
-        b = b + np.concatenate([b_h[:2 * cell.units], np.zeros(cell.units, b_h.dtype)])
-        b_h = b_h[2 * cell.units:]
-        kind, activation = "gru", "tanh"
-    else:
-        raise TypeError(f"cannot export recurrent cell {type(cell).__name__}")
+            raise ConversionError(f"cannot export {layer.name}: only GRU with "
+                                  f"reset_after=True (the Keras default) can be exported")
+        b, b_h = b  # reset_after: input and recurrent biases
+        b = b + np.concatenate([b_h[:2 * units], np.zeros(units, b_h.dtype)])
+        b_h = b_h[2 * units:]
     if activation not in ("tanh", "relu"):
-        raise ValueError(f"cannot export activation {activation!r}: use tanh or relu")
-    units = w_h.shape[0]
+        raise ConversionError(f"cannot export {layer.name}: activation {activation!r} "
+                              f"(tanh or relu only)")
     h0 = np.zeros(units, np.float32) if h0 is None else h0
-    return RecurrentWeights(kind, w_x, w_h, b, b_h, h0.astype(np.float32), activation)
+    return RecurrentWeights(kind.recurrence, w_x, w_h, b, b_h, h0.astype(np.float32), activation)
 
 
 def classifier_weights(model: keras.Model) -> ClassifierWeights:
     """Reads the weights of a model built by `kerasrnn.build_classifier`.
 
     Raises:
-        ValueError: the model is not a recurrent classifier this module can rebuild.
+        ConversionError: the model is not a recurrent classifier this module can rebuild
+            (the message names the layer).
     """
     layers, h0 = [], None
     dense = None
     for layer in model.layers:
         if isinstance(layer, keras.layers.InputLayer | keras.layers.Dropout):
             continue
-        if type(layer).__name__ == "LearnableInitialState":
+        if isinstance(layer, LearnableInitialState):
             h0 = layer.h0.numpy()
         elif isinstance(layer, keras.layers.RNN):
             if layer.go_backwards or getattr(layer, "stateful", False):
-                raise ValueError(f"cannot export {layer.name}: backwards or stateful RNN")
+                raise ConversionError(f"cannot export {layer.name}: backwards or stateful RNN")
             layers.append(_layer_weights(layer, h0))
             h0 = None
         elif isinstance(layer, keras.layers.Dense):
             dense = layer
         else:
-            raise ValueError(f"cannot export layer {layer.name} ({type(layer).__name__}): "
-                             f"expected recurrent layers and a final Dense")
+            raise ConversionError(f"cannot export layer {layer.name} ({type(layer).__name__}): "
+                                  f"expected recurrent layers and a final Dense")
     if not layers or dense is None or dense.activation.__name__ != "linear":
-        raise ValueError(f"model {model.name!r} is not an N-to-1 recurrent classifier "
-                         f"(recurrent layers, then a linear Dense)")
+        raise ConversionError(f"model {model.name!r} is not an N-to-1 recurrent classifier "
+                              f"(recurrent layers, then a linear Dense)")
     w_y, b_y = dense.get_weights()
     return ClassifierWeights(tuple(layers), w_y, b_y, tuple(model.input_shape[1:]))
 
@@ -167,12 +169,12 @@ def _step(layer: RecurrentWeights, xw_t, state):
         (h [batch, units], the next state).
     """
     w_h = tf.constant(layer.w_h)
-    if layer.kind == "elman":
+    if layer.recurrence == "elman":
         z = xw_t if state is None else xw_t + tf.matmul(state, w_h)
         h = _act(layer.activation)(z)
         return h, h
     units = layer.units
-    if layer.kind == "lstm":  # gates stored as [i, f, o | c] (see `_layer_weights`)
+    if layer.recurrence == "lstm":  # gates stored as [i, f, o | c] (see `_layer_weights`)
         h, c = state if state is not None else (None, None)
         z = xw_t if h is None else xw_t + tf.matmul(h, w_h)
         sigmoid_gates, g = tf.split(z, [3 * units, units], axis=-1)
@@ -203,13 +205,13 @@ def _initial(layer: RecurrentWeights):
     if not layer.h0.any():
         return None
     h0 = tf.constant(layer.h0[None])
-    return (h0, tf.zeros_like(h0)) if layer.kind == "lstm" else h0
+    return (h0, tf.zeros_like(h0)) if layer.recurrence == "lstm" else h0
 
 
 def can_fuse(weights: ClassifierWeights, batch_size: int | None) -> bool:
     """Whether the "fused" form applies: LSTM layers only, zero initial states, static batch."""
     return batch_size is not None and all(
-        layer.kind == "lstm" and not layer.h0.any() for layer in weights.layers)
+        layer.recurrence == "lstm" and not layer.h0.any() for layer in weights.layers)
 
 
 def sequence_function(weights: ClassifierWeights, batch_size: int | None = 1,
@@ -226,10 +228,9 @@ def sequence_function(weights: ClassifierWeights, batch_size: int | None = 1,
     Returns:
         A concrete function: sequence [batch, steps, features] float32 -> logits [batch, classes].
     """
-    if form not in FORMS:
-        raise ValueError(f"form must be one of {FORMS}, got {form!r}")
+    check_choice("form", form, FORMS)
     if form == "fused" and not can_fuse(weights, batch_size):
-        raise ValueError("the fused form needs LSTM layers only, zero initial states and a "
+        raise ConfigError("the fused form needs LSTM layers only, zero initial states and a "
                          "static batch size")
     steps, features = weights.input_shape
     spec = tf.TensorSpec([batch_size, steps, features], tf.float32, name="sequence")
@@ -305,7 +306,7 @@ def _loop(weights: ClassifierWeights, sequence):
     states = []
     for layer in weights.layers:
         h0 = tf.broadcast_to(tf.constant(layer.h0[None]), [batch, layer.units])
-        states.append((h0, tf.zeros_like(h0)) if layer.kind == "lstm" else h0)
+        states.append((h0, tf.zeros_like(h0)) if layer.recurrence == "lstm" else h0)
 
     def body(t, states):
         x, new_states = None, []
@@ -318,7 +319,7 @@ def _loop(weights: ClassifierWeights, sequence):
 
     _, states = tf.while_loop(lambda t, _: t < steps, body, [tf.constant(0), states],
                               maximum_iterations=steps)
-    top = states[-1][0] if weights.layers[-1].kind == "lstm" else states[-1]
+    top = states[-1][0] if weights.layers[-1].recurrence == "lstm" else states[-1]
     return tf.matmul(top, weights.w_y) + weights.b_y
 
 
@@ -339,9 +340,9 @@ def step_function(weights: ClassifierWeights):
         x, new_states = row, []
         for layer, part in zip(weights.layers, parts):
             xw = tf.matmul(x, layer.w_x) + layer.b_x
-            previous = tuple(tf.split(part, 2, axis=-1)) if layer.kind == "lstm" else part
+            previous = tuple(tf.split(part, 2, axis=-1)) if layer.recurrence == "lstm" else part
             x, next_state = _step(layer, xw, previous)
-            new_states.extend(next_state if layer.kind == "lstm" else [next_state])
+            new_states.extend(next_state if layer.recurrence == "lstm" else [next_state])
         return {"state": tf.concat(new_states, axis=-1),
                 "logits": tf.matmul(x, weights.w_y) + weights.b_y}
 

@@ -88,8 +88,11 @@ def int8_interface(model_bytes: bytes, input_names: list[str], output_names: lis
             removed.add(id(op))
         else:  # QUANTIZE float -> int16 becomes a requantization int8 -> int16
             _as_int8(graph.tensors[index], inner)
-    quantize_code = next(op.opcodeIndex for op in graph.operators
-                         if flatbuffer.operator_name(model, op) == "QUANTIZE")
+    quantize_code = next((op.opcodeIndex for op in graph.operators
+                          if flatbuffer.operator_name(model, op) == "QUANTIZE"), None)
+    if quantize_code is None:
+        raise ValueError("the model has no QUANTIZE operator: it was not converted with "
+                         "int16 activations and a float32 interface")
     for position, name in enumerate(output_names):
         index = graph.outputs[position]
         op = only_op([op for op in graph.operators if index in op.outputs], "DEQUANTIZE", name)

@@ -1,13 +1,15 @@
 """TensorFlow Lite Micro: run a model in the real microcontroller interpreter, size its
 arena, and write the C source array that firmware projects compile in.
 
-`tflite-micro` (PyPI) wraps TFLM's C++ interpreter. It aborts the whole process on some
-errors (an arena that is too small, an unsupported op), so models run in a child process.
+`tflite-micro` (PyPI) wraps TFLM's C++ interpreter. It aborts or crashes the whole process
+on some errors (an unsupported op, a fused LSTM in too small an arena), so models run in a
+child process, which sends its result back as JSON on a pipe.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import subprocess
@@ -15,14 +17,17 @@ import sys
 import tempfile
 
 import numpy as np
+from kerasrnn.export.runtime import dequantize, quantize
+from tflite_micro.python.tflite_micro import runtime as tflm
 
 from kerasrnn._io import atomic_write
+from kerasrnn.errors import MicroError
 
-_ARENA_RE = re.compile(r"Arena allocation total (\d+) bytes")
-
-
-class MicroError(RuntimeError):
-    """TensorFlow Lite Micro could not load or run the model."""
+# TFLM's report of what it allocated: the Python wrapper gives it only as text.
+_ARENA_REPORT = re.compile(rb"Arena allocation total (\d+) bytes")
+# The first arena tried, and the largest: too small an arena fails to allocate (and a
+# fused LSTM may crash in it), so the first is generous and doubles while it fails.
+_LARGEST_ARENA = 64 * 1024 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,12 +36,10 @@ class MicroResult:
 
     Attributes:
         logits: float32 [n, classes] (dequantized for int8 models).
-        raw: the output tensor as the model produced it ([n, classes], int8 or float32).
         arena_bytes: the tensor arena TFLM allocated for this model.
     """
 
     logits: np.ndarray
-    raw: np.ndarray
     arena_bytes: int
 
 
@@ -56,20 +59,25 @@ def run_micro(tflite_path: str, images: np.ndarray) -> MicroResult:
     images = np.asarray(images, np.float32)
     with tempfile.TemporaryDirectory(prefix="kerasrnn-micro-") as tmp:
         np.save(os.path.join(tmp, "images.npy"), images)
-        result = subprocess.run(
-            [sys.executable, "-m", "kerasrnn.export.micro", os.path.abspath(tflite_path), tmp],
-            capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            how = (f"crashed (signal {-result.returncode})" if result.returncode < 0
-                   else "failed")
-            lines = (result.stderr.strip() or result.stdout.strip()).splitlines()
-            raise MicroError(f"TensorFlow Lite Micro {how} on {tflite_path}: "
-                             f"{lines[-1] if lines else 'no output'}")
-        outputs = np.load(os.path.join(tmp, "outputs.npz"))
-        arena = _ARENA_RE.search(result.stdout + result.stderr)
-        if arena is None:
-            raise MicroError(f"TensorFlow Lite Micro printed no arena report for {tflite_path}")
-        return MicroResult(outputs["logits"], outputs["raw"], int(arena.group(1)))
+        read_end, write_end = os.pipe()
+        try:
+            child = subprocess.Popen(
+                [sys.executable, "-m", "kerasrnn.export.micro", os.path.abspath(tflite_path),
+                 tmp, str(write_end)],
+                pass_fds=(write_end,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        finally:
+            os.close(write_end)
+        with os.fdopen(read_end) as pipe:
+            message = pipe.read()
+        child.wait()
+        if child.returncode < 0 or not message:
+            raise MicroError(f"TensorFlow Lite Micro crashed on {tflite_path} (status "
+                             f"{child.returncode}): an operator it lacks, or a damaged file")
+        result = json.loads(message)
+        if "error" in result:
+            raise MicroError(f"TensorFlow Lite Micro failed on {tflite_path}: {result['error']}")
+        logits = np.load(os.path.join(tmp, "logits.npy"))
+    return MicroResult(logits, result["arena_bytes"])
 
 
 def _detail(tflm_detail: dict) -> dict:
@@ -80,28 +88,61 @@ def _detail(tflm_detail: dict) -> dict:
     return {"dtype": tflm_detail["dtype"], "quantization": (scale, zero_point)}
 
 
-def _child(model_path: str, folder: str) -> None:
-    """The child process: load into TFLM, record the arena, run every image."""
-    from kerasrnn.export.runtime import dequantize, quantize
-    from tflite_micro.python.tflite_micro import runtime
+def _allocate(content: bytes) -> tflm.Interpreter:
+    """An interpreter whose arena fits the model: 16 x the file + 64 KB, doubled while
+    TFLM fails to allocate (784-step models need more than the first guess).
 
+    Raises:
+        RuntimeError: it does not fit in `_LARGEST_ARENA`.
+    """
+    arena = 16 * len(content) + 65536
+    while True:
+        try:
+            return tflm.Interpreter.from_bytes(content, arena_size=arena)
+        except RuntimeError:  # "TFLM failed to allocate tensors"
+            if arena >= _LARGEST_ARENA:
+                raise RuntimeError(f"the model does not fit in a {_LARGEST_ARENA:,}-byte "
+                                   f"arena") from None
+            arena *= 2
+
+
+def _arena_used(interpreter: tflm.Interpreter) -> int:
+    """The bytes of arena TFLM allocated, read from its allocation report (which the
+    interpreter writes to this process's stdout or stderr)."""
+    with tempfile.TemporaryFile() as report:
+        saved = os.dup(1), os.dup(2)
+        os.dup2(report.fileno(), 1)
+        os.dup2(report.fileno(), 2)
+        try:
+            interpreter.print_allocations()
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+        report.seek(0)
+        found = _ARENA_REPORT.search(report.read())
+    if found is None:
+        raise RuntimeError("TFLM printed no arena allocation report")
+    return int(found.group(1))
+
+
+def _child(model_path: str, folder: str) -> dict:
+    """The child process: allocate, measure the arena, then run every image in TFLM."""
     with open(model_path, "rb") as f:
         content = f.read()
-    # Generous arena; the recorder then reports what the model really used.
-    interpreter = runtime.Interpreter.from_bytes(content, arena_size=16 * len(content) + 65536)
-    interpreter.print_allocations()  # a C++ report on stdout/stderr, read by the parent
+    interpreter = _allocate(content)
+    arena = _arena_used(interpreter)
     inp, out = (_detail(interpreter.get_input_details(0)),
                 _detail(interpreter.get_output_details(0)))
-    images = np.load(os.path.join(folder, "images.npy"))
     raw = []
-    for image in images:
+    for image in np.load(os.path.join(folder, "images.npy")):
         interpreter.reset()  # variable tensors (a fused LSTM's state) back to zero
         interpreter.set_input(quantize(image[None], inp), 0)
         interpreter.invoke()
         raw.append(interpreter.get_output(0)[0].copy())
-    raw = np.array(raw)
-    logits = dequantize(raw, out)
-    np.savez(os.path.join(folder, "outputs.npz"), logits=logits, raw=raw)
+    np.save(os.path.join(folder, "logits.npy"), dequantize(np.array(raw), out))
+    return {"arena_bytes": arena}
 
 
 def write_c_array(tflite_path: str, out_dir: str, name: str = "g_model") -> tuple[str, str]:
@@ -132,5 +173,17 @@ def write_c_array(tflite_path: str, out_dir: str, name: str = "g_model") -> tupl
     return paths
 
 
+def _child_main(model_path: str, folder: str, result_fd: int) -> int:
+    """Entry point of the child: runs `_child` and sends its result, or {"error": ...},
+    as JSON on `result_fd`."""
+    try:
+        result, status = _child(model_path, folder), 0
+    except Exception as e:  # noqa: BLE001 - every failure goes back to the parent as data
+        result, status = {"error": f"{type(e).__name__}: {e}"}, 1
+    with os.fdopen(result_fd, "w") as pipe:
+        json.dump(result, pipe)
+    return status
+
+
 if __name__ == "__main__":
-    _child(sys.argv[1], sys.argv[2])
+    sys.exit(_child_main(sys.argv[1], sys.argv[2], int(sys.argv[3])))

@@ -1,8 +1,8 @@
 """The device runtime: run exported classifiers with NumPy and `ai_edge_litert` only.
 
 This module never imports TensorFlow or Keras, so it runs where only the LiteRT runtime
-is installed (`pip install ai-edge-litert numpy`). It is the one module that imports the
-interpreter.
+is installed (`pip install ai-edge-litert numpy`). It is the one module that builds a
+LiteRT interpreter (export checks converted files with `check_loads`).
 
     clf = Classifier("model.tflite")
     logits = clf.predict(images)          # images [n, 28, 28] in [0, 1] (or uint8 0-255)
@@ -20,11 +20,29 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-INITIAL_STATE_METADATA = b"kerasrnn.initial_state"
+from kerasrnn.errors import InputError, ModelFileError
+
+# The metadata entry of a streaming file that holds its initial state (float32 [state]).
+INITIAL_STATE_METADATA = "kerasrnn.initial_state"
 
 
-class ModelFileError(ValueError):
-    """The file is not a valid TFLite model."""
+def _interpreter(content: bytes) -> Interpreter:
+    """A LiteRT interpreter over `content`, its tensors allocated.
+
+    LiteRT's own kernels, not the XNNPACK delegate: XNNPACK aborts the process on some
+    valid int8 graphs, and these are the kernels `kerasrnn export` verified.
+    """
+    interpreter = Interpreter(
+        model_content=content,
+        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+def check_loads(content: bytes) -> None:
+    """Loads a model and runs it once (on zeros), as a device would: raises if LiteRT
+    cannot (used on freshly converted files)."""
+    _interpreter(content).invoke()
 
 
 def _load(path: str) -> tuple[bytes, Interpreter]:
@@ -39,12 +57,7 @@ def _load(path: str) -> tuple[bytes, Interpreter]:
         raise ModelFileError(f"{path}: not a TFLite model (file identifier {content[4:8]!r}, "
                              f"expected b'TFL3')")
     try:  # the interpreter verifies the flatbuffer before building the graph
-        # LiteRT's own kernels, not the XNNPACK delegate: XNNPACK aborts the process on
-        # some valid int8 graphs, and these are the kernels `kerasrnn export` verified.
-        interpreter = Interpreter(
-            model_content=content,
-            experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-        interpreter.allocate_tensors()
+        interpreter = _interpreter(content)
     except (ValueError, RuntimeError) as e:
         raise ModelFileError(f"{path}: invalid or truncated TFLite model ({e})") from None
     return content, interpreter
@@ -78,12 +91,12 @@ def _to_float(values) -> np.ndarray:
     if array.dtype == np.uint8:
         return array.astype(np.float32) / 255.0
     if array.dtype.kind != "f":
-        raise ValueError(f"pixels must be uint8 (0-255) or float in [0, 1], got {array.dtype}")
+        raise InputError(f"pixels must be uint8 (0-255) or float in [0, 1], got {array.dtype}")
     array = array.astype(np.float32)
     if np.isnan(array).any():
-        raise ValueError("pixels contain NaN")
+        raise InputError("pixels contain NaN")
     if array.size and (array.min() < 0.0 or array.max() > 1.0):
-        raise ValueError(f"float pixels must lie in [0, 1], got range "
+        raise InputError(f"float pixels must lie in [0, 1], got range "
                          f"[{array.min():.3g}, {array.max():.3g}]")
     return array
 
@@ -99,7 +112,7 @@ def _as_batch(images, shape: tuple[int, int]) -> np.ndarray:
     elif array.shape[-2:] == (28, 28) and shape == (784, 1):
         array = array.reshape(-1, *shape)
     if array.ndim != 3 or array.shape[1:] != shape:
-        raise ValueError(f"images must have shape [n, {shape[0]}, {shape[1]}] or "
+        raise InputError(f"images must have shape [n, {shape[0]}, {shape[1]}] or "
                          f"[{shape[0]}, {shape[1]}], got {list(np.shape(images))}")
     return array
 
@@ -165,7 +178,7 @@ def _initial_state(content: bytes, path: str) -> np.ndarray:
     model = schema.Model.GetRootAs(content, 0)
     for i in range(model.MetadataLength()):
         entry = model.Metadata(i)
-        if entry.Name() == INITIAL_STATE_METADATA:
+        if entry.Name() == INITIAL_STATE_METADATA.encode():
             return model.Buffers(entry.Buffer()).DataAsNumpy().view(np.float32).copy()
     raise ModelFileError(f"{path}: not a kerasrnn streaming model (no initial state metadata)")
 
@@ -205,7 +218,7 @@ class Stream:
         """
         x = _to_float(row)
         if x.shape != (self.features,):
-            raise ValueError(f"a row must have shape [{self.features}], got {list(x.shape)}")
+            raise InputError(f"a row must have shape [{self.features}], got {list(x.shape)}")
         x = x[None]
         self._interpreter.set_tensor(self._row["index"], quantize(x, self._row))
         self._interpreter.set_tensor(self._state_in["index"], quantize(self.state, self._state_in))

@@ -6,8 +6,12 @@ import dataclasses
 import logging
 
 import numpy as np
+from kerasrnn.export import flatbuffer
+from kerasrnn.export.micro import run_micro
+from kerasrnn.export.runtime import Classifier
 
 from kerasrnn._io import write_json
+from kerasrnn.evaluation import load_model
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +80,6 @@ def verify(tflite_path: str, keras_model, dataset, micro: bool = False,
     Returns:
         A `Report`; `print(report.table())` shows it.
     """
-    from kerasrnn.export import flatbuffer
-    from kerasrnn.export.runtime import Classifier
-
-    from kerasrnn.training import load_model
-
     model = load_model(keras_model) if isinstance(keras_model, str) else keras_model
     images, labels = _arrays(dataset)
     keras_logits = model.predict(images, verbose=0, batch_size=256)
@@ -104,8 +103,6 @@ def verify(tflite_path: str, keras_model, dataset, micro: bool = False,
 
 
 def _micro_report(tflite_path, images, litert_logits, classifier) -> dict:
-    from kerasrnn.export.micro import run_micro
-
     result = run_micro(tflite_path, images)
     out = {"arena_bytes": result.arena_bytes, "examples": len(images),
            "max_abs_diff": float(np.abs(result.logits - litert_logits).max()),

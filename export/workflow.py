@@ -5,42 +5,23 @@ from __future__ import annotations
 import dataclasses
 import os
 
+import tensorflow as tf
+from kerasrnn.export.config import MICRO_QUANTIZATIONS, ExportConfig
 from kerasrnn.export.convert import TfliteFile, to_tflite
+from kerasrnn.export.micro import write_c_array
 from kerasrnn.export.verification import Report, verify
 
 from kerasrnn import data
+from kerasrnn.config import DataConfig
+from kerasrnn.evaluation import load_model
 
 # int8 calibration: the training split, up to this many images. Measured on the sample,
 # the whole 4,000-image split gave closer TFLM/LiteRT int8 agreement than 500 images.
 CALIBRATION_IMAGES = 4000
-# TFLM runs float32 and full-int8 files; it has no float16 DEQUANTIZE or hybrid kernels.
-MICRO_QUANTIZATIONS = ("none", "int8")
-
-
-@dataclasses.dataclass(frozen=True)
-class ExportConfig:
-    """How a model is exported.
-
-    Attributes:
-        quantization: "none", "float16", "dynamic" or "int8".
-        activations: int8 only: "int16" inside the graph (int8 weights, input and output)
-            or "int8" throughout (see `to_tflite`).
-        batch_size: static batch size of the file (1 runs on microcontrollers), or None.
-        stream: also write the streaming step model next to the file (`NAME.step.tflite`).
-        micro: check the file in TensorFlow Lite Micro (batch-1 float32 and int8 files).
-        c_array: also write `model_data.cc/.h` next to the file.
-    """
-
-    quantization: str = "none"
-    activations: str = "int16"
-    batch_size: int | None = 1
-    stream: bool = False
-    micro: bool = True
-    c_array: bool = False
 
 
 def export_model(model_path: str, out_path: str, config: ExportConfig,
-                 data_config: data.DataConfig) -> tuple[TfliteFile, Report, dict]:
+                 data_config: DataConfig) -> tuple[TfliteFile, Report, dict]:
     """Converts a saved classifier, verifies it and writes the extras.
 
     Calibration (int8) uses real training images; verification uses the test split.
@@ -54,8 +35,6 @@ def export_model(model_path: str, out_path: str, config: ExportConfig,
     Returns:
         (the written file, the verification report, {"stream": path, "c_array": [paths]}).
     """
-    from kerasrnn.training import load_model
-
     model = load_model(model_path)
     data_config = dataclasses.replace(
         data_config, view=data.view_for_shape(model.input_shape[1:], data_config.view))
@@ -77,16 +56,12 @@ def export_model(model_path: str, out_path: str, config: ExportConfig,
         to_tflite(model, extras["stream"], "int8" if config.quantization == "int8" else "none",
                   calibration, stream=True, activations=config.activations)
     if config.c_array:
-        from kerasrnn.export.micro import write_c_array
-
         extras["c_array"] = list(write_c_array(out_path, os.path.dirname(os.path.abspath(out_path))))
     return written, report, extras
 
 
 def _views(images, view: str):
     """uint8 [n, 28, 28] -> float32 [n, steps, features] in the given view (as `data` makes it)."""
-    import tensorflow as tf
-
     dataset = tf.data.Dataset.from_tensor_slices((images, tf.zeros(len(images), tf.int32)))
     batches = dataset.map(data.view_function(view)).batch(4096)
     return tf.concat([x for x, _ in batches], axis=0).numpy()

@@ -11,20 +11,23 @@ from kerasrnn._lazy import lazy_exports
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "DataConfig": "kerasrnn.data",
+    "DataConfig": "kerasrnn.config",
+    "ModelConfig": "kerasrnn.config",
+    "TrainConfig": "kerasrnn.config",
+    "TuneConfig": "kerasrnn.config",
+    "CELL_KINDS": "kerasrnn.cell_kinds",
+    "KerasRnnError": "kerasrnn.errors",
     "mnist": "kerasrnn.data",
     "load_arrays": "kerasrnn.data",
     "ElmanCell": "kerasrnn.cells",
     "LearnableInitialState": "kerasrnn.cells",
-    "ModelConfig": "kerasrnn.models",
     "build_classifier": "kerasrnn.models",
-    "TrainConfig": "kerasrnn.training",
-    "train": "kerasrnn.training",
-    "evaluate": "kerasrnn.training",
-    "evaluate_file": "kerasrnn.training",
-    "load_model": "kerasrnn.training",
+    "fit": "kerasrnn.training",
+    "train": "kerasrnn.training_run",
+    "evaluate": "kerasrnn.evaluation",
+    "evaluate_file": "kerasrnn.evaluation",
+    "load_model": "kerasrnn.evaluation",
     "SearchSpace": "kerasrnn.search_space",
-    "TuneConfig": "kerasrnn.tuning",
     "tune": "kerasrnn.tuning",
 }
 

@@ -3,65 +3,79 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 import sys
 
 import numpy as np
+from kerasrnn.export.config import INT8_ACTIVATIONS, QUANTIZATIONS, ExportConfig
 
-from kerasrnn.export.convert import ACTIVATIONS, QUANTIZATIONS
+from kerasrnn import config
+from kerasrnn.cell_kinds import CELL_KINDS
+from kerasrnn.config import DataConfig, ModelConfig, TrainConfig, TuneConfig
+from kerasrnn.errors import KerasRnnError
+from kerasrnn.images import load_images
+from kerasrnn.search_space import SearchSpace
+
+
+def _default(config_class, field: str):
+    """The default of a config dataclass's field: the CLI's defaults come from there."""
+    return next(f.default for f in dataclasses.fields(config_class) if f.name == field)
 
 
 def _add_data_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data")
-    group.add_argument("--data", dest="source", default="auto",
-                       choices=("auto", "sample", "tfds", "idx"),
-                       help="where the digits come from (default: auto = TFDS if prepared "
-                            "or downloadable, else the bundled sample)")
-    group.add_argument("--dataset", default="mnist", choices=("mnist", "fashion_mnist"))
+    group.add_argument("--data", dest="source", default=_default(DataConfig, "source"),
+                       choices=config.SOURCES,
+                       help="where the digits come from (auto: TFDS if prepared or "
+                            "downloadable, else the bundled sample)")
+    group.add_argument("--dataset", default=_default(DataConfig, "dataset"),
+                       choices=config.DATASETS)
     group.add_argument("--data-dir", help="IDX folder (--data idx) or TFDS data_dir (--data tfds)")
     group.add_argument("--manual-dir",
                        help="--data tfds: prepare TFDS offline from this folder of original files")
-    group.add_argument("--view", default=None, choices=("rows", "pixels", "permuted"),
-                       help="sequence view: 28 rows (default), 784 pixels, permuted pixels")
-    group.add_argument("--batch-size", type=int, default=64)
+    group.add_argument("--view", default=_default(DataConfig, "view"), choices=config.VIEWS,
+                       help="sequence view: 28 rows, 784 pixels, permuted pixels")
+    group.add_argument("--batch-size", type=int, default=_default(DataConfig, "batch_size"))
     group.add_argument("--max-examples", type=int, help="use only the first N examples per split")
 
 
-def _data_config(args, view: str | None = None):
-    from kerasrnn.data import DataConfig
-
+def _data_config(args) -> DataConfig:
     return DataConfig(source=args.source, dataset=args.dataset, data_dir=args.data_dir,
-                      manual_dir=args.manual_dir, view=args.view or view or "rows",
-                      batch_size=args.batch_size, max_examples=args.max_examples)
+                      manual_dir=args.manual_dir, view=args.view, batch_size=args.batch_size,
+                      max_examples=args.max_examples)
 
 
 def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("model")
-    model.add_argument("--cell", default="elman", choices=("simple", "elman", "lstm", "gru"))
-    model.add_argument("--units", type=int, default=64)
-    model.add_argument("--layers", type=int, default=1)
-    model.add_argument("--dropout", type=float, default=0.0)
-    model.add_argument("--activation", default="tanh", choices=("tanh", "relu"))
-    model.add_argument("--recurrent-init", default="orthogonal", choices=("orthogonal", "identity"))
+    model.add_argument("--cell", default=_default(ModelConfig, "cell"), choices=list(CELL_KINDS),
+                       help="; ".join(f"{k.name}: {k.description}" for k in CELL_KINDS.values()))
+    model.add_argument("--units", type=int, default=_default(ModelConfig, "units"))
+    model.add_argument("--layers", type=int, default=_default(ModelConfig, "layers"))
+    model.add_argument("--dropout", type=float, default=_default(ModelConfig, "dropout"))
+    model.add_argument("--activation", default=_default(ModelConfig, "activation"),
+                       choices=config.ACTIVATIONS)
+    model.add_argument("--recurrent-init", default=_default(ModelConfig, "recurrent_initializer"),
+                       choices=config.RECURRENT_INITIALIZERS)
     train = parser.add_argument_group("training")
-    train.add_argument("--epochs", type=int, default=10)
-    train.add_argument("--learning-rate", type=float, default=2e-3)
-    train.add_argument("--clipnorm", type=float, default=1.0, help="0 disables clipping")
-    train.add_argument("--loop", default="bptt", choices=("bptt", "fit"),
+    train.add_argument("--epochs", type=int, default=_default(TrainConfig, "epochs"))
+    train.add_argument("--learning-rate", type=float,
+                       default=_default(TrainConfig, "learning_rate"))
+    train.add_argument("--clipnorm", type=float, default=_default(TrainConfig, "clipnorm"),
+                       help="0 disables clipping")
+    train.add_argument("--loop", default=_default(TrainConfig, "loop"), choices=config.LOOPS,
                        help="explicit GradientTape BPTT loop, or Keras model.fit")
     train.add_argument("--xla", action="store_true", help="compile the steps with XLA")
-    train.add_argument("--patience", type=int, default=3, help="early stopping; 0 disables")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--patience", type=int, default=_default(TrainConfig, "patience"),
+                       help="early stopping; 0 disables")
+    train.add_argument("--seed", type=int, default=_default(TrainConfig, "seed"))
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _train_configs(args):
-    from kerasrnn.models import ModelConfig
-    from kerasrnn.training import TrainConfig
-
+def _train_configs(args) -> tuple[ModelConfig, TrainConfig]:
     model = ModelConfig(cell=args.cell, units=args.units, layers=args.layers,
                         dropout=args.dropout, activation=args.activation,
                         recurrent_initializer=args.recurrent_init)
@@ -72,8 +86,12 @@ def _train_configs(args):
     return model, train
 
 
+# Each command imports what it needs when it runs: `kerasrnn --help` and `predict` (the
+# device side) start without TensorFlow.
+
+
 def cmd_train(args) -> None:
-    from kerasrnn.training import train
+    from kerasrnn.training_run import train
 
     model_config, train_config = _train_configs(args)
     result = train(model_config, _data_config(args), train_config, args.out, resume=args.resume)
@@ -84,7 +102,7 @@ def cmd_train(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from kerasrnn.training import evaluate_file
+    from kerasrnn.evaluation import evaluate_file
 
     scores = evaluate_file(args.model, _data_config(args))
     print(json.dumps(scores) if args.json else
@@ -101,12 +119,14 @@ def cmd_run(args) -> None:
 
 
 def cmd_export(args) -> None:
-    from kerasrnn.export.workflow import ExportConfig, export_model
+    from kerasrnn.export.workflow import export_model
 
-    config = ExportConfig(quantization=args.quantize, activations=args.activations,
-                          batch_size=None if args.dynamic_batch else 1,
-                          stream=args.stream, micro=not args.no_micro, c_array=args.c_array)
-    written, report, extras = export_model(args.model, args.out, config, _data_config(args))
+    export_config = ExportConfig(quantization=args.quantize, activations=args.activations,
+                                 batch_size=None if args.dynamic_batch else 1,
+                                 stream=args.stream, micro=not args.no_micro,
+                                 c_array=args.c_array)
+    written, report, extras = export_model(args.model, args.out, export_config,
+                                           _data_config(args))
     print(f"wrote {written.path}: {written.size_bytes:,} bytes, {written.size_ratio:.2f}x the "
           f"{written.parameter_bytes:,} bytes of float32 parameters ({written.form})")
     print(report.table())
@@ -116,7 +136,6 @@ def cmd_export(args) -> None:
 
 def cmd_predict(args) -> None:
     from kerasrnn.export.runtime import Classifier
-    from kerasrnn.images import load_images
 
     classifier = Classifier(args.model)
     logits = classifier.predict(load_images(args.images))
@@ -127,17 +146,18 @@ def cmd_predict(args) -> None:
 
 
 def cmd_tune(args) -> None:
-    from kerasrnn.search_space import SearchSpace
-    from kerasrnn.tuning import TuneConfig, tune
+    from kerasrnn.tuning import tune
+    from kerasrnn.tuning_results import report
 
     space = SearchSpace.parse(args.set or [], args.range or [])
-    config = TuneConfig(tuner=args.tuner, max_trials=args.max_trials, max_epochs=args.max_epochs,
-                        patience=args.patience or None, loop=args.loop, max_bytes=args.max_bytes,
-                        size_measure=args.size_measure, time_budget_s=args.time_budget,
-                        seed=args.seed)
-    outcome = tune(space, _data_config(args), config, args.out, role=args.role,
+    tune_config = TuneConfig(tuner=args.tuner, max_trials=args.max_trials,
+                             max_epochs=args.max_epochs, patience=args.patience or None,
+                             loop=args.loop, max_bytes=args.max_bytes,
+                             size_measure=args.size_measure, time_budget_s=args.time_budget,
+                             seed=args.seed)
+    outcome = tune(space, _data_config(args), tune_config, args.out, role=args.role,
                    oracle=args.oracle, worker_id=args.worker_id, retrain=not args.no_retrain)
-    print(outcome.report())
+    print(report(outcome))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -175,8 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Convert to a .tflite that runs on LiteRT and "
                                         "TensorFlow Lite Micro, then verify it.")
     p.add_argument("model", help="a .keras file from `kerasrnn train`")
-    p.add_argument("--quantize", default="none", choices=QUANTIZATIONS)
-    p.add_argument("--activations", default="int16", choices=ACTIVATIONS,
+    p.add_argument("--quantize", default=_default(ExportConfig, "quantization"),
+                   choices=QUANTIZATIONS)
+    p.add_argument("--activations", default=_default(ExportConfig, "activations"),
+                   choices=INT8_ACTIVATIONS,
                    help="int8 only: activations inside the graph (default int16: LiteRT and "
                         "TFLM agree; int8: every tensor int8)")
     p.add_argument("--out", required=True, help="the .tflite file to write")
@@ -194,23 +216,25 @@ def build_parser() -> argparse.ArgumentParser:
                     "same command continues an interrupted search. Distributed: start one "
                     "--role chief and any number of --role worker with the same --oracle.")
     p.add_argument("--out", required=True, help="the search folder")
-    p.add_argument("--tuner", default="random", choices=("random", "bayesian", "hyperband"))
+    p.add_argument("--tuner", default=_default(TuneConfig, "tuner"), choices=config.TUNERS)
     p.add_argument("--set", action="append", metavar="NAME=VALUE",
                    help="fix a hyperparameter, e.g. --set cell=elman (repeatable)")
     p.add_argument("--range", action="append", metavar="NAME=LOW:HIGH|A,B",
                    help="narrow one, e.g. --range units=32:256 or --range cell=lstm,gru")
-    p.add_argument("--max-trials", type=int, default=10)
-    p.add_argument("--max-epochs", type=int, default=10, help="per-trial epoch cap")
-    p.add_argument("--patience", type=int, default=2, help="early stopping in a trial; 0: off")
-    p.add_argument("--loop", default="bptt", choices=("bptt", "fit"))
+    p.add_argument("--max-trials", type=int, default=_default(TuneConfig, "max_trials"))
+    p.add_argument("--max-epochs", type=int, default=_default(TuneConfig, "max_epochs"),
+                   help="per-trial epoch cap")
+    p.add_argument("--patience", type=int, default=_default(TuneConfig, "patience"),
+                   help="early stopping in a trial; 0: off")
+    p.add_argument("--loop", default=_default(TuneConfig, "loop"), choices=config.LOOPS)
     p.add_argument("--max-bytes", type=int,
                    help="edge objective: best val_accuracy among models of at most this size")
-    p.add_argument("--size-measure", default="float32_params",
-                   choices=("float32_params", "int8_params", "int8_tflite"))
+    p.add_argument("--size-measure", default=_default(TuneConfig, "size_measure"),
+                   choices=config.SIZE_MEASURES)
     p.add_argument("--time-budget", type=float, metavar="SECONDS",
                    help="stop cleanly after the running trial once this much time passed")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--role", choices=("chief", "worker"),
+    p.add_argument("--seed", type=int, default=_default(TuneConfig, "seed"))
+    p.add_argument("--role", choices=config.ROLES,
                    help="distributed tuning (or set KERASTUNER_* environment variables)")
     p.add_argument("--oracle", metavar="HOST:PORT", help="the chief's address")
     p.add_argument("--worker-id", help="this worker's id (default: worker-PID)")
@@ -234,7 +258,7 @@ def _import_tensorflow_quietly() -> None:
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
     try:
-        import tensorflow as tf
+        import tensorflow as tf  # the one place the CLI imports TensorFlow up front
 
         tf.config.list_physical_devices()  # probes CUDA now, while stderr is hidden
     finally:
@@ -259,10 +283,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("kerasrnn: interrupted", file=sys.stderr)
         return 130
-    except Exception as e:  # one clear line for users; --debug shows the traceback
+    except KerasRnnError as e:  # a problem the user can fix: one clear line
         if args.debug:
             raise
         print(f"kerasrnn: error: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:  # a bug or an environment failure: still one line
+        if args.debug:
+            raise
+        print(f"kerasrnn: unexpected error: {type(e).__name__}: {e} (run with --debug for "
+              f"the traceback)", file=sys.stderr)
         return 1
     return 0
 

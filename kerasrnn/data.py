@@ -24,74 +24,14 @@ import numpy as np
 import tensorflow as tf
 
 from kerasrnn import idx
+from kerasrnn.config import FASHION_MNIST_DIR, SPLITS, VIEWS, DataConfig, check_choice
+from kerasrnn.errors import DataError, DataUnavailableError
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("auto", "sample", "idx", "tfds")
-DATASETS = ("mnist", "fashion_mnist")
-VIEWS = ("rows", "pixels", "permuted")
-SPLITS = ("train", "validation", "train+validation", "test")
 SAMPLE_DIR = os.path.join(os.path.dirname(__file__), "sample")
-# Debian's `dataset-fashion-mnist` package installs the IDX files here.
-FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 _PERMUTATION_SEED = 92916
 _TFDS_HOST = ("storage.googleapis.com", 443)
-
-
-class DataUnavailableError(RuntimeError):
-    """The requested data source cannot be used here; the message names the alternatives."""
-
-
-@dataclasses.dataclass(frozen=True)
-class DataConfig:
-    """Where the data comes from and how it is shaped and batched.
-
-    Attributes:
-        source: one of `SOURCES`.
-        dataset: one of `DATASETS` (`sample` holds MNIST only).
-        data_dir: the IDX folder for `idx`; TFDS's data_dir for `tfds`.
-        manual_dir: for `tfds`, a folder of the original files to prepare from offline.
-        view: one of `VIEWS`.
-        batch_size: examples per batch.
-        validation_fraction: share of the training data held out as `validation`.
-        max_examples: keep only the first N examples of each split (quick runs).
-        seed: shuffling and validation-split seed.
-    """
-
-    source: str = "auto"
-    dataset: str = "mnist"
-    data_dir: str | None = None
-    manual_dir: str | None = None
-    view: str = "rows"
-    batch_size: int = 64
-    validation_fraction: float = 0.1
-    max_examples: int | None = None
-    seed: int = 0
-
-    def __post_init__(self):
-        for name, allowed in (("source", SOURCES), ("dataset", DATASETS), ("view", VIEWS)):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {self.batch_size}")
-        if not 0.0 < self.validation_fraction < 1.0:
-            raise ValueError(
-                f"validation_fraction must be in (0, 1), got {self.validation_fraction}"
-            )
-        if self.max_examples is not None and self.max_examples <= 0:
-            raise ValueError(f"max_examples must be positive, got {self.max_examples}")
-        if self.source == "sample" and self.dataset != "mnist":
-            raise ValueError(
-                f"the bundled sample holds MNIST only, not {self.dataset!r}: use "
-                f"source='idx' (Fashion-MNIST: {FASHION_MNIST_DIR}) or source='tfds'"
-            )
-
-
-def input_shape(view: str) -> tuple[int, int]:
-    """Returns the (steps, features) shape of one example in `view`."""
-    if view not in VIEWS:
-        raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
-    return (28, 28) if view == "rows" else (784, 1)
 
 
 def view_for_shape(shape, requested: str | None = None) -> str:
@@ -101,7 +41,7 @@ def view_for_shape(shape, requested: str | None = None) -> str:
         return "rows"
     if tuple(shape) == (784, 1):
         return "permuted" if requested == "permuted" else "pixels"
-    raise ValueError(f"no view gives sequences of shape {tuple(shape)}")
+    raise DataError(f"no view gives sequences of shape {tuple(shape)}")
 
 
 def network_available(timeout: float = 1.0) -> bool:
@@ -121,10 +61,22 @@ def network_available(timeout: float = 1.0) -> bool:
     return bool(result)
 
 
-def _tfds_builder(config: DataConfig):
-    import tensorflow_datasets as tfds
+def _tfds():
+    """The tensorflow_datasets module, imported on first use: it takes seconds to import,
+    and only the `tfds` source needs it.
 
-    return tfds.builder(config.dataset, data_dir=config.data_dir)
+    Raises:
+        DataUnavailableError: it cannot be imported.
+    """
+    try:
+        import tensorflow_datasets
+    except ImportError as e:  # e.g. its undeclared importlib_resources dependency
+        raise DataUnavailableError(f"tensorflow-datasets cannot be imported: {e}") from None
+    return tensorflow_datasets
+
+
+def _tfds_builder(config: DataConfig):
+    return _tfds().builder(config.dataset, data_dir=config.data_dir)
 
 
 def resolve_source(config: DataConfig) -> str:
@@ -189,8 +141,7 @@ def load_arrays(config: DataConfig, split: str = "test") -> tuple[np.ndarray, np
     Returns:
         (uint8 images [n, 28, 28], int32 labels [n]).
     """
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    check_choice("split", split, SPLITS)
     source = resolve_source(config)
     if source == "tfds":
         images, labels = [], []
@@ -211,10 +162,6 @@ def load_arrays(config: DataConfig, split: str = "test") -> tuple[np.ndarray, np
 
 def _tfds_split(config: DataConfig, split: str) -> tf.data.Dataset:
     """TFDS's own pipeline for `split`, preparing it offline from `manual_dir` if given."""
-    try:
-        import tensorflow_datasets as tfds
-    except ImportError as e:  # e.g. its undeclared importlib_resources dependency
-        raise DataUnavailableError(f"tensorflow-datasets cannot be imported: {e}") from None
     builder = _tfds_builder(config)
     percent = round(100 * config.validation_fraction)
     tfds_split = {
@@ -230,7 +177,7 @@ def _tfds_split(config: DataConfig, split: str) -> tf.data.Dataset:
     if config.manual_dir:
         log.info("preparing TFDS %r from %s", config.dataset, config.manual_dir)
         builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(manual_dir=config.manual_dir)
+            download_config=_tfds().download.DownloadConfig(manual_dir=config.manual_dir)
         )
     elif network_available():
         builder.download_and_prepare()
@@ -245,8 +192,7 @@ def _tfds_split(config: DataConfig, split: str) -> tf.data.Dataset:
 
 def view_function(view: str):
     """The map function (uint8 image, label) -> (float32 [steps, features], int32 label)."""
-    if view not in VIEWS:
-        raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
+    check_choice("view", view, VIEWS)
     permutation = tf.constant(np.random.default_rng(_PERMUTATION_SEED).permutation(784))
 
     def convert(image, label):
@@ -272,8 +218,7 @@ def pipeline(config: DataConfig, split: str = "train", shuffle: bool | None = No
     Returns:
         Dataset of `(float32 [batch, steps, features], int32 [batch])`.
     """
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    check_choice("split", split, SPLITS)
     if shuffle is None:
         shuffle = split in ("train", "train+validation")
     if resolve_source(config) == "tfds":

@@ -14,14 +14,11 @@ import zlib
 import numpy as np
 
 from kerasrnn._io import atomic_write
+from kerasrnn.errors import IdxError
 
 IMAGES_MAGIC = 2051
 LABELS_MAGIC = 2049
 _UBYTE = 0x08
-
-
-class IdxError(ValueError):
-    """A file is not a valid MNIST IDX file; the message names the file and the defect."""
 
 
 def _read_bytes(path: str) -> bytes:

@@ -6,6 +6,8 @@ import os
 
 import numpy as np
 
+from kerasrnn.errors import InputError
+
 
 def load_images(path: str) -> np.ndarray:
     """Loads digits as uint8 [n, 28, 28] (or the float array as stored).
@@ -19,19 +21,20 @@ def load_images(path: str) -> np.ndarray:
         The images, [n, 28, 28].
     """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"image file {path} does not exist")
+        raise InputError(f"image file {path} does not exist")
     if path.endswith(".npy"):
         try:
             images = np.load(path, allow_pickle=False)
         except ValueError as e:
-            raise ValueError(f"{path} is not a readable .npy array: {e}") from None
+            raise InputError(f"{path} is not a readable .npy array: {e}") from None
         return images[None] if images.ndim == 2 else images
+    # Pillow is only needed for image files (and is not in the device runtime's extras).
     from PIL import Image, UnidentifiedImageError
 
     try:
         image = Image.open(path).convert("L")
     except UnidentifiedImageError:
-        raise ValueError(f"{path} is neither a .npy array nor an image file") from None
+        raise InputError(f"{path} is neither a .npy array nor an image file") from None
     pixels = np.asarray(image.resize((28, 28), Image.BILINEAR), dtype=np.uint8)
     border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
     if border.mean() > 127:  # dark ink on a light background

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 
-from kerasrnn import data
+from kerasrnn.export.config import ExportConfig
+from kerasrnn.export.workflow import export_model
+
 from kerasrnn._io import write_json
-from kerasrnn.models import ModelConfig
-from kerasrnn.training import TrainConfig, train
+from kerasrnn.config import DataConfig, ModelConfig, TrainConfig
+from kerasrnn.training_run import train
 
 
-def run(model_config: ModelConfig, data_config: data.DataConfig, train_config: TrainConfig,
+def run(model_config: ModelConfig, data_config: DataConfig, train_config: TrainConfig,
         out_dir: str, resume: bool = False) -> dict:
     """Trains into `out_dir`, then exports and verifies `model.tflite` (float32) and
     `model_int8.tflite` (full integer, with its streaming model and C array).
@@ -19,8 +21,6 @@ def run(model_config: ModelConfig, data_config: data.DataConfig, train_config: T
         The summary also written to `out_dir/pipeline.json`: test accuracy, and per
         exported file its size, operators, parity, accuracy and TFLM arena.
     """
-    from kerasrnn.export.workflow import ExportConfig, export_model
-
     result = train(model_config, data_config, train_config, out_dir, resume=resume)
     summary = {"run_dir": result.run_dir, "parameters": result.test["parameters"],
                "epochs": result.test["epochs"], "test_accuracy": result.test["test_accuracy"],

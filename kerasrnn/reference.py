@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import numpy as np
 
-PARAM_NAMES = ("w_xh", "w_hh", "b", "h0", "w_hy", "b_y")
-
-
 def _check_finite(name: str, array: np.ndarray) -> None:
-    if np.isnan(array).any():
-        raise ValueError(f"{name} contains NaN")
+    """Raises ValueError when `array` holds NaN or an infinity."""
+    if not np.isfinite(array).all():
+        bad = "NaN" if np.isnan(array).any() else "an infinity"
+        raise ValueError(f"{name} contains {bad}")
 
 
 def _check_labels(labels: np.ndarray, batch: int, classes: int) -> np.ndarray:
@@ -93,7 +92,7 @@ def rnn_forward(params: dict[str, np.ndarray], x: np.ndarray):
     """Runs the RNN over a batch of sequences.
 
     Args:
-        params: arrays named as in `PARAM_NAMES`.
+        params: arrays w_xh, w_hh, b, h0, w_hy, b_y (see `init_params`).
         x: [batch, steps, features] inputs.
 
     Returns:
@@ -116,7 +115,7 @@ def rnn_bptt(params: dict[str, np.ndarray], x: np.ndarray, labels: np.ndarray):
     """Loss and hand-written backpropagation through time.
 
     Args:
-        params: arrays named as in `PARAM_NAMES`.
+        params: arrays w_xh, w_hh, b, h0, w_hy, b_y (see `init_params`).
         x: [batch, steps, features] inputs.
         labels: [batch] integer class ids.
 

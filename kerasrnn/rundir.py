@@ -21,13 +21,10 @@ import keras
 import tensorflow as tf
 
 from kerasrnn._io import atomic_write, write_json
+from kerasrnn.errors import RunExistsError
 
 METRIC_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds",
                   "samples_per_second")
-
-
-class RunExistsError(RuntimeError):
-    """The run folder already holds a run that this call would overwrite."""
 
 
 class RunDirectory:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from kerasrnn.models import CELLS
+from kerasrnn.cell_kinds import CELLS
+from kerasrnn.config import ACTIVATIONS
+from kerasrnn.errors import SearchSpaceError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +35,7 @@ _SPACE = {
     "dropout": (Choice((0.0, 0.1, 0.2)), float,
                 lambda v: None if 0.0 <= v < 1.0 else "must be in [0, 1)"),
     "activation": (Choice(("tanh",)), str,
-                   lambda v: None if v in ("tanh", "relu") else "must be 'tanh' or 'relu'"),
+                   lambda v: None if v in ACTIVATIONS else f"must be one of {ACTIVATIONS}"),
     "learning_rate": (Range(3e-4, 1e-2, log=True), float,
                       lambda v: None if 0.0 < v < 1.0 else "must be in (0, 1)"),
     "clipnorm": (Choice((1.0,)), float, lambda v: None if v > 0 else "must be positive"),
@@ -42,27 +44,23 @@ _SPACE = {
 NAMES = tuple(_SPACE)
 
 
-class SpaceError(ValueError):
-    """A malformed or impossible search space; the message names the hyperparameter."""
-
-
 def _value(name: str, text: str):
     kind, check = _SPACE[name][1], _SPACE[name][2]
     try:
         value = kind(text)
     except ValueError:
-        raise SpaceError(f"{name}={text!r}: expected {kind.__name__}") from None
+        raise SearchSpaceError(f"{name}={text!r}: expected {kind.__name__}") from None
     if kind is float and not math.isfinite(value):
-        raise SpaceError(f"{name}={text!r}: expected a finite number")
+        raise SearchSpaceError(f"{name}={text!r}: expected a finite number")
     problem = check(value)
     if problem:
-        raise SpaceError(f"{name}={value!r}: {name} {problem}")
+        raise SearchSpaceError(f"{name}={value!r}: {name} {problem}")
     return value
 
 
 def _name(text: str) -> str:
     if text not in _SPACE:
-        raise SpaceError(f"unknown hyperparameter {text!r}; known: {', '.join(NAMES)}")
+        raise SearchSpaceError(f"unknown hyperparameter {text!r}; known: {', '.join(NAMES)}")
     return text
 
 
@@ -82,17 +80,17 @@ class SearchSpace:
         `--range cell=elman,gru` (a choice), `--range learning_rate=1e-4:1e-2` (log scale).
 
         Raises:
-            SpaceError: an unknown name, a value of the wrong type or out of bounds,
+            SearchSpaceError: an unknown name, a value of the wrong type or out of bounds,
                 an empty or inverted range.
         """
         domains = {}
         for text in [*assignments, *ranges]:
             if "=" not in text:
-                raise SpaceError(f"{text!r}: expected NAME=VALUE (or NAME=LOW:HIGH, NAME=A,B)")
+                raise SearchSpaceError(f"{text!r}: expected NAME=VALUE (or NAME=LOW:HIGH, NAME=A,B)")
             name, spec = text.split("=", 1)
             name = _name(name.strip())
             if name in domains:
-                raise SpaceError(f"{name} is given twice")
+                raise SearchSpaceError(f"{name} is given twice")
             domains[name] = cls._domain(name, spec.strip(), fixed=text in assignments)
         return cls(tuple(sorted(domains.items())))
 
@@ -102,16 +100,16 @@ class SearchSpace:
             return _value(name, spec)
         if ":" in spec:
             if _SPACE[name][1] is str:
-                raise SpaceError(f"{name}: a range needs numbers; use {name}=A,B for a choice")
+                raise SearchSpaceError(f"{name}: a range needs numbers; use {name}=A,B for a choice")
             low, high = (_value(name, part) for part in spec.split(":", 1))
             if low > high:
-                raise SpaceError(f"{name}={spec}: empty range, low {low} > high {high}")
+                raise SearchSpaceError(f"{name}={spec}: empty range, low {low} > high {high}")
             log = name == "learning_rate"
             return Range(low, high, log=log, step=16 if name == "units" and low % 16 == 0
                          and high % 16 == 0 else None)
         values = tuple(_value(name, part) for part in spec.split(",") if part.strip())
         if not values:
-            raise SpaceError(f"{name}: empty choice")
+            raise SearchSpaceError(f"{name}: empty choice")
         return Choice(values)
 
     def define(self, hp) -> dict:

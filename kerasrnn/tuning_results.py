@@ -1,5 +1,5 @@
-"""What a search leaves behind: the trials table, best hyperparameters, the best model
-retrained on train+validation, and a plot of score by trial."""
+"""What a search leaves behind: the trials table (CSV and text), best hyperparameters, the
+best model retrained on train+validation, a plot of score by trial, and the report."""
 
 from __future__ import annotations
 
@@ -8,13 +8,15 @@ import dataclasses
 import io
 import os
 
+import keras
 import keras_tuner as kt
 
 from kerasrnn import data
 from kerasrnn._io import atomic_write, write_json
+from kerasrnn.config import DataConfig
+from kerasrnn.evaluation import evaluate
 from kerasrnn.plots import pyplot
 from kerasrnn.search_space import NAMES
-from kerasrnn.training import fit_bptt, predict_logits, scores
 
 COLUMNS = ("trial", "status", *NAMES, "score", "val_accuracy", "epochs", "seconds",
            "model_bytes")
@@ -50,7 +52,7 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_results(tuner: kt.Tuner, data_config: data.DataConfig, out_dir: str,
+def write_results(tuner: kt.Tuner, data_config: DataConfig, out_dir: str,
                   retrain: bool = True) -> dict:
     """Writes trials.csv, best_hyperparameters.json, score_by_trial.png and (with
     `retrain`) best_model.keras trained on train+validation and scored on the test split.
@@ -75,22 +77,36 @@ def write_results(tuner: kt.Tuner, data_config: data.DataConfig, out_dir: str,
     return summary
 
 
-def _retrain(tuner: kt.Tuner, trial, data_config: data.DataConfig, out_dir: str) -> float:
+def _retrain(tuner: kt.Tuner, trial, data_config: DataConfig, out_dir: str) -> float:
     """Trains the best hyperparameters afresh on train+validation for the best trial's
-    number of epochs, saves best_model.keras and returns its test accuracy."""
-    import keras
-
-    hypermodel = tuner.hypermodel
-    values = hypermodel.space.define(trial.hyperparameters)
-    epochs = int(trial.metrics.get_best_value("best_epoch")) if trial.metrics.exists(
-        "best_epoch") else hypermodel.config.max_epochs
+    number of epochs (through the HyperModel, with the loop the search used), saves
+    best_model.keras and returns its test accuracy."""
+    hypermodel, hp = tuner.hypermodel, trial.hyperparameters
+    epochs = (int(trial.metrics.get_best_value("best_epoch"))
+              if trial.metrics.exists("best_epoch") else hypermodel.config.max_epochs)
     keras.utils.set_random_seed(hypermodel.config.seed)
-    model = hypermodel.build(trial.hyperparameters)
-    config = dataclasses.replace(hypermodel.train_config(values, max(1, epochs)), loop="bptt")
-    data_config = dataclasses.replace(data_config, batch_size=values["batch_size"])
-    fit_bptt(model, data.pipeline(data_config, "train+validation"), None, config)
+    model = hypermodel.build(hp)
+    hypermodel.fit(hp, model, epochs=max(1, epochs), final=True)
     atomic_write(os.path.join(out_dir, "best_model.keras"), model.save)
-    return scores(*predict_logits(model, data.pipeline(data_config, "test")))["accuracy"]
+    batches = dataclasses.replace(data_config, batch_size=hp.get("batch_size"))
+    return evaluate(model, data.pipeline(batches, "test"))["accuracy"]
+
+
+def report(outcome) -> str:
+    """A `tuning.TuneOutcome` as text: the trials table and the best result."""
+    if outcome.role not in ("single", "chief"):
+        return f"worker {outcome.role}: the search is over; results are in the chief's folder"
+    lines = [table(outcome.rows)]
+    if not outcome.finished:
+        lines.append("stopped for the time budget: run the same command to continue")
+    if outcome.summary:
+        summary = outcome.summary
+        lines.append(f"best (trial {summary['trial']}, score {summary['score']:.4f}): "
+                     f"{summary['best']}")
+        if summary["test_accuracy"] is not None:
+            lines.append(f"best model retrained on train+validation: test accuracy "
+                         f"{summary['test_accuracy']:.2%}")
+    return "\n".join(lines)
 
 
 def _plot(rows: list[dict], path: str, objective: str) -> None:

@@ -95,9 +95,10 @@ def test_predict_reads_npy_and_png(pipeline_run, tmp_path):
     from PIL import Image
 
     from kerasrnn import data
+    from kerasrnn.config import DataConfig
 
     out, _ = pipeline_run
-    images, _ = data.load_arrays(data.DataConfig(source="sample"), "test")
+    images, _ = data.load_arrays(DataConfig(source="sample"), "test")
     np.save(tmp_path / "digits.npy", images[:3])
     lines = kerasrnn("predict", str(out / "model_int8.tflite"),
                      str(tmp_path / "digits.npy")).stdout.strip().splitlines()
@@ -112,9 +113,10 @@ def test_predict_reads_npy_and_png(pipeline_run, tmp_path):
 
 def test_predict_does_not_need_tensorflow(pipeline_run, tmp_path):
     from kerasrnn import data
+    from kerasrnn.config import DataConfig
 
     out, _ = pipeline_run
-    images, _ = data.load_arrays(data.DataConfig(source="sample"), "test")
+    images, _ = data.load_arrays(DataConfig(source="sample"), "test")
     np.save(tmp_path / "d.npy", images[:2])
     code = ("import sys\nfor m in ('tensorflow', 'keras'): sys.modules[m] = None\n"
             "from kerasrnn.cli import main\nsys.exit(main(sys.argv[1:]))")

@@ -3,6 +3,8 @@ import pytest
 import tensorflow as tf
 
 from kerasrnn import data
+from kerasrnn.config import DataConfig
+from kerasrnn.errors import ConfigError, DataUnavailableError
 
 
 @pytest.mark.parametrize("view,shape", [("rows", (28, 28)), ("pixels", (784, 1)),
@@ -23,7 +25,7 @@ def test_views_hold_the_same_pixels():
 
 
 def test_validation_is_carved_from_training_data_and_disjoint():
-    config = data.DataConfig(source="sample")
+    config = DataConfig(source="sample")
     train, _ = data.load_arrays(config, "train")
     val, _ = data.load_arrays(config, "validation")
     full, _ = data.load_arrays(config, "train+validation")
@@ -48,42 +50,42 @@ def test_every_example_is_seen_once_per_epoch():
 
 
 def test_idx_folder_reads_full_mnist(mnist_dir):
-    images, labels = data.load_arrays(data.DataConfig(source="idx", data_dir=mnist_dir), "test")
+    images, labels = data.load_arrays(DataConfig(source="idx", data_dir=mnist_dir), "test")
     assert images.shape == (10000, 28, 28) and np.bincount(labels).sum() == 10000
 
 
 def test_idx_reads_uncompressed_files(tmp_path):
     from kerasrnn import idx
 
-    images, labels = data.load_arrays(data.DataConfig(source="sample"), "test")
+    images, labels = data.load_arrays(DataConfig(source="sample"), "test")
     idx.write(str(tmp_path / "t10k-images-idx3-ubyte"), images[:50])
     idx.write(str(tmp_path / "t10k-labels-idx1-ubyte"), labels[:50].astype(np.uint8))
-    x, y = data.load_arrays(data.DataConfig(source="idx", data_dir=str(tmp_path)), "test")
+    x, y = data.load_arrays(DataConfig(source="idx", data_dir=str(tmp_path)), "test")
     np.testing.assert_array_equal(x, images[:50])
     np.testing.assert_array_equal(y, labels[:50])
 
 
 def test_idx_folder_without_files_names_the_missing_file(tmp_path):
-    with pytest.raises(data.DataUnavailableError, match="no t10k-images-idx3-ubyte"):
-        data.load_arrays(data.DataConfig(source="idx", data_dir=str(tmp_path)), "test")
+    with pytest.raises(DataUnavailableError, match="no t10k-images-idx3-ubyte"):
+        data.load_arrays(DataConfig(source="idx", data_dir=str(tmp_path)), "test")
 
 
 def test_fashion_mnist_from_debian_package(fashion_dir):
-    images, labels = data.load_arrays(data.DataConfig(source="idx", dataset="fashion_mnist"), "train")
+    images, labels = data.load_arrays(DataConfig(source="idx", dataset="fashion_mnist"), "train")
     assert images.shape == (54000, 28, 28) and set(np.unique(labels)) == set(range(10))
 
 
 def test_tfds_without_network_fails_fast_naming_alternatives(tmp_path):
     if data.network_available():
         pytest.skip("this machine reaches TFDS's download host")
-    with pytest.raises(data.DataUnavailableError, match="no network.*manual_dir.*'idx'.*'sample'"):
+    with pytest.raises(DataUnavailableError, match="no network.*manual_dir.*'idx'.*'sample'"):
         data.mnist("test", source="tfds", data_dir=str(tmp_path))
 
 
 def test_auto_falls_back_to_the_sample_offline(tmp_path, caplog):
     if data.network_available():
         pytest.skip("this machine reaches TFDS's download host")
-    assert data.resolve_source(data.DataConfig(data_dir=str(tmp_path))) == "sample"
+    assert data.resolve_source(DataConfig(data_dir=str(tmp_path))) == "sample"
     assert "using the bundled sample" in caplog.text
 
 
@@ -96,11 +98,11 @@ def test_tfds_pipeline_with_tfds_mock_data():
 
 
 def test_tfds_prepared_offline_from_the_original_files(tmp_path_factory, mnist_dir):
-    config = data.DataConfig(source="tfds", data_dir=str(tmp_path_factory.mktemp("tfds")),
+    config = DataConfig(source="tfds", data_dir=str(tmp_path_factory.mktemp("tfds")),
                              manual_dir=mnist_dir)
     images, labels = data.load_arrays(config, "test")
     expected, expected_labels = data.load_arrays(
-        data.DataConfig(source="idx", data_dir=mnist_dir), "test")
+        DataConfig(source="idx", data_dir=mnist_dir), "test")
     assert images.shape == (10000, 28, 28)
     # TFDS holds the same digits as the original files (in its own order).
     np.testing.assert_array_equal(np.bincount(labels), np.bincount(expected_labels))
@@ -110,13 +112,13 @@ def test_tfds_prepared_offline_from_the_original_files(tmp_path_factory, mnist_d
 @pytest.mark.parametrize("kwargs,message", [
     ({"source": "web"}, "source must be one of"),
     ({"view": "columns"}, "view must be one of"),
-    ({"batch_size": 0}, "batch_size must be positive"),
+    ({"batch_size": 0}, "batch_size must be a positive integer, got 0"),
     ({"validation_fraction": 1.0}, r"validation_fraction must be in \(0, 1\)"),
     ({"source": "sample", "dataset": "fashion_mnist"}, "sample holds MNIST only"),
 ])
 def test_bad_data_config_is_rejected(kwargs, message):
-    with pytest.raises(ValueError, match=message):
-        data.DataConfig(**kwargs)
+    with pytest.raises(ConfigError, match=message):
+        DataConfig(**kwargs)
 
 
 def test_bad_split_is_rejected():

@@ -5,49 +5,26 @@ import os
 
 import numpy as np
 import pytest
-from kerasrnn.export import convert, flatbuffer, graph
+from conftest import KINDS
+from kerasrnn.export import config, convert, flatbuffer, graph
 from kerasrnn.export.micro import run_micro, write_c_array
 from kerasrnn.export.runtime import Classifier, Stream
 from kerasrnn.export.verification import verify
 
-from kerasrnn import data, training
-from kerasrnn.models import ModelConfig, build_classifier
+from kerasrnn.errors import ConfigError, ConversionError
+from kerasrnn.models import build_classifier
 
-KINDS = {  # name: (cell, units, layers)
-    "simple": ("simple", 64, 1), "elman": ("elman", 64, 1), "lstm": ("lstm", 32, 1),
-    "gru": ("gru", 32, 1), "stacked": ("elman", 32, 2),
-}
-QUANTIZATIONS = convert.QUANTIZATIONS
-SAMPLE = data.DataConfig(source="sample")
-# max |logit diff| and top-1 agreement against Keras, per float quantization
-TOLERANCE = {"none": (1e-4, 1.0), "float16": (0.05, 0.99)}
+QUANTIZATIONS = config.QUANTIZATIONS
+# Top-1 agreement with Keras, and the largest logit difference relative to the largest
+# logit magnitude, per float quantization. float32 differs from Keras by round-off only
+# (measured 1e-6 relative); float16 weights by about 1e-3.
+TOLERANCE = {"none": (1.0, 1e-5), "float16": (0.99, 0.02)}
 
 
-@pytest.fixture(scope="session")
-def test_digits():
-    images, labels = data.load_arrays(SAMPLE, "test")
-    return images.astype(np.float32) / 255.0, labels
-
-
-@pytest.fixture(scope="session")
-def calibration():
-    images, _ = data.load_arrays(SAMPLE, "train+validation")
-    return images.astype(np.float32) / 255.0  # all 4,000 training digits, as `export` does
-
-
-@pytest.fixture(scope="session")
-def trained_models(tmp_path_factory):
-    """Each model kind, trained 10 epochs on the sample (seeded)."""
-    import keras
-
-    models = {}
-    for name, (cell, units, layers) in KINDS.items():
-        keras.utils.set_random_seed(0)
-        result = training.train(ModelConfig(cell=cell, units=units, layers=layers), SAMPLE,
-                                training.TrainConfig(epochs=10, verbose=0),
-                                str(tmp_path_factory.mktemp(name)))
-        models[name] = result.model
-    return models
+def relative_difference(actual: np.ndarray, expected: np.ndarray) -> float:
+    """max |actual - expected| over max |expected|: a bound that scales with the logits,
+    so that it holds however large a retrained model's logits come out."""
+    return float(np.abs(actual - expected).max() / np.abs(expected).max())
 
 
 @pytest.fixture(scope="session")
@@ -73,8 +50,8 @@ def test_float_files_match_keras(exported, trained_models, test_digits, kind, qu
     images, _ = test_digits
     expected = trained_models[kind].predict(images, verbose=0)
     logits = Classifier(exported[kind, quantization].path).predict(images)
-    max_diff, agreement = TOLERANCE[quantization]
-    assert np.abs(logits - expected).max() < max_diff
+    agreement, relative = TOLERANCE[quantization]
+    assert relative_difference(logits, expected) < relative
     assert (logits.argmax(1) == expected.argmax(1)).mean() >= agreement
 
 
@@ -102,8 +79,8 @@ def test_micro_matches_litert(exported, test_digits, kind, quantization):
     litert = Classifier(path).predict(images)
     micro = run_micro(path, images)
     assert micro.arena_bytes > 0
-    if quantization == "none":
-        assert np.abs(micro.logits - litert).max() < 1e-5
+    if quantization == "none":  # the same float kernels up to round-off (measured 2e-6)
+        assert relative_difference(micro.logits, litert) < 1e-5
     else:
         assert (micro.logits.argmax(1) == litert.argmax(1)).mean() >= 0.99
         scale = Classifier(path).output_scale
@@ -191,7 +168,8 @@ def test_streaming_equals_whole_sequence(trained_models, test_digits, tmp_path, 
         stream.reset()
         for row in image:
             logits = stream.push(row)
-        np.testing.assert_allclose(logits, expected.predict(image)[0], atol=1e-5)
+        whole = expected.predict(image)[0]
+        assert relative_difference(logits, whole) < 1e-5
     assert stream.steps == 28
 
 
@@ -221,7 +199,7 @@ def test_stream_tells_state_from_logits_by_name(test_digits, tmp_path):
     image = test_digits[0][0]
     for row in image:
         logits = stream.push(row)
-    np.testing.assert_allclose(logits, model.predict(image[None], verbose=0)[0], atol=1e-5)
+    assert relative_difference(logits, model.predict(image[None], verbose=0)[0]) < 1e-5
 
 
 def test_graph_forms_agree_with_keras(trained_models, test_digits):
@@ -233,11 +211,11 @@ def test_graph_forms_agree_with_keras(trained_models, test_digits):
         expected = model.predict(images[:16], verbose=0)
         for form in graph.FORMS:
             if form == "fused" and not graph.can_fuse(weights, 16):
-                with pytest.raises(ValueError, match="fused form needs LSTM layers only"):
+                with pytest.raises(ConfigError, match="fused form needs LSTM layers only"):
                     graph.sequence_function(weights, 16, form)
                 continue
             logits = graph.sequence_function(weights, 16, form)(tf.constant(images[:16]))
-            np.testing.assert_allclose(logits.numpy(), expected, atol=1e-5, err_msg=(kind, form))
+            assert relative_difference(logits.numpy(), expected) < 1e-5, (kind, form)
 
 
 def test_dynamic_batch_file_takes_any_batch(trained_models, test_digits, tmp_path):
@@ -255,8 +233,7 @@ def test_pixel_view_model_exports(tmp_path, test_digits):
     path = convert.to_tflite(model, str(tmp_path / "p.tflite")).path
     images, _ = test_digits
     x = images[:4].reshape(4, 784, 1)
-    np.testing.assert_allclose(Classifier(path).predict(x), model.predict(x, verbose=0),
-                               atol=1e-4)
+    assert relative_difference(Classifier(path).predict(x), model.predict(x, verbose=0)) < 1e-5
 
 
 def test_fused_stacked_lstm_starts_every_sequence_from_zero(tmp_path, test_digits):
@@ -268,8 +245,8 @@ def test_fused_stacked_lstm_starts_every_sequence_from_zero(tmp_path, test_digit
     classifier = Classifier(written.path)
     first, again = classifier.predict(images), classifier.predict(images)
     np.testing.assert_array_equal(first, again)  # the op's state does not leak between calls
-    np.testing.assert_allclose(first, model.predict(images, verbose=0), atol=1e-5)
-    np.testing.assert_allclose(run_micro(written.path, images).logits, first, atol=1e-5)
+    assert relative_difference(first, model.predict(images, verbose=0)) < 1e-5
+    assert relative_difference(run_micro(written.path, images).logits, first) < 1e-5
 
 
 def test_verify_report_has_every_number(exported, trained_models, test_digits, tmp_path):
@@ -297,13 +274,13 @@ def test_c_array_compiles_back_to_the_same_bytes(exported, tmp_path):
 
 
 @pytest.mark.parametrize("kwargs,error,message", [
-    ({"quantization": "int4"}, ValueError, "quantization must be one of"),
-    ({"quantization": "int8"}, ValueError, "int8 quantization needs representative_data"),
-    ({"batch_size": 0}, ValueError, "batch_size must be a positive integer or None"),
-    ({"quantization": "int8", "representative_data": np.full((2, 28, 28), 2.0)}, ValueError,
+    ({"quantization": "int4"}, ConfigError, "quantization must be one of"),
+    ({"quantization": "int8"}, ConfigError, "int8 quantization needs representative_data"),
+    ({"batch_size": 0}, ConfigError, "batch_size must be a positive integer or None"),
+    ({"quantization": "int8", "representative_data": np.full((2, 28, 28), 2.0)}, ConfigError,
      r"images scaled to \[0, 1\]"),
-    ({"form": "spiral"}, ValueError, "form must be 'auto' or one of"),
-    ({"activations": "int4"}, ValueError, "activations must be one of"),
+    ({"form": "spiral"}, ConfigError, r"form must be one of \('auto', 'loop'"),
+    ({"activations": "int4"}, ConfigError, "activations must be one of"),
 ])
 def test_bad_export_arguments(tmp_path, kwargs, error, message):
     model = build_classifier(cell="elman", units=4)
@@ -312,12 +289,16 @@ def test_bad_export_arguments(tmp_path, kwargs, error, message):
     assert not os.listdir(tmp_path)  # nothing half-written
 
 
-def test_unexportable_model_is_a_clear_error(tmp_path):
+def test_unexportable_model_is_refused_before_the_converter_starts(tmp_path, monkeypatch):
     import keras
 
+    def no_child(*args, **kwargs):
+        raise AssertionError("the conversion child was started for a model it cannot convert")
+
+    monkeypatch.setattr(convert.subprocess, "Popen", no_child)
     inputs = keras.Input((28, 28))
     model = keras.Model(inputs, keras.layers.Dense(10)(keras.layers.Flatten()(inputs)))
-    with pytest.raises(convert.ConversionError, match="cannot export layer"):
+    with pytest.raises(ConversionError, match=r"cannot export layer flatten.* \(Flatten\)"):
         convert.to_tflite(model, str(tmp_path / "x.tflite"))
     assert not (tmp_path / "x.tflite").exists()
 
@@ -329,7 +310,7 @@ def test_failed_export_keeps_the_previous_file(tmp_path):
     target.write_bytes(b"previous export")
     inputs = keras.Input((28, 28))
     bad = keras.Model(inputs, keras.layers.Dense(10)(keras.layers.Flatten()(inputs)))
-    with pytest.raises(convert.ConversionError):
+    with pytest.raises(ConversionError, match="cannot export layer"):
         convert.to_tflite(bad, str(target))
     assert target.read_bytes() == b"previous export"
 

@@ -2,8 +2,11 @@ import keras
 import numpy as np
 import pytest
 
+from kerasrnn.cell_kinds import CELLS
 from kerasrnn.cells import ElmanCell, LearnableInitialState
-from kerasrnn.models import CELLS, ModelConfig, build_classifier
+from kerasrnn.config import ModelConfig
+from kerasrnn.errors import ConfigError
+from kerasrnn.models import build_classifier
 
 
 def _x(batch=4, shape=(28, 28)):
@@ -47,17 +50,32 @@ def test_pixel_view_model_shape():
     assert model(_x(2, (784, 1))).shape == (2, 10)
 
 
-def test_irnn_identity_init_and_relu():
-    model = build_classifier(cell="elman", units=8, activation="relu",
+@pytest.mark.parametrize("cell", ["simple", "elman"])
+def test_irnn_has_identity_recurrence_and_relu(cell):
+    model = build_classifier(cell=cell, units=8, activation="relu",
                              recurrent_initializer="identity")
-    np.testing.assert_array_equal(model.get_layer("elman_0").cell.w_hh.numpy(), np.eye(8))
+    layer_cell = model.get_layer(f"{cell}_0").cell
+    w_hh = getattr(layer_cell, "w_hh" if cell == "elman" else "recurrent_kernel")
+    np.testing.assert_array_equal(w_hh.numpy(), np.eye(8))
+    z = np.array([[-2.0, 0.5]], "float32")
+    np.testing.assert_array_equal(layer_cell.activation(z), [[0.0, 0.5]])  # relu, not tanh
 
 
-def test_learnable_h0_receives_gradient_and_changes_output():
+def test_learnable_h0_receives_a_gradient_that_changes_the_output():
+    import tensorflow as tf
+
     model = build_classifier(cell="elman", units=8)
-    before = model(_x()).numpy()
-    model.get_layer("h0_0").h0.assign(np.ones(8, "float32"))
-    assert not np.allclose(model(_x()).numpy(), before)
+    h0 = model.get_layer("h0_0").h0
+    x, labels = _x(), np.arange(4)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    with tf.GradientTape() as tape:
+        loss = loss_fn(labels, model(x))
+    gradient = tape.gradient(loss, h0)
+    assert gradient is not None and np.abs(gradient.numpy()).max() > 0
+    before = model(x).numpy()
+    h0.assign_sub(0.5 * gradient / tf.norm(gradient))  # a step down the gradient
+    assert not np.allclose(model(x).numpy(), before)
+    assert float(loss_fn(labels, model(x))) < float(loss)
 
 
 @pytest.mark.parametrize("layer", [ElmanCell(5, activation="relu"), LearnableInitialState(7)])
@@ -71,12 +89,22 @@ def test_layer_config_round_trip(layer):
     ({"units": 0}, "units must be a positive integer, got 0"),
     ({"layers": -1}, "layers must be a positive integer"),
     ({"dropout": 1.5}, r"dropout must be in \[0, 1\)"),
-    ({"activation": "sigmoid"}, "activation must be 'tanh' or 'relu'"),
+    ({"activation": "sigmoid"}, r"activation must be one of \('tanh', 'relu'\), got 'sigmoid'"),
     ({"input_shape": (28,)}, r"input_shape must be \(steps, features\)"),
 ])
 def test_bad_model_config_is_rejected(kwargs, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         ModelConfig(**kwargs)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_every_cell_kind_builds_its_own_layer(cell):
+    from kerasrnn.cell_kinds import CELL_KINDS, kind_of
+
+    model = build_classifier(cell=cell, units=4)
+    assert kind_of(model.get_layer(f"{cell}_0").cell) is CELL_KINDS[cell]
+    has_h0 = any(isinstance(layer, LearnableInitialState) for layer in model.layers)
+    assert has_h0 == CELL_KINDS[cell].learnable_h0
 
 
 def test_bad_cell_units_are_rejected():

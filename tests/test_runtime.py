@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 from kerasrnn.export import convert
 
-from kerasrnn import data, training
-from kerasrnn.models import ModelConfig
+from kerasrnn.errors import InputError
 
 # Run code where `import tensorflow` (or keras) raises, as on a device with LiteRT only.
 _NO_TENSORFLOW = textwrap.dedent("""
@@ -27,21 +26,23 @@ def run_without_tensorflow(code: str, *args: str) -> subprocess.CompletedProcess
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(trained_models, test_digits, calibration, tmp_path_factory):
+    """The session's elman-64 as float32, int8 and streaming files, with Keras's logits."""
     folder = tmp_path_factory.mktemp("runtime")
-    # trained briefly: int8 calibration of an untrained model meets constant tensors
-    model = training.train(ModelConfig(cell="elman", units=16),
-                           data.DataConfig(source="sample", max_examples=1000),
-                           training.TrainConfig(epochs=2, verbose=0), str(folder / "run")).model
-    images, _ = data.load_arrays(data.DataConfig(source="sample"), "train")
-    calibration = images[:100].astype(np.float32) / 255
+    model = trained_models["elman"]
+    images = (test_digits[0][:64] * 255).round().astype(np.uint8)
     return {
         "float": convert.to_tflite(model, str(folder / "f.tflite")).path,
         "int8": convert.to_tflite(model, str(folder / "q.tflite"), "int8", calibration).path,
         "stream": convert.to_tflite(model, str(folder / "s.tflite"), stream=True).path,
-        "keras_logits": model.predict(images[:8].astype(np.float32) / 255, verbose=0),
-        "images": images[:8],
+        "keras_logits": model.predict(images.astype(np.float32) / 255, verbose=0),
+        "images": images,
     }
+
+
+def relative_difference(actual: np.ndarray, expected: np.ndarray) -> float:
+    """max |actual - expected| over max |expected| (see tests/test_export.py)."""
+    return float(np.abs(actual - expected).max() / np.abs(expected).max())
 
 
 def test_runtime_works_where_tensorflow_cannot_be_imported(files, tmp_path):
@@ -65,17 +66,18 @@ def test_runtime_works_where_tensorflow_cannot_be_imported(files, tmp_path):
     """, files["float"], files["stream"], str(tmp_path / "images.npy"),
         str(tmp_path / "out.npy"), str(tmp_path / "stream.npy"))
     assert result.returncode == 0, result.stderr
-    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), files["keras_logits"], atol=1e-4)
-    np.testing.assert_allclose(np.load(tmp_path / "stream.npy"), files["keras_logits"][0],
-                               atol=1e-4)
+    assert relative_difference(np.load(tmp_path / "out.npy"), files["keras_logits"]) < 1e-5
+    assert relative_difference(np.load(tmp_path / "stream.npy"), files["keras_logits"][0]) < 1e-5
 
 
 def test_int8_model_quantizes_and_dequantizes(files):
     from kerasrnn.export.runtime import Classifier
 
     logits = Classifier(files["int8"]).predict(files["images"])
-    assert logits.dtype == np.float32
-    assert (logits.argmax(1) == files["keras_logits"].argmax(1)).mean() >= 0.75  # of 8
+    assert logits.dtype == np.float32 and logits.shape == (64, 10)
+    # the int8 file agrees with Keras on 99.5% of the sample's test digits (README): at most
+    # one of these 64 may differ
+    assert (logits.argmax(1) != files["keras_logits"].argmax(1)).sum() <= 1
 
 
 @pytest.mark.parametrize("n", [1, 3, 8])
@@ -83,15 +85,16 @@ def test_any_batch_size_on_a_batch_1_file(files, n):
     from kerasrnn.export.runtime import Classifier
 
     logits = Classifier(files["float"]).predict(files["images"][:n])
-    np.testing.assert_allclose(logits, files["keras_logits"][:n], atol=1e-4)
+    assert relative_difference(logits, files["keras_logits"][:n]) < 1e-5
 
 
 def test_uint8_and_float_images_give_the_same_logits(files):
     from kerasrnn.export.runtime import Classifier
 
     classifier = Classifier(files["float"])
-    np.testing.assert_allclose(classifier.predict(files["images"]),
-                               classifier.predict(files["images"] / 255.0), atol=1e-6)
+    # uint8 / 255 in float32 and in float64 may round one ulp apart: round-off only
+    assert relative_difference(classifier.predict(files["images"]),
+                               classifier.predict(files["images"] / 255.0)) < 1e-6
 
 
 _BAD_BYTES = {
@@ -119,7 +122,8 @@ def test_bad_model_files_give_a_clear_error_not_a_crash(files, tmp_path, kind, m
         path.write_bytes(_BAD_BYTES[kind])
     result = run_without_tensorflow("""
         import sys
-        from kerasrnn.export.runtime import Classifier, ModelFileError
+        from kerasrnn.export.runtime import Classifier
+        from kerasrnn.errors import ModelFileError
         try:
             Classifier(sys.argv[1])
         except ModelFileError as e:
@@ -138,14 +142,15 @@ def test_bad_model_files_give_a_clear_error_not_a_crash(files, tmp_path, kind, m
 def test_bad_inputs_give_a_clear_error(files, images, message):
     from kerasrnn.export.runtime import Classifier
 
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(InputError, match=message):
         Classifier(files["float"]).predict(images)
 
 
 def test_stream_rejects_a_wrong_row_and_a_whole_sequence_file(files):
-    from kerasrnn.export.runtime import ModelFileError, Stream
+    from kerasrnn.errors import ModelFileError
+    from kerasrnn.export.runtime import Stream
 
-    with pytest.raises(ValueError, match=r"a row must have shape \[28\], got \[27\]"):
+    with pytest.raises(InputError, match=r"a row must have shape \[28\], got \[27\]"):
         Stream(files["stream"]).push(np.zeros(27, np.uint8))
     with pytest.raises(ModelFileError, match="not a kerasrnn streaming model"):
         Stream(files["float"])

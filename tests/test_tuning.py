@@ -12,9 +12,12 @@ import keras_tuner as kt
 import pytest
 
 from kerasrnn import data, tuning
-from kerasrnn.search_space import Choice, Range, SearchSpace, SpaceError
+from kerasrnn.config import DataConfig, TuneConfig
+from kerasrnn.errors import ConfigError, SearchSpaceError
+from kerasrnn.hypermodel import RNNHyperModel, budget_score
+from kerasrnn.search_space import Choice, Range, SearchSpace
 
-SMALL = data.DataConfig(source="sample", max_examples=600)
+SMALL = DataConfig(source="sample", max_examples=600)
 SPACE = ["--set", "cell=elman", "--range", "units=16:32", "--set", "layers=1",
          "--set", "batch_size=64"]
 
@@ -35,8 +38,8 @@ def _trials(folder: str) -> dict[str, dict]:
 @pytest.mark.parametrize("tuner", ["random", "hyperband"])
 def test_search_writes_every_artefact_and_learns(tmp_path, tuner):
     space = SearchSpace.parse(["cell=elman", "batch_size=32"], ["units=16:32"])
-    config = tuning.TuneConfig(tuner=tuner, max_trials=3, max_epochs=3, seed=1)
-    outcome = tuning.tune(space, data.DataConfig(source="sample", max_examples=1000), config,
+    config = TuneConfig(tuner=tuner, max_trials=3, max_epochs=3, seed=1)
+    outcome = tuning.tune(space, DataConfig(source="sample", max_examples=1000), config,
                           str(tmp_path))
     assert outcome.finished and outcome.rows
     assert all(r["status"] == "COMPLETED" for r in outcome.rows)
@@ -50,7 +53,7 @@ def test_search_writes_every_artefact_and_learns(tmp_path, tuner):
 
 def test_size_budget_objective_prefers_models_that_fit(tmp_path):
     space = SearchSpace.parse(["cell=elman", "batch_size=64"], ["units=16,64"])
-    config = tuning.TuneConfig(max_trials=2, max_epochs=1, max_bytes=8 * 1024)
+    config = TuneConfig(max_trials=2, max_epochs=1, max_bytes=8 * 1024)
     outcome = tuning.tune(space, SMALL, config, str(tmp_path), retrain=False)
     by_units = {r["units"]: r for r in outcome.rows}
     assert by_units[64]["model_bytes"] > 8 * 1024 >= by_units[16]["model_bytes"]
@@ -59,17 +62,28 @@ def test_size_budget_objective_prefers_models_that_fit(tmp_path):
 
 
 def test_budget_score_orders_models():
-    assert tuning.budget_score(0.9, 100, 200) == 0.9
-    assert tuning.budget_score(0.99, 300, 200) < tuning.budget_score(0.1, 200, 200)
-    assert tuning.budget_score(0.99, 300, 200) > tuning.budget_score(0.99, 900, 200)
+    assert budget_score(0.9, 100, 200) == 0.9
+    assert budget_score(0.99, 300, 200) < budget_score(0.1, 200, 200)
+    assert budget_score(0.99, 300, 200) > budget_score(0.99, 900, 200)
 
 
-def test_int8_tflite_size_measure(tmp_path):
+def test_int8_tflite_size_measure_is_the_size_of_the_trials_int8_file(tmp_path):
+    import numpy as np
+    from kerasrnn.export.convert import to_tflite
+
     space = SearchSpace.parse(["cell=elman", "units=16", "batch_size=64"])
-    config = tuning.TuneConfig(max_trials=1, max_epochs=1, size_measure="int8_tflite",
-                               max_bytes=64 * 1024)
+    config = TuneConfig(max_trials=1, max_epochs=1, size_measure="int8_tflite",
+                        max_bytes=64 * 1024)
     outcome = tuning.tune(space, SMALL, config, str(tmp_path), retrain=False)
-    assert 2000 < outcome.rows[0]["model_bytes"] < 64 * 1024
+    # the trial's own weights, exported again as the measure does
+    [trial] = _trials(str(tmp_path)).values()
+    hp = kt.HyperParameters.from_config(trial["hyperparameters"])
+    model = RNNHyperModel(space, SMALL, config).build(hp)
+    model.load_weights(str(tmp_path / "search" / f"trial_{trial['trial_id']}"
+                           / "checkpoint.weights.h5"))
+    images = data.load_arrays(SMALL, "train")[0][:200].astype(np.float32) / 255.0
+    size = to_tflite(model, str(tmp_path / "again.tflite"), "int8", images).size_bytes
+    assert outcome.rows[0]["model_bytes"] == size
 
 
 def _kerasrnn(*args, **kwargs):
@@ -144,10 +158,11 @@ def test_space_narrowing_is_respected():
     hp = kt.HyperParameters()
     values = SearchSpace.parse(["cell=gru"], ["units=32:256", "learning_rate=1e-4:1e-2",
                                               "batch_size=16,256"]).define(hp)
-    assert values["cell"] == "gru"
-    assert hp.get("units") >= 32 and hp._hps["units"][0].max_value == 256
-    assert hp._hps["learning_rate"][0].sampling == "log"
-    assert hp._hps["batch_size"][0].values == [16, 256]
+    domains = {p.name: p for p in hp.space}
+    assert values["cell"] == "gru" and isinstance(domains["cell"], kt.engine.hyperparameters.Fixed)
+    assert (domains["units"].min_value, domains["units"].max_value) == (32, 256)
+    assert domains["learning_rate"].sampling == "log"
+    assert domains["batch_size"].values == [16, 256]
 
 
 def test_parsed_domains():
@@ -171,7 +186,7 @@ def test_parsed_domains():
     ([], ["batch_size=,"], "batch_size: empty choice"),
 ])
 def test_bad_space_gives_a_clear_error(assignments, ranges, message):
-    with pytest.raises(SpaceError, match=message):
+    with pytest.raises(SearchSpaceError, match=message):
         SearchSpace.parse(assignments, ranges)
 
 
@@ -186,27 +201,27 @@ def test_bad_space_is_one_line_on_the_command_line(tmp_path):
 
 @pytest.mark.parametrize("kwargs,message", [
     ({"tuner": "grid"}, "tuner must be one of"),
-    ({"max_trials": 0}, "max_trials must be positive"),
+    ({"max_trials": 0}, "max_trials must be a positive integer, got 0"),
     ({"size_measure": "flops"}, "size_measure must be one of"),
     ({"time_budget_s": -1}, "time_budget_s must be positive"),
 ])
 def test_bad_tune_config(kwargs, message):
-    with pytest.raises(ValueError, match=message):
-        tuning.TuneConfig(**kwargs)
+    with pytest.raises(ConfigError, match=message):
+        TuneConfig(**kwargs)
 
 
 def test_role_without_oracle_is_rejected():
-    with pytest.raises(ValueError, match="--role worker needs --oracle HOST:PORT"):
+    with pytest.raises(ConfigError, match="--role worker needs --oracle HOST:PORT"):
         tuning.distributed_environment("worker", None, None)
 
 
 def test_time_budget_stops_after_the_running_trial(tmp_path):
     space = SearchSpace.parse(["cell=elman", "units=16", "batch_size=64"],
                               ["learning_rate=1e-3:1e-2"])
-    config = tuning.TuneConfig(max_trials=5, max_epochs=1, time_budget_s=0.001)
+    config = TuneConfig(max_trials=5, max_epochs=1, time_budget_s=0.001)
     outcome = tuning.tune(space, SMALL, config, str(tmp_path), retrain=False)
     assert not outcome.finished
     assert [r["status"] for r in outcome.rows] == ["COMPLETED"]
-    resumed = tuning.tune(space, SMALL, tuning.TuneConfig(max_trials=2, max_epochs=1),
+    resumed = tuning.tune(space, SMALL, TuneConfig(max_trials=2, max_epochs=1),
                           str(tmp_path), retrain=False)
     assert resumed.finished and len(resumed.rows) == 2

@@ -1,0 +1,207 @@
+"""The configuration objects: where data comes from, the architecture, training, tuning.
+
+Each is a small frozen dataclass, validated where it is made, written to a run or search
+folder as JSON so that every result says how it was made. The CLI takes its choices and
+defaults from here. This module imports neither TensorFlow nor Keras.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from kerasrnn.cell_kinds import CELLS
+from kerasrnn.errors import ConfigError
+
+SOURCES = ("auto", "sample", "idx", "tfds")
+DATASETS = ("mnist", "fashion_mnist")
+VIEWS = ("rows", "pixels", "permuted")
+SPLITS = ("train", "validation", "train+validation", "test")
+# Debian's `dataset-fashion-mnist` package installs the IDX files here.
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+ACTIVATIONS = ("tanh", "relu")
+RECURRENT_INITIALIZERS = ("orthogonal", "identity")
+LOOPS = ("bptt", "fit")
+TUNERS = ("random", "bayesian", "hyperband")
+ROLES = ("chief", "worker")
+SIZE_MEASURES = ("float32_params", "int8_params", "int8_tflite")
+
+
+def check_choice(name: str, value, allowed: tuple) -> None:
+    """Raises `ConfigError` unless `value` is one of `allowed`."""
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+def check_positive(name: str, value, optional: bool = False, integer: bool = False) -> None:
+    """Raises `ConfigError` unless `value` is a positive number (or None when optional)."""
+    if value is None and optional:
+        return
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
+        what = "a positive integer" if integer else "positive"
+        raise ConfigError(f"{name} must be {what}{' or None' if optional else ''}, got {value!r}")
+
+
+def view_shape(view: str) -> tuple[int, int]:
+    """The (steps, features) shape of one example in `view`: rows (28, 28), else (784, 1)."""
+    check_choice("view", view, VIEWS)
+    return (28, 28) if view == "rows" else (784, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the data comes from and how it is shaped and batched.
+
+    Attributes:
+        source: one of `SOURCES`: the bundled `sample`, an `idx` folder, `tfds`, or `auto`
+            (TFDS when prepared or downloadable, otherwise the sample).
+        dataset: one of `DATASETS` (`sample` holds MNIST only).
+        data_dir: the IDX folder for `idx`; TFDS's data_dir for `tfds`.
+        manual_dir: for `tfds`, a folder of the original files to prepare from offline.
+        view: one of `VIEWS`.
+        batch_size: examples per batch.
+        validation_fraction: share of the training data held out as `validation`.
+        max_examples: keep only the first N examples of each split (quick runs).
+        seed: shuffling and validation-split seed.
+    """
+
+    source: str = "auto"
+    dataset: str = "mnist"
+    data_dir: str | None = None
+    manual_dir: str | None = None
+    view: str = "rows"
+    batch_size: int = 64
+    validation_fraction: float = 0.1
+    max_examples: int | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        check_choice("source", self.source, SOURCES)
+        check_choice("dataset", self.dataset, DATASETS)
+        check_choice("view", self.view, VIEWS)
+        check_positive("batch_size", self.batch_size, integer=True)
+        check_positive("max_examples", self.max_examples, optional=True, integer=True)
+        if not 0.0 < self.validation_fraction < 1.0:
+            raise ConfigError(
+                f"validation_fraction must be in (0, 1), got {self.validation_fraction}"
+            )
+        if self.source == "sample" and self.dataset != "mnist":
+            raise ConfigError(
+                f"the bundled sample holds MNIST only, not {self.dataset!r}: use "
+                f"source='idx' (Fashion-MNIST: {FASHION_MNIST_DIR}) or source='tfds'"
+            )
+
+    @property
+    def input_shape(self) -> tuple[int, int]:
+        """(steps, features) of one example in this view."""
+        return view_shape(self.view)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The architecture of a classifier.
+
+    Attributes:
+        cell: a name of `cell_kinds.CELL_KINDS`: "simple" (Keras SimpleRNN), "elman" (the
+            custom cell with a learnable h0), "lstm" or "gru".
+        units: hidden units per recurrent layer.
+        layers: number of stacked recurrent layers.
+        dropout: dropout rate between layers and before the output layer.
+        activation: recurrent activation of simple/elman ("tanh" or "relu").
+        recurrent_initializer: "orthogonal" or "identity" (IRNN with relu).
+        input_shape: (steps, features) of one example: (28, 28) rows, (784, 1) pixels.
+        classes: number of output logits.
+    """
+
+    cell: str = "elman"
+    units: int = 64
+    layers: int = 1
+    dropout: float = 0.0
+    activation: str = "tanh"
+    recurrent_initializer: str = "orthogonal"
+    input_shape: tuple[int, int] = (28, 28)
+    classes: int = 10
+
+    def __post_init__(self):
+        check_choice("cell", self.cell, CELLS)
+        for name in ("units", "layers", "classes"):
+            check_positive(name, getattr(self, name), integer=True)
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        check_choice("activation", self.activation, ACTIVATIONS)
+        check_choice("recurrent_initializer", self.recurrent_initializer, RECURRENT_INITIALIZERS)
+        object.__setattr__(self, "input_shape", tuple(self.input_shape))
+        if len(self.input_shape) != 2:
+            raise ConfigError(f"input_shape must be (steps, features), got {self.input_shape}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How a model is trained.
+
+    Attributes:
+        epochs: the most epochs to run.
+        learning_rate: Adam's step size.
+        clipnorm: global-norm gradient clipping threshold (None: no clipping).
+        loop: "bptt" (the explicit GradientTape loop) or "fit" (Keras `model.fit`).
+        jit_compile: compile the steps with XLA.
+        patience: early stopping after this many epochs without a lower validation
+            loss (None: train all epochs). The best epoch's weights are kept.
+        seed: seeds weights, dropout and shuffling.
+        verbose: 1 shows a progress bar, 0 is silent.
+    """
+
+    epochs: int = 10
+    learning_rate: float = 2e-3
+    clipnorm: float | None = 1.0
+    loop: str = "bptt"
+    jit_compile: bool = False
+    patience: int | None = 3
+    seed: int = 0
+    verbose: int = 1
+
+    def __post_init__(self):
+        check_choice("loop", self.loop, LOOPS)
+        check_positive("epochs", self.epochs, integer=True)
+        check_positive("learning_rate", self.learning_rate)
+        check_positive("clipnorm", self.clipnorm, optional=True)
+        check_positive("patience", self.patience, optional=True, integer=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneConfig:
+    """How a search runs.
+
+    Attributes:
+        tuner: "random", "bayesian" (needs scipy and scikit-learn) or "hyperband".
+        max_trials: trials to run (random, bayesian); Hyperband's budget follows max_epochs.
+        max_epochs: the most epochs one trial trains (Hyperband: its max_epochs).
+        patience: early stopping inside a trial (epochs without a lower val_loss).
+        loop: train trials with the "bptt" loop or Keras "fit".
+        max_bytes: a model-size budget: the objective becomes the best validation accuracy
+            among models within it (None: plain val_accuracy).
+        size_measure: what counts against max_bytes: float32 parameter bytes, int8
+            parameter bytes, or the size of the real int8 .tflite file.
+        time_budget_s: stop cleanly after the trial running when this many seconds passed.
+        seed: the search's seed.
+    """
+
+    tuner: str = "random"
+    max_trials: int = 10
+    max_epochs: int = 10
+    patience: int | None = 2
+    loop: str = "bptt"
+    max_bytes: int | None = None
+    size_measure: str = "float32_params"
+    time_budget_s: float | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        check_choice("tuner", self.tuner, TUNERS)
+        check_choice("loop", self.loop, LOOPS)
+        check_choice("size_measure", self.size_measure, SIZE_MEASURES)
+        check_positive("max_trials", self.max_trials, integer=True)
+        check_positive("max_epochs", self.max_epochs, integer=True)
+        check_positive("patience", self.patience, optional=True, integer=True)
+        check_positive("max_bytes", self.max_bytes, optional=True, integer=True)
+        check_positive("time_budget_s", self.time_budget_s, optional=True)

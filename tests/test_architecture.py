@@ -1,0 +1,76 @@
+"""The tree's promises: dependencies follow the data flow, one cell table, one error family."""
+
+import ast
+import glob
+import importlib.metadata
+import inspect
+import os
+
+import pytest
+from conftest import REPO
+
+from kerasrnn import errors
+from kerasrnn.cell_kinds import CELL_KINDS
+
+# What export/ may never import: the stages upstream of it that train or search.
+TRAINING_SIDE = ("kerasrnn.training", "kerasrnn.training_run", "kerasrnn.rundir",
+                 "kerasrnn.hypermodel", "kerasrnn.tuning", "kerasrnn.tuning_results",
+                 "kerasrnn.pipeline", "kerasrnn.cli")
+
+
+def _imported_modules(path: str) -> set[str]:
+    """Every module a file imports, at its top or inside functions."""
+    with open(path) as f:
+        tree = ast.parse(f.read(), path)
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "export", "*.py"))),
+                         ids=os.path.basename)
+def test_export_imports_neither_training_nor_tuning(path):
+    imported = _imported_modules(path)
+    assert not {m for m in imported if m.startswith(TRAINING_SIDE)}
+
+
+def test_the_device_runtime_imports_only_numpy_litert_and_errors():
+    imported = _imported_modules(os.path.join(REPO, "export", "runtime.py"))
+    roots = {name.split(".")[0] for name in imported}
+    assert roots <= {"__future__", "os", "numpy", "ai_edge_litert", "kerasrnn"}
+    assert {m for m in imported if m.startswith("kerasrnn")} <= {
+        "kerasrnn.errors", "kerasrnn.errors.InputError", "kerasrnn.errors.ModelFileError"}
+
+
+def test_every_error_the_package_defines_is_a_kerasrnn_error():
+    classes = [c for _, c in inspect.getmembers(errors, inspect.isclass)
+               if c.__module__ == errors.__name__]
+    assert len(classes) >= 10
+    assert all(issubclass(c, errors.KerasRnnError) for c in classes)
+
+
+def test_the_cli_offers_every_cell_kind_and_the_config_defaults():
+    from kerasrnn.cli import build_parser
+    from kerasrnn.config import ModelConfig, TrainConfig
+
+    parser = build_parser()
+    args = parser.parse_args(["train", "--out", "x"])
+    assert (args.cell, args.units, args.epochs, args.learning_rate) == (
+        ModelConfig.cell, ModelConfig.units, TrainConfig.epochs, TrainConfig.learning_rate)
+    for name in CELL_KINDS:
+        assert parser.parse_args(["train", "--cell", name, "--out", "x"]).cell == name
+    with pytest.raises(SystemExit):  # argparse refuses a name outside the table
+        parser.parse_args(["train", "--cell", "transformer", "--out", "x"])
+
+
+def test_flatbuffer_table_sharing_runs_on_the_versions_it_was_checked_against():
+    # `export.flatbuffer` overrides `Pack` of the generated schema classes to write
+    # identical tables once; it also checks every file against a plain pack. A new
+    # generator version must be checked again before it is allowed here.
+    assert importlib.metadata.version("ai-edge-litert").startswith("2.")
+    assert importlib.metadata.version("flatbuffers").split(".")[0] in ("24", "25")
