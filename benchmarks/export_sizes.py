@@ -14,6 +14,7 @@ import os
 import tempfile
 
 import numpy as np
+
 from kerasrnn import data
 from kerasrnn.config import DataConfig, TrainConfig
 from kerasrnn.errors import MicroError
@@ -24,28 +25,40 @@ from kerasrnn.training import compile_model, fit
 
 KINDS = (("simple", 1), ("elman", 1), ("lstm", 1), ("gru", 1), ("elman", 2))
 # (quantization, graph form, int8 activations)
-CASES = (("none", "loop", None), ("none", "unrolled", None), ("float16", "loop", None),
-         ("dynamic", "loop", None), ("int8", "unrolled", "int16"), ("int8", "unrolled", "int8"),
-         ("none", "fused", None), ("float16", "fused", None), ("int8", "fused", None))
+CASES = (
+    ("none", "loop", None),
+    ("none", "unrolled", None),
+    ("float16", "loop", None),
+    ("dynamic", "loop", None),
+    ("int8", "unrolled", "int16"),
+    ("int8", "unrolled", "int8"),
+    ("none", "fused", None),
+    ("float16", "fused", None),
+    ("int8", "fused", None),
+)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--units", type=int, default=64)
-    parser.add_argument("--cells", nargs="+", default=sorted({cell for cell, _ in KINDS}),
-                        help="only these cells")
+    parser.add_argument(
+        "--cells", nargs="+", default=sorted({cell for cell, _ in KINDS}), help="only these cells"
+    )
     args = parser.parse_args()
     images, _ = data.load_arrays(DataConfig(source="sample"), "train+validation")
     calibration = images[:1000].astype(np.float32) / 255.0
-    header = (f"{'model':<12} {'params':>7} {'param bytes':>11} {'quant':<9} {'form':<9} "
-              f"{'file bytes':>10} {'ratio':>6} {'TFLM arena':>10}")
+    header = (
+        f"{'model':<12} {'params':>7} {'param bytes':>11} {'quant':<9} {'form':<9} "
+        f"{'file bytes':>10} {'ratio':>6} {'TFLM arena':>10}"
+    )
     print(header)
     print("-" * len(header))
     with tempfile.TemporaryDirectory() as tmp:
         for cell, layers in (kind for kind in KINDS if kind[0] in args.cells):
             config = TrainConfig(epochs=1, verbose=0)
-            model = compile_model(build_classifier(cell=cell, units=args.units, layers=layers),
-                                  config)
+            model = compile_model(
+                build_classifier(cell=cell, units=args.units, layers=layers), config
+            )
             fit(model, data.pipeline(DataConfig(source="sample"), "train"), None, config)
             name = f"{cell}x{layers}" if layers > 1 else cell
             for quantization, form, activations in CASES:
@@ -53,18 +66,26 @@ def main() -> None:
                     continue
                 label = f"{quantization}/a{activations[3:]}" if activations else quantization
                 path = os.path.join(tmp, f"{name}-{label.replace('/', '-')}-{form}.tflite")
-                written = to_tflite(model, path, quantization,
-                                    calibration if quantization == "int8" else None, form=form,
-                                    activations=activations or "int16")
+                written = to_tflite(
+                    model,
+                    path,
+                    quantization,
+                    calibration if quantization == "int8" else None,
+                    form=form,
+                    activations=activations or "int16",
+                )
                 arena = "-"
                 if quantization in ("none", "int8"):
                     try:
                         arena = f"{run_micro(path, calibration[:1]).arena_bytes:,}"
                     except MicroError:
                         arena = "fails"
-                print(f"{name:<12} {model.count_params():>7,} {written.parameter_bytes:>11,} "
-                      f"{label:<9} {form:<9} {written.size_bytes:>10,} "
-                      f"{written.size_ratio:>6.2f} {arena:>10}", flush=True)
+                print(
+                    f"{name:<12} {model.count_params():>7,} {written.parameter_bytes:>11,} "
+                    f"{label:<9} {form:<9} {written.size_bytes:>10,} "
+                    f"{written.size_ratio:>6.2f} {arena:>10}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import os
 import tempfile
 
 import numpy as np
+
 from kerasrnn import data
 from kerasrnn.config import DataConfig, ModelConfig, TrainConfig
 from kerasrnn.export.convert import to_tflite
@@ -22,8 +23,13 @@ from kerasrnn.export.micro import run_micro
 from kerasrnn.export.runtime import Classifier
 from kerasrnn.training_run import train
 
-KINDS = {"simple": ("simple", 64, 1), "elman": ("elman", 64, 1), "lstm": ("lstm", 32, 1),
-         "gru": ("gru", 32, 1), "elmanx2": ("elman", 32, 2)}
+KINDS = {
+    "simple": ("simple", 64, 1),
+    "elman": ("elman", 64, 1),
+    "lstm": ("lstm", 32, 1),
+    "gru": ("gru", 32, 1),
+    "elmanx2": ("elman", 32, 2),
+}
 
 
 def main() -> None:
@@ -36,17 +42,22 @@ def main() -> None:
     calibration = data.load_arrays(sample, "train+validation")[0].astype(np.float32) / 255.0
     images, labels = data.load_arrays(sample, "test")
     images = images.astype(np.float32) / 255.0
-    header = (f"{'model':<9} {'seed':>4} {'activations':<11} {'bytes':>7} {'keras acc':>9} "
-              f"{'int8 acc':>8} {'vs keras':>8} {'vs TFLM':>8} {'max steps':>9}")
+    header = (
+        f"{'model':<9} {'seed':>4} {'activations':<11} {'bytes':>7} {'keras acc':>9} "
+        f"{'int8 acc':>8} {'vs keras':>8} {'vs TFLM':>8} {'max steps':>9}"
+    )
     print(header)
     print("-" * len(header))
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             for name in args.kinds:
                 cell, units, layers = KINDS[name]
-                model = train(ModelConfig(cell=cell, units=units, layers=layers), sample,
-                              TrainConfig(epochs=args.epochs, verbose=0, seed=seed),
-                              os.path.join(tmp, f"{cell}{layers}-{seed}")).model
+                model = train(
+                    ModelConfig(cell=cell, units=units, layers=layers),
+                    sample,
+                    TrainConfig(epochs=args.epochs, verbose=0, seed=seed),
+                    os.path.join(tmp, f"{cell}{layers}-{seed}"),
+                ).model
                 expected = model.predict(images, verbose=0).argmax(1)
                 keras_accuracy = (expected == labels).mean()
                 for activations in ("int16", "int8"):
@@ -56,11 +67,14 @@ def main() -> None:
                     litert = classifier.predict(images)
                     micro = run_micro(path, images).logits
                     steps = np.abs(micro - litert).max() / classifier.output_scale
-                    print(f"{name:<9} {seed:>4} {activations:<11} {written.size_bytes:>7,} "
-                          f"{keras_accuracy:>9.1%} {(litert.argmax(1) == labels).mean():>8.1%} "
-                          f"{(litert.argmax(1) == expected).mean():>8.1%} "
-                          f"{(litert.argmax(1) == micro.argmax(1)).mean():>8.1%} "
-                          f"{steps:>9.0f}", flush=True)
+                    print(
+                        f"{name:<9} {seed:>4} {activations:<11} {written.size_bytes:>7,} "
+                        f"{keras_accuracy:>9.1%} {(litert.argmax(1) == labels).mean():>8.1%} "
+                        f"{(litert.argmax(1) == expected).mean():>8.1%} "
+                        f"{(litert.argmax(1) == micro.argmax(1)).mean():>8.1%} "
+                        f"{steps:>9.0f}",
+                        flush=True,
+                    )
 
 
 if __name__ == "__main__":

@@ -26,9 +26,14 @@ def main() -> None:
     for loop in ("bptt", "fit"):
         for xla in (False, True):
             with tempfile.TemporaryDirectory() as tmp:
-                result = train(ModelConfig(cell=args.cell, units=args.units), config,
-                               TrainConfig(epochs=args.epochs, loop=loop, jit_compile=xla,
-                                           patience=None, verbose=0), tmp)
+                result = train(
+                    ModelConfig(cell=args.cell, units=args.units),
+                    config,
+                    TrainConfig(
+                        epochs=args.epochs, loop=loop, jit_compile=xla, patience=None, verbose=0
+                    ),
+                    tmp,
+                )
             rates = [row["samples_per_second"] for row in result.history[1:]]
             results[(loop, xla)] = statistics.median(rates)
     base = results[("bptt", False)]

@@ -17,14 +17,14 @@ import tempfile
 
 import numpy as np
 import tensorflow as tf
-from kerasrnn.export import flatbuffer, graph, integer_io
-from kerasrnn.export.config import FORMS, INT8_ACTIVATIONS, QUANTIZATIONS
-from kerasrnn.export.runtime import INITIAL_STATE_METADATA, check_loads
 
 from kerasrnn._io import atomic_write
 from kerasrnn.config import check_choice, check_positive
 from kerasrnn.errors import ConfigError, ConversionError
 from kerasrnn.evaluation import load_model
+from kerasrnn.export import flatbuffer, graph, integer_io
+from kerasrnn.export.config import FORMS, INT8_ACTIVATIONS, QUANTIZATIONS
+from kerasrnn.export.runtime import INITIAL_STATE_METADATA, check_loads
 
 _FORM_NAMES = {"loop": "WHILE loop", "unrolled": "unrolled", "fused": "fused LSTM"}
 
@@ -78,13 +78,22 @@ def _check_arguments(quantization, representative_data, batch_size, activations)
     check_choice("activations", activations, INT8_ACTIVATIONS)
     check_positive("batch_size", batch_size, optional=True, integer=True)
     if quantization == "int8" and representative_data is None:
-        raise ConfigError("int8 quantization needs representative_data: real training images "
-                          "[n, steps, features] float32 in [0, 1]")
+        raise ConfigError(
+            "int8 quantization needs representative_data: real training images "
+            "[n, steps, features] float32 in [0, 1]"
+        )
 
 
-def to_tflite(model, path: str, quantization: str = "none", representative_data=None,
-              batch_size: int | None = 1, stream: bool = False, form: str = "auto",
-              activations: str = "int16") -> TfliteFile:
+def to_tflite(
+    model,
+    path: str,
+    quantization: str = "none",
+    representative_data=None,
+    batch_size: int | None = 1,
+    stream: bool = False,
+    form: str = "auto",
+    activations: str = "int16",
+) -> TfliteFile:
     """Converts a classifier to a builtin-only .tflite file.
 
     Args:
@@ -122,10 +131,16 @@ def to_tflite(model, path: str, quantization: str = "none", representative_data=
     graph.classifier_weights(model)  # a model we cannot rebuild fails here, not in the child
     calibration = None if representative_data is None else _representative(representative_data)
     with tempfile.TemporaryDirectory(prefix="kerasrnn-convert-") as tmp:
-        job = {"model": os.path.join(tmp, "model.keras"), "quantization": quantization,
-               "batch_size": batch_size, "stream": stream, "form": form,
-               "activations": activations, "out": os.path.join(tmp, "out.tflite"),
-               "representative": None}
+        job = {
+            "model": os.path.join(tmp, "model.keras"),
+            "quantization": quantization,
+            "batch_size": batch_size,
+            "stream": stream,
+            "form": form,
+            "activations": activations,
+            "out": os.path.join(tmp, "out.tflite"),
+            "representative": None,
+        }
         model.save(job["model"])
         if calibration is not None:
             job["representative"] = os.path.join(tmp, "representative.npy")
@@ -136,8 +151,9 @@ def to_tflite(model, path: str, quantization: str = "none", representative_data=
     ops = flatbuffer.operators(content)
     foreign = [op for op in ops if not flatbuffer.is_builtin(op)]
     if foreign:
-        raise ConversionError(f"the converted graph needs non-builtin ops {foreign}; "
-                              f"nothing was written to {path}")
+        raise ConversionError(
+            f"the converted graph needs non-builtin ops {foreign}; nothing was written to {path}"
+        )
     atomic_write(path, content)
     form = info["form"]
     shape = "streaming step" if stream else _FORM_NAMES[form]
@@ -145,15 +161,22 @@ def to_tflite(model, path: str, quantization: str = "none", representative_data=
     inside = ""
     if quantization == "int8":
         inside = ", int16 cell state" if form == "fused" else f", {activations} activations"
-    return TfliteFile(path, len(content), 4 * info["parameters"], tuple(ops), quantization,
-                      f"{shape}, {batch}{inside}")
+    return TfliteFile(
+        path,
+        len(content),
+        4 * info["parameters"],
+        tuple(ops),
+        quantization,
+        f"{shape}, {batch}{inside}",
+    )
 
 
 def _representative(data) -> np.ndarray:
     array = np.asarray(data, dtype=np.float32)
     if array.ndim != 3 or len(array) == 0:
-        raise ConfigError(f"representative_data must be [n, steps, features] with n > 0, "
-                          f"got shape {array.shape}")
+        raise ConfigError(
+            f"representative_data must be [n, steps, features] with n > 0, got shape {array.shape}"
+        )
     if not np.isfinite(array).all() or array.min() < 0.0 or array.max() > 1.0:
         raise ConfigError("representative_data must hold images scaled to [0, 1], all finite")
     return array
@@ -170,7 +193,11 @@ def _run_child(job: dict) -> dict:
     try:
         child = subprocess.Popen(
             [sys.executable, "-m", "kerasrnn.export.convert", json.dumps(job), str(write_end)],
-            pass_fds=(write_end,), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            pass_fds=(write_end,),
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
     finally:
         os.close(write_end)
     with os.fdopen(read_end) as pipe:
@@ -181,14 +208,18 @@ def _run_child(job: dict) -> dict:
             f"the TFLite converter or LiteRT's check of its output crashed (signal "
             f"{-child.returncode}); no file was written. For int8 this happens when "
             f"calibration sees a tensor that never varies (an untrained model on MNIST's "
-            f"blank first rows, say): train the model or calibrate on more varied data")
+            f"blank first rows, say): train the model or calibrate on more varied data"
+        )
     if not message:
-        raise ConversionError(f"the conversion process ended (status {child.returncode}) "
-                              f"without a result; no file was written")
+        raise ConversionError(
+            f"the conversion process ended (status {child.returncode}) "
+            f"without a result; no file was written"
+        )
     result = json.loads(message)
     if "error" in result:
-        raise ConversionError(f"the TFLite converter failed ({result['error']}); "
-                              f"no file was written")
+        raise ConversionError(
+            f"the TFLite converter failed ({result['error']}); no file was written"
+        )
     return result
 
 
@@ -201,8 +232,9 @@ def _convert(job: dict) -> dict:
     model = load_model(job["model"])
     weights = graph.classifier_weights(model)
     quantization = job["quantization"]
-    form = choose_form(quantization, job["form"],
-                       graph.can_fuse(weights, job["batch_size"]) and not job["stream"])
+    form = choose_form(
+        quantization, job["form"], graph.can_fuse(weights, job["batch_size"]) and not job["stream"]
+    )
     if job["stream"]:
         function = graph.step_function(weights)
     else:
@@ -224,7 +256,8 @@ def _convert(job: dict) -> dict:
         converter.representative_dataset = _calibration(weights, function, images, job)
         if int16_inside:  # float32 interface here; `integer_io` makes it int8 below
             converter.target_spec.supported_ops = [
-                tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+                tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
+            ]
         else:
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
             converter.inference_input_type = converter.inference_output_type = tf.int8
@@ -253,7 +286,7 @@ def _calibration(weights, function, images: np.ndarray, job: dict):
 
     def sequences():
         for start in range(0, len(images) - batch + 1, batch):
-            yield [images[start:start + batch]]
+            yield [images[start : start + batch]]
 
     def steps():
         for image in images[:64]:  # 64 images give 64 * steps calibration points

@@ -123,17 +123,20 @@ def _pack_shared(model: schema.ModelT) -> bytes:
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     shared = bytes(builder.Output())
     if _content(unpack(shared)) != _content(unpack(plain)):
-        raise RuntimeError("flatbuffer table sharing changed the model: the generated schema "
-                           "code of ai-edge-litert/flatbuffers differs from the versions it "
-                           "was checked against (see kerasrnn.export.flatbuffer)")
+        raise RuntimeError(
+            "flatbuffer table sharing changed the model: the generated schema "
+            "code of ai-edge-litert/flatbuffers differs from the versions it "
+            "was checked against (see kerasrnn.export.flatbuffer)"
+        )
     return shared
 
 
 def operators(model_bytes: bytes) -> list[str]:
     """The distinct operators a model uses: builtin names, or the custom code (Flex ops)."""
     model = unpack(model_bytes)
-    return sorted({operator_name(model, op) for subgraph in model.subgraphs
-                   for op in subgraph.operators})
+    return sorted(
+        {operator_name(model, op) for subgraph in model.subgraphs for op in subgraph.operators}
+    )
 
 
 def is_builtin(name: str) -> bool:
@@ -141,8 +144,11 @@ def is_builtin(name: str) -> bool:
     return name in _OP_NAMES.values() and name != "CUSTOM"
 
 
-def slim(model_bytes: bytes, metadata: dict[str, bytes] | None = None,
-         output_names: list[str] | None = None) -> bytes:
+def slim(
+    model_bytes: bytes,
+    metadata: dict[str, bytes] | None = None,
+    output_names: list[str] | None = None,
+) -> bytes:
     """Drops tensor names and empty per-tensor buffers; adds named metadata buffers.
 
     Args:

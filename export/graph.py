@@ -25,12 +25,12 @@ import uuid
 import keras
 import numpy as np
 import tensorflow as tf
-from kerasrnn.export.config import FORMS
 
 from kerasrnn.cell_kinds import kind_of
 from kerasrnn.cells import LearnableInitialState
 from kerasrnn.config import check_choice
 from kerasrnn.errors import ConfigError, ConversionError
+from kerasrnn.export.config import FORMS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,8 +84,12 @@ class ClassifierWeights:
     @property
     def initial_state(self) -> np.ndarray:
         """[state_size] float32: every layer's h0 (and a zero c for LSTM)."""
-        parts = [np.concatenate([l.h0, np.zeros(l.units)]) if l.recurrence == "lstm" else l.h0
-                 for l in self.layers]
+        parts = [
+            np.concatenate([layer.h0, np.zeros(layer.units)])
+            if layer.recurrence == "lstm"
+            else layer.h0
+            for layer in self.layers
+        ]
         return np.concatenate(parts).astype(np.float32)
 
 
@@ -93,7 +97,7 @@ def _swap_last_gates(units: int) -> np.ndarray:
     """Column order that swaps LSTM's last two gates: Keras's [i, f, c, o] <-> the stored
     [i, f, o, c], where the three sigmoid gates are contiguous and share one LOGISTIC op.
     The swap is its own inverse."""
-    return np.r_[0:2 * units, 3 * units:4 * units, 2 * units:3 * units]
+    return np.r_[0 : 2 * units, 3 * units : 4 * units, 2 * units : 3 * units]
 
 
 def _layer_weights(layer: keras.layers.RNN, h0: np.ndarray | None) -> RecurrentWeights:
@@ -112,14 +116,17 @@ def _layer_weights(layer: keras.layers.RNN, h0: np.ndarray | None) -> RecurrentW
         w_x, w_h, b = w_x[:, order], w_h[:, order], b[order]
     elif kind.recurrence == "gru":
         if not cell.reset_after:
-            raise ConversionError(f"cannot export {layer.name}: only GRU with "
-                                  f"reset_after=True (the Keras default) can be exported")
+            raise ConversionError(
+                f"cannot export {layer.name}: only GRU with "
+                f"reset_after=True (the Keras default) can be exported"
+            )
         b, b_h = b  # reset_after: input and recurrent biases
-        b = b + np.concatenate([b_h[:2 * units], np.zeros(units, b_h.dtype)])
-        b_h = b_h[2 * units:]
+        b = b + np.concatenate([b_h[: 2 * units], np.zeros(units, b_h.dtype)])
+        b_h = b_h[2 * units :]
     if activation not in ("tanh", "relu"):
-        raise ConversionError(f"cannot export {layer.name}: activation {activation!r} "
-                              f"(tanh or relu only)")
+        raise ConversionError(
+            f"cannot export {layer.name}: activation {activation!r} (tanh or relu only)"
+        )
     h0 = np.zeros(units, np.float32) if h0 is None else h0
     return RecurrentWeights(kind.recurrence, w_x, w_h, b, b_h, h0.astype(np.float32), activation)
 
@@ -146,11 +153,15 @@ def classifier_weights(model: keras.Model) -> ClassifierWeights:
         elif isinstance(layer, keras.layers.Dense):
             dense = layer
         else:
-            raise ConversionError(f"cannot export layer {layer.name} ({type(layer).__name__}): "
-                                  f"expected recurrent layers and a final Dense")
+            raise ConversionError(
+                f"cannot export layer {layer.name} ({type(layer).__name__}): "
+                f"expected recurrent layers and a final Dense"
+            )
     if not layers or dense is None or dense.activation.__name__ != "linear":
-        raise ConversionError(f"model {model.name!r} is not an N-to-1 recurrent classifier "
-                              f"(recurrent layers, then a linear Dense)")
+        raise ConversionError(
+            f"model {model.name!r} is not an N-to-1 recurrent classifier "
+            f"(recurrent layers, then a linear Dense)"
+        )
     w_y, b_y = dense.get_weights()
     return ClassifierWeights(tuple(layers), w_y, b_y, tuple(model.input_shape[1:]))
 
@@ -211,11 +222,13 @@ def _initial(layer: RecurrentWeights):
 def can_fuse(weights: ClassifierWeights, batch_size: int | None) -> bool:
     """Whether the "fused" form applies: LSTM layers only, zero initial states, static batch."""
     return batch_size is not None and all(
-        layer.recurrence == "lstm" and not layer.h0.any() for layer in weights.layers)
+        layer.recurrence == "lstm" and not layer.h0.any() for layer in weights.layers
+    )
 
 
-def sequence_function(weights: ClassifierWeights, batch_size: int | None = 1,
-                      form: str = "unrolled"):
+def sequence_function(
+    weights: ClassifierWeights, batch_size: int | None = 1, form: str = "unrolled"
+):
     """The whole-sequence classifier as a `tf.function`.
 
     Args:
@@ -230,14 +243,16 @@ def sequence_function(weights: ClassifierWeights, batch_size: int | None = 1,
     """
     check_choice("form", form, FORMS)
     if form == "fused" and not can_fuse(weights, batch_size):
-        raise ConfigError("the fused form needs LSTM layers only, zero initial states and a "
-                         "static batch size")
+        raise ConfigError(
+            "the fused form needs LSTM layers only, zero initial states and a static batch size"
+        )
     steps, features = weights.input_shape
     spec = tf.TensorSpec([batch_size, steps, features], tf.float32, name="sequence")
     if form in ("loop", "fused"):
         body = _loop if form == "loop" else _fused
-        return tf.function(lambda sequence: body(weights, sequence),
-                           input_signature=[spec]).get_concrete_function()
+        return tf.function(
+            lambda sequence: body(weights, sequence), input_signature=[spec]
+        ).get_concrete_function()
 
     @tf.function(input_signature=[spec])
     def classify(sequence):
@@ -286,13 +301,24 @@ def _fused(weights: ClassifierWeights, sequence):
     for layer in weights.layers:
         units = layer.units
         keras_order = _swap_last_gates(units)
-        lstm = tf.function(_keras_lstm, autograph=False, experimental_attributes={
-            "api_implements": f"lstm_{uuid.uuid4().hex}", "time_major": False,
-            "go_backwards": False})
+        lstm = tf.function(
+            _keras_lstm,
+            autograph=False,
+            experimental_attributes={
+                "api_implements": f"lstm_{uuid.uuid4().hex}",
+                "time_major": False,
+                "go_backwards": False,
+            },
+        )
         zeros = tf.zeros([sequence.shape[0], units])
-        last, x, _, _, _ = lstm(x, zeros, zeros, tf.constant(layer.w_x[:, keras_order]),
-                                tf.constant(layer.w_h[:, keras_order]),
-                                tf.constant(layer.b_x[keras_order]))
+        last, x, _, _, _ = lstm(
+            x,
+            zeros,
+            zeros,
+            tf.constant(layer.w_x[:, keras_order]),
+            tf.constant(layer.w_h[:, keras_order]),
+            tf.constant(layer.b_x[keras_order]),
+        )
     return tf.matmul(last, weights.w_y) + weights.b_y
 
 
@@ -311,14 +337,16 @@ def _loop(weights: ClassifierWeights, sequence):
     def body(t, states):
         x, new_states = None, []
         for i, (layer, state) in enumerate(zip(weights.layers, states)):
-            projection = tf.gather(xw, t, axis=1) if i == 0 else (
-                tf.matmul(x, layer.w_x) + layer.b_x)
+            projection = (
+                tf.gather(xw, t, axis=1) if i == 0 else (tf.matmul(x, layer.w_x) + layer.b_x)
+            )
             x, state = _step(layer, projection, state)
             new_states.append(state)
         return t + 1, new_states
 
-    _, states = tf.while_loop(lambda t, _: t < steps, body, [tf.constant(0), states],
-                              maximum_iterations=steps)
+    _, states = tf.while_loop(
+        lambda t, _: t < steps, body, [tf.constant(0), states], maximum_iterations=steps
+    )
     top = states[-1][0] if weights.layers[-1].recurrence == "lstm" else states[-1]
     return tf.matmul(top, weights.w_y) + weights.b_y
 
@@ -332,18 +360,23 @@ def step_function(weights: ClassifierWeights):
     """
     features = weights.input_shape[1]
 
-    @tf.function(input_signature=[tf.TensorSpec([1, features], tf.float32, name="row"),
-                                  tf.TensorSpec([1, weights.state_size], tf.float32,
-                                                name="state")])
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([1, features], tf.float32, name="row"),
+            tf.TensorSpec([1, weights.state_size], tf.float32, name="state"),
+        ]
+    )
     def step(row, state):
-        parts = tf.split(state, [l.state_size for l in weights.layers], axis=-1)
+        parts = tf.split(state, [layer.state_size for layer in weights.layers], axis=-1)
         x, new_states = row, []
         for layer, part in zip(weights.layers, parts):
             xw = tf.matmul(x, layer.w_x) + layer.b_x
             previous = tuple(tf.split(part, 2, axis=-1)) if layer.recurrence == "lstm" else part
             x, next_state = _step(layer, xw, previous)
             new_states.extend(next_state if layer.recurrence == "lstm" else [next_state])
-        return {"state": tf.concat(new_states, axis=-1),
-                "logits": tf.matmul(x, weights.w_y) + weights.b_y}
+        return {
+            "state": tf.concat(new_states, axis=-1),
+            "logits": tf.matmul(x, weights.w_y) + weights.b_y,
+        }
 
     return step.get_concrete_function()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
+
 from kerasrnn.export import flatbuffer
 
 
@@ -47,8 +48,12 @@ def _as_int8(tensor: schema.TensorT, inner: schema.TensorT) -> None:
     tensor.quantization.zeroPoint = [zero_point]
 
 
-def int8_interface(model_bytes: bytes, input_names: list[str], output_names: list[str],
-                   int16_names: frozenset[str] = frozenset({"state"})) -> bytes:
+def int8_interface(
+    model_bytes: bytes,
+    input_names: list[str],
+    output_names: list[str],
+    int16_names: frozenset[str] = frozenset({"state"}),
+) -> bytes:
     """Rewrites a 16x8 model's float32 interface as int8 (int16 for `int16_names`).
 
     Args:
@@ -67,8 +72,10 @@ def int8_interface(model_bytes: bytes, input_names: list[str], output_names: lis
     model = flatbuffer.unpack(model_bytes)
     graph = model.subgraphs[0]
     if len(input_names) != len(graph.inputs) or len(output_names) != len(graph.outputs):
-        raise ValueError(f"the model has {len(graph.inputs)} inputs and {len(graph.outputs)} "
-                         f"outputs; names given: {input_names}, {output_names}")
+        raise ValueError(
+            f"the model has {len(graph.inputs)} inputs and {len(graph.outputs)} "
+            f"outputs; names given: {input_names}, {output_names}"
+        )
     graph.inputs, graph.outputs = list(graph.inputs), list(graph.outputs)
     removed = set()
 
@@ -88,11 +95,19 @@ def int8_interface(model_bytes: bytes, input_names: list[str], output_names: lis
             removed.add(id(op))
         else:  # QUANTIZE float -> int16 becomes a requantization int8 -> int16
             _as_int8(graph.tensors[index], inner)
-    quantize_code = next((op.opcodeIndex for op in graph.operators
-                          if flatbuffer.operator_name(model, op) == "QUANTIZE"), None)
+    quantize_code = next(
+        (
+            op.opcodeIndex
+            for op in graph.operators
+            if flatbuffer.operator_name(model, op) == "QUANTIZE"
+        ),
+        None,
+    )
     if quantize_code is None:
-        raise ValueError("the model has no QUANTIZE operator: it was not converted with "
-                         "int16 activations and a float32 interface")
+        raise ValueError(
+            "the model has no QUANTIZE operator: it was not converted with "
+            "int16 activations and a float32 interface"
+        )
     for position, name in enumerate(output_names):
         index = graph.outputs[position]
         op = only_op([op for op in graph.operators if index in op.outputs], "DEQUANTIZE", name)

@@ -34,7 +34,8 @@ def _interpreter(content: bytes) -> Interpreter:
     """
     interpreter = Interpreter(
         model_content=content,
-        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+    )
     interpreter.allocate_tensors()
     return interpreter
 
@@ -54,8 +55,9 @@ def _load(path: str) -> tuple[bytes, Interpreter]:
     if len(content) < 8:
         raise ModelFileError(f"{path}: {len(content)} bytes is too short for a TFLite model")
     if content[4:8] != b"TFL3":
-        raise ModelFileError(f"{path}: not a TFLite model (file identifier {content[4:8]!r}, "
-                             f"expected b'TFL3')")
+        raise ModelFileError(
+            f"{path}: not a TFLite model (file identifier {content[4:8]!r}, expected b'TFL3')"
+        )
     try:  # the interpreter verifies the flatbuffer before building the graph
         interpreter = _interpreter(content)
     except (ValueError, RuntimeError) as e:
@@ -74,7 +76,9 @@ def quantize(values: np.ndarray, detail: dict) -> np.ndarray:
         return values.astype(np.float32)
     scale, zero_point = detail["quantization"]
     info = np.iinfo(detail["dtype"])
-    return np.clip(np.round(values / scale + zero_point), info.min, info.max).astype(detail["dtype"])
+    return np.clip(np.round(values / scale + zero_point), info.min, info.max).astype(
+        detail["dtype"]
+    )
 
 
 def dequantize(values: np.ndarray, detail: dict) -> np.ndarray:
@@ -96,8 +100,9 @@ def _to_float(values) -> np.ndarray:
     if np.isnan(array).any():
         raise InputError("pixels contain NaN")
     if array.size and (array.min() < 0.0 or array.max() > 1.0):
-        raise InputError(f"float pixels must lie in [0, 1], got range "
-                         f"[{array.min():.3g}, {array.max():.3g}]")
+        raise InputError(
+            f"float pixels must lie in [0, 1], got range [{array.min():.3g}, {array.max():.3g}]"
+        )
     return array
 
 
@@ -112,8 +117,10 @@ def _as_batch(images, shape: tuple[int, int]) -> np.ndarray:
     elif array.shape[-2:] == (28, 28) and shape == (784, 1):
         array = array.reshape(-1, *shape)
     if array.ndim != 3 or array.shape[1:] != shape:
-        raise InputError(f"images must have shape [n, {shape[0]}, {shape[1]}] or "
-                         f"[{shape[0]}, {shape[1]}], got {list(np.shape(images))}")
+        raise InputError(
+            f"images must have shape [n, {shape[0]}, {shape[1]}] or "
+            f"[{shape[0]}, {shape[1]}], got {list(np.shape(images))}"
+        )
     return array
 
 
@@ -127,17 +134,23 @@ class Classifier:
     def __init__(self, path: str):
         self.path = path
         _, self._interpreter = _load(path)
-        inputs, outputs = self._interpreter.get_input_details(), self._interpreter.get_output_details()
+        inputs, outputs = (
+            self._interpreter.get_input_details(),
+            self._interpreter.get_output_details(),
+        )
         if len(inputs) != 1 or len(outputs) != 1 or len(inputs[0]["shape"]) != 3:
-            raise ModelFileError(f"{path}: not a kerasrnn classifier (expected one "
-                                 f"[batch, steps, features] input and one output)")
+            raise ModelFileError(
+                f"{path}: not a kerasrnn classifier (expected one "
+                f"[batch, steps, features] input and one output)"
+            )
         self._input, self._output = inputs[0], outputs[0]
         self.input_shape = tuple(int(d) for d in self._input["shape"][1:])
         self.batch_size = int(self._input["shape_signature"][0])  # -1: dynamic
         self.quantized = self._input["dtype"] != np.float32
         # the size of one output quantization step (None for float outputs)
-        self.output_scale = (float(self._output["quantization"][0])
-                             if self._output["dtype"] != np.float32 else None)
+        self.output_scale = (
+            float(self._output["quantization"][0]) if self._output["dtype"] != np.float32 else None
+        )
 
     def predict(self, images) -> np.ndarray:
         """Logits for a batch of any size.
@@ -154,13 +167,16 @@ class Classifier:
         if self.batch_size < 0 and len(x):
             self._interpreter.resize_tensor_input(self._input["index"], [len(x), *self.input_shape])
             self._interpreter.allocate_tensors()
-            self._input, self._output = (self._interpreter.get_input_details()[0],
-                                         self._interpreter.get_output_details()[0])
+            self._input, self._output = (
+                self._interpreter.get_input_details()[0],
+                self._interpreter.get_output_details()[0],
+            )
         logits = []
         for start in range(0, len(x), batch):
-            chunk = x[start:start + batch]
-            padded = np.concatenate([chunk, np.zeros((batch - len(chunk), *self.input_shape),
-                                                     np.float32)])
+            chunk = x[start : start + batch]
+            padded = np.concatenate(
+                [chunk, np.zeros((batch - len(chunk), *self.input_shape), np.float32)]
+            )
             self._interpreter.set_tensor(self._input["index"], quantize(padded, self._input))
             self._interpreter.reset_all_variables()  # a fused LSTM's state: every batch starts at 0
             self._interpreter.invoke()
@@ -196,9 +212,11 @@ class Stream:
         inputs = {d["name"]: d for d in self._interpreter.get_input_details()}
         outputs = {d["name"]: d for d in self._interpreter.get_output_details()}
         if set(inputs) != {"row", "state"} or set(outputs) != {"logits", "state"}:
-            raise ModelFileError(f"{path}: not a kerasrnn streaming model (inputs "
-                                 f"{sorted(inputs)}, outputs {sorted(outputs)}; expected "
-                                 f"['row', 'state'] and ['logits', 'state'])")
+            raise ModelFileError(
+                f"{path}: not a kerasrnn streaming model (inputs "
+                f"{sorted(inputs)}, outputs {sorted(outputs)}; expected "
+                f"['row', 'state'] and ['logits', 'state'])"
+            )
         self._row, self._state_in = inputs["row"], inputs["state"]
         self._state_out, self._logits = outputs["state"], outputs["logits"]
         self.features = int(self._row["shape"][-1])
@@ -223,7 +241,8 @@ class Stream:
         self._interpreter.set_tensor(self._row["index"], quantize(x, self._row))
         self._interpreter.set_tensor(self._state_in["index"], quantize(self.state, self._state_in))
         self._interpreter.invoke()
-        self.state = dequantize(self._interpreter.get_tensor(self._state_out["index"]),
-                                 self._state_out)
+        self.state = dequantize(
+            self._interpreter.get_tensor(self._state_out["index"]), self._state_out
+        )
         self.steps += 1
         return dequantize(self._interpreter.get_tensor(self._logits["index"]), self._logits)[0]

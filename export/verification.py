@@ -6,12 +6,12 @@ import dataclasses
 import logging
 
 import numpy as np
-from kerasrnn.export import flatbuffer
-from kerasrnn.export.micro import run_micro
-from kerasrnn.export.runtime import Classifier
 
 from kerasrnn._io import write_json
 from kerasrnn.evaluation import load_model
+from kerasrnn.export import flatbuffer
+from kerasrnn.export.micro import run_micro
+from kerasrnn.export.runtime import Classifier
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +25,10 @@ def _arrays(dataset) -> tuple[np.ndarray, np.ndarray]:
             images = images.astype(np.float32) / 255.0
         return images.astype(np.float32), np.asarray(labels)
     batches = list(dataset.as_numpy_iterator())
-    return (np.concatenate([x for x, _ in batches]).astype(np.float32),
-            np.concatenate([y for _, y in batches]))
+    return (
+        np.concatenate([x for x, _ in batches]).astype(np.float32),
+        np.concatenate([y for _, y in batches]),
+    )
 
 
 @dataclasses.dataclass
@@ -48,24 +50,42 @@ class Report:
 
     def table(self) -> str:
         """The report as aligned text lines."""
-        rows = [("file", self.tflite_path), ("size", f"{self.size_bytes:,} bytes"),
-                ("operators", ", ".join(self.operators)), ("examples", str(self.examples)),
-                ("max |logit diff| vs Keras", f"{self.max_abs_logit_diff:.3g}"),
-                ("top-1 agreement with Keras", f"{self.top1_agreement:.2%}"),
-                ("accuracy: Keras / TFLite", f"{self.keras_accuracy:.2%} / {self.tflite_accuracy:.2%}")]
+        rows = [
+            ("file", self.tflite_path),
+            ("size", f"{self.size_bytes:,} bytes"),
+            ("operators", ", ".join(self.operators)),
+            ("examples", str(self.examples)),
+            ("max |logit diff| vs Keras", f"{self.max_abs_logit_diff:.3g}"),
+            ("top-1 agreement with Keras", f"{self.top1_agreement:.2%}"),
+            ("accuracy: Keras / TFLite", f"{self.keras_accuracy:.2%} / {self.tflite_accuracy:.2%}"),
+        ]
         if self.micro:
             m = self.micro
-            rows += [("TFLM arena", f"{m['arena_bytes']:,} bytes"),
-                     ("TFLM vs LiteRT max |diff|", f"{m['max_abs_diff']:.3g}" + (
-                         f" ({m['max_diff_steps']} quantization steps)"
-                         if m.get("max_diff_steps") is not None else "")),
-                     ("TFLM vs LiteRT top-1 agreement", f"{m['top1_agreement']:.2%}")]
+            rows += [
+                ("TFLM arena", f"{m['arena_bytes']:,} bytes"),
+                (
+                    "TFLM vs LiteRT max |diff|",
+                    f"{m['max_abs_diff']:.3g}"
+                    + (
+                        f" ({m['max_diff_steps']} quantization steps)"
+                        if m.get("max_diff_steps") is not None
+                        else ""
+                    ),
+                ),
+                ("TFLM vs LiteRT top-1 agreement", f"{m['top1_agreement']:.2%}"),
+            ]
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
-def verify(tflite_path: str, keras_model, dataset, micro: bool = False,
-           json_path: str | None = None, max_micro_examples: int | None = None) -> Report:
+def verify(
+    tflite_path: str,
+    keras_model,
+    dataset,
+    micro: bool = False,
+    json_path: str | None = None,
+    max_micro_examples: int | None = None,
+) -> Report:
     """Runs a .tflite file and its Keras model on the same digits and compares them.
 
     Args:
@@ -88,15 +108,19 @@ def verify(tflite_path: str, keras_model, dataset, micro: bool = False,
     with open(tflite_path, "rb") as f:
         content = f.read()
     report = Report(
-        tflite_path=tflite_path, size_bytes=len(content),
-        operators=flatbuffer.operators(content), examples=len(labels),
+        tflite_path=tflite_path,
+        size_bytes=len(content),
+        operators=flatbuffer.operators(content),
+        examples=len(labels),
         max_abs_logit_diff=float(np.abs(tflite_logits - keras_logits).max()),
         top1_agreement=float((tflite_logits.argmax(-1) == keras_logits.argmax(-1)).mean()),
         keras_accuracy=float((keras_logits.argmax(-1) == labels).mean()),
-        tflite_accuracy=float((tflite_logits.argmax(-1) == labels).mean()))
+        tflite_accuracy=float((tflite_logits.argmax(-1) == labels).mean()),
+    )
     if micro:
-        report.micro = _micro_report(tflite_path, images[:max_micro_examples],
-                                     tflite_logits[:max_micro_examples], classifier)
+        report.micro = _micro_report(
+            tflite_path, images[:max_micro_examples], tflite_logits[:max_micro_examples], classifier
+        )
     if json_path:
         write_json(json_path, report.as_dict())
     return report
@@ -104,12 +128,14 @@ def verify(tflite_path: str, keras_model, dataset, micro: bool = False,
 
 def _micro_report(tflite_path, images, litert_logits, classifier) -> dict:
     result = run_micro(tflite_path, images)
-    out = {"arena_bytes": result.arena_bytes, "examples": len(images),
-           "max_abs_diff": float(np.abs(result.logits - litert_logits).max()),
-           "top1_agreement": float((result.logits.argmax(-1) == litert_logits.argmax(-1)).mean()),
-           "max_diff_steps": None}
+    out = {
+        "arena_bytes": result.arena_bytes,
+        "examples": len(images),
+        "max_abs_diff": float(np.abs(result.logits - litert_logits).max()),
+        "top1_agreement": float((result.logits.argmax(-1) == litert_logits.argmax(-1)).mean()),
+        "max_diff_steps": None,
+    }
     scale = classifier.output_scale
     if scale:  # int8: the same difference counted in output quantization steps
         out["max_diff_steps"] = round(out["max_abs_diff"] / scale)
     return out
-

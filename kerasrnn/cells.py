@@ -21,8 +21,14 @@ class ElmanCell(keras.layers.Layer):
         kernel_initializer: initializer of W_xh.
     """
 
-    def __init__(self, units: int, activation="tanh", recurrent_initializer="orthogonal",
-                 kernel_initializer="glorot_uniform", **kwargs):
+    def __init__(
+        self,
+        units: int,
+        activation="tanh",
+        recurrent_initializer="orthogonal",
+        kernel_initializer="glorot_uniform",
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if not isinstance(units, int) or units <= 0:
             raise ValueError(f"units must be a positive integer, got {units!r}")
@@ -34,10 +40,12 @@ class ElmanCell(keras.layers.Layer):
         self.output_size = units
 
     def build(self, input_shape):
-        self.w_xh = self.add_weight(name="w_xh", shape=(input_shape[-1], self.units),
-                                    initializer=self.kernel_initializer)
-        self.w_hh = self.add_weight(name="w_hh", shape=(self.units, self.units),
-                                    initializer=self.recurrent_initializer)
+        self.w_xh = self.add_weight(
+            name="w_xh", shape=(input_shape[-1], self.units), initializer=self.kernel_initializer
+        )
+        self.w_hh = self.add_weight(
+            name="w_hh", shape=(self.units, self.units), initializer=self.recurrent_initializer
+        )
         self.b = self.add_weight(name="b", shape=(self.units,), initializer="zeros")
 
     def call(self, x_t, states, training=False):

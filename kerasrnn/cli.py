@@ -10,12 +10,12 @@ import os
 import sys
 
 import numpy as np
-from kerasrnn.export.config import INT8_ACTIVATIONS, QUANTIZATIONS, ExportConfig
 
 from kerasrnn import config
 from kerasrnn.cell_kinds import CELL_KINDS
 from kerasrnn.config import DataConfig, ModelConfig, TrainConfig, TuneConfig
 from kerasrnn.errors import KerasRnnError
+from kerasrnn.export.config import INT8_ACTIVATIONS, QUANTIZATIONS, ExportConfig
 from kerasrnn.images import load_images
 from kerasrnn.search_space import SearchSpace
 
@@ -27,62 +27,110 @@ def _default(config_class, field: str):
 
 def _add_data_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data")
-    group.add_argument("--data", dest="source", default=_default(DataConfig, "source"),
-                       choices=config.SOURCES,
-                       help="where the digits come from (auto: TFDS if prepared or "
-                            "downloadable, else the bundled sample)")
-    group.add_argument("--dataset", default=_default(DataConfig, "dataset"),
-                       choices=config.DATASETS)
+    group.add_argument(
+        "--data",
+        dest="source",
+        default=_default(DataConfig, "source"),
+        choices=config.SOURCES,
+        help="where the digits come from (auto: TFDS if prepared or "
+        "downloadable, else the bundled sample)",
+    )
+    group.add_argument(
+        "--dataset", default=_default(DataConfig, "dataset"), choices=config.DATASETS
+    )
     group.add_argument("--data-dir", help="IDX folder (--data idx) or TFDS data_dir (--data tfds)")
-    group.add_argument("--manual-dir",
-                       help="--data tfds: prepare TFDS offline from this folder of original files")
-    group.add_argument("--view", default=_default(DataConfig, "view"), choices=config.VIEWS,
-                       help="sequence view: 28 rows, 784 pixels, permuted pixels")
+    group.add_argument(
+        "--manual-dir", help="--data tfds: prepare TFDS offline from this folder of original files"
+    )
+    group.add_argument(
+        "--view",
+        default=_default(DataConfig, "view"),
+        choices=config.VIEWS,
+        help="sequence view: 28 rows, 784 pixels, permuted pixels",
+    )
     group.add_argument("--batch-size", type=int, default=_default(DataConfig, "batch_size"))
     group.add_argument("--max-examples", type=int, help="use only the first N examples per split")
 
 
 def _data_config(args) -> DataConfig:
-    return DataConfig(source=args.source, dataset=args.dataset, data_dir=args.data_dir,
-                      manual_dir=args.manual_dir, view=args.view, batch_size=args.batch_size,
-                      max_examples=args.max_examples)
+    return DataConfig(
+        source=args.source,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        manual_dir=args.manual_dir,
+        view=args.view,
+        batch_size=args.batch_size,
+        max_examples=args.max_examples,
+    )
 
 
 def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("model")
-    model.add_argument("--cell", default=_default(ModelConfig, "cell"), choices=list(CELL_KINDS),
-                       help="; ".join(f"{k.name}: {k.description}" for k in CELL_KINDS.values()))
+    model.add_argument(
+        "--cell",
+        default=_default(ModelConfig, "cell"),
+        choices=list(CELL_KINDS),
+        help="; ".join(f"{k.name}: {k.description}" for k in CELL_KINDS.values()),
+    )
     model.add_argument("--units", type=int, default=_default(ModelConfig, "units"))
     model.add_argument("--layers", type=int, default=_default(ModelConfig, "layers"))
     model.add_argument("--dropout", type=float, default=_default(ModelConfig, "dropout"))
-    model.add_argument("--activation", default=_default(ModelConfig, "activation"),
-                       choices=config.ACTIVATIONS)
-    model.add_argument("--recurrent-init", default=_default(ModelConfig, "recurrent_initializer"),
-                       choices=config.RECURRENT_INITIALIZERS)
+    model.add_argument(
+        "--activation", default=_default(ModelConfig, "activation"), choices=config.ACTIVATIONS
+    )
+    model.add_argument(
+        "--recurrent-init",
+        default=_default(ModelConfig, "recurrent_initializer"),
+        choices=config.RECURRENT_INITIALIZERS,
+    )
     train = parser.add_argument_group("training")
     train.add_argument("--epochs", type=int, default=_default(TrainConfig, "epochs"))
-    train.add_argument("--learning-rate", type=float,
-                       default=_default(TrainConfig, "learning_rate"))
-    train.add_argument("--clipnorm", type=float, default=_default(TrainConfig, "clipnorm"),
-                       help="0 disables clipping")
-    train.add_argument("--loop", default=_default(TrainConfig, "loop"), choices=config.LOOPS,
-                       help="explicit GradientTape BPTT loop, or Keras model.fit")
+    train.add_argument(
+        "--learning-rate", type=float, default=_default(TrainConfig, "learning_rate")
+    )
+    train.add_argument(
+        "--clipnorm",
+        type=float,
+        default=_default(TrainConfig, "clipnorm"),
+        help="0 disables clipping",
+    )
+    train.add_argument(
+        "--loop",
+        default=_default(TrainConfig, "loop"),
+        choices=config.LOOPS,
+        help="explicit GradientTape BPTT loop, or Keras model.fit",
+    )
     train.add_argument("--xla", action="store_true", help="compile the steps with XLA")
-    train.add_argument("--patience", type=int, default=_default(TrainConfig, "patience"),
-                       help="early stopping; 0 disables")
+    train.add_argument(
+        "--patience",
+        type=int,
+        default=_default(TrainConfig, "patience"),
+        help="early stopping; 0 disables",
+    )
     train.add_argument("--seed", type=int, default=_default(TrainConfig, "seed"))
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _train_configs(args) -> tuple[ModelConfig, TrainConfig]:
-    model = ModelConfig(cell=args.cell, units=args.units, layers=args.layers,
-                        dropout=args.dropout, activation=args.activation,
-                        recurrent_initializer=args.recurrent_init)
-    train = TrainConfig(epochs=args.epochs, learning_rate=args.learning_rate,
-                        clipnorm=args.clipnorm or None, loop=args.loop, jit_compile=args.xla,
-                        patience=args.patience or None, seed=args.seed,
-                        verbose=0 if args.quiet else 1)
+    model = ModelConfig(
+        cell=args.cell,
+        units=args.units,
+        layers=args.layers,
+        dropout=args.dropout,
+        activation=args.activation,
+        recurrent_initializer=args.recurrent_init,
+    )
+    train = TrainConfig(
+        epochs=args.epochs,
+        learning_rate=args.learning_rate,
+        clipnorm=args.clipnorm or None,
+        loop=args.loop,
+        jit_compile=args.xla,
+        patience=args.patience or None,
+        seed=args.seed,
+        verbose=0 if args.quiet else 1,
+    )
     return model, train
 
 
@@ -95,9 +143,11 @@ def cmd_train(args) -> None:
 
     model_config, train_config = _train_configs(args)
     result = train(model_config, _data_config(args), train_config, args.out, resume=args.resume)
-    print(f"test loss {result.test['test_loss']:.4f}, test accuracy "
-          f"{result.test['test_accuracy']:.2%} on {result.test['test_examples']} digits "
-          f"({result.test['epochs']} epochs, {result.test['parameters']} parameters)")
+    print(
+        f"test loss {result.test['test_loss']:.4f}, test accuracy "
+        f"{result.test['test_accuracy']:.2%} on {result.test['test_examples']} digits "
+        f"({result.test['epochs']} epochs, {result.test['parameters']} parameters)"
+    )
     print(f"run folder: {result.run_dir}")
 
 
@@ -105,30 +155,41 @@ def cmd_evaluate(args) -> None:
     from kerasrnn.evaluation import evaluate_file
 
     scores = evaluate_file(args.model, _data_config(args))
-    print(json.dumps(scores) if args.json else
-          f"test loss {scores['loss']:.4f}, test accuracy {scores['accuracy']:.2%} "
-          f"on {scores['examples']} digits")
+    print(
+        json.dumps(scores)
+        if args.json
+        else f"test loss {scores['loss']:.4f}, test accuracy {scores['accuracy']:.2%} "
+        f"on {scores['examples']} digits"
+    )
 
 
 def cmd_run(args) -> None:
     from kerasrnn.pipeline import run, summary_table
 
     model_config, train_config = _train_configs(args)
-    print(summary_table(run(model_config, _data_config(args), train_config, args.out,
-                            resume=args.resume)))
+    print(
+        summary_table(
+            run(model_config, _data_config(args), train_config, args.out, resume=args.resume)
+        )
+    )
 
 
 def cmd_export(args) -> None:
     from kerasrnn.export.workflow import export_model
 
-    export_config = ExportConfig(quantization=args.quantize, activations=args.activations,
-                                 batch_size=None if args.dynamic_batch else 1,
-                                 stream=args.stream, micro=not args.no_micro,
-                                 c_array=args.c_array)
-    written, report, extras = export_model(args.model, args.out, export_config,
-                                           _data_config(args))
-    print(f"wrote {written.path}: {written.size_bytes:,} bytes, {written.size_ratio:.2f}x the "
-          f"{written.parameter_bytes:,} bytes of float32 parameters ({written.form})")
+    export_config = ExportConfig(
+        quantization=args.quantize,
+        activations=args.activations,
+        batch_size=None if args.dynamic_batch else 1,
+        stream=args.stream,
+        micro=not args.no_micro,
+        c_array=args.c_array,
+    )
+    written, report, extras = export_model(args.model, args.out, export_config, _data_config(args))
+    print(
+        f"wrote {written.path}: {written.size_bytes:,} bytes, {written.size_ratio:.2f}x the "
+        f"{written.parameter_bytes:,} bytes of float32 parameters ({written.form})"
+    )
     print(report.table())
     for kind, path in extras.items():
         print(f"{kind}: {path}")
@@ -150,26 +211,43 @@ def cmd_tune(args) -> None:
     from kerasrnn.tuning_results import report
 
     space = SearchSpace.parse(args.set or [], args.range or [])
-    tune_config = TuneConfig(tuner=args.tuner, max_trials=args.max_trials,
-                             max_epochs=args.max_epochs, patience=args.patience or None,
-                             loop=args.loop, max_bytes=args.max_bytes,
-                             size_measure=args.size_measure, time_budget_s=args.time_budget,
-                             seed=args.seed)
-    outcome = tune(space, _data_config(args), tune_config, args.out, role=args.role,
-                   oracle=args.oracle, worker_id=args.worker_id, retrain=not args.no_retrain)
+    tune_config = TuneConfig(
+        tuner=args.tuner,
+        max_trials=args.max_trials,
+        max_epochs=args.max_epochs,
+        patience=args.patience or None,
+        loop=args.loop,
+        max_bytes=args.max_bytes,
+        size_measure=args.size_measure,
+        time_budget_s=args.time_budget,
+        seed=args.seed,
+    )
+    outcome = tune(
+        space,
+        _data_config(args),
+        tune_config,
+        args.out,
+        role=args.role,
+        oracle=args.oracle,
+        worker_id=args.worker_id,
+        retrain=not args.no_retrain,
+    )
     print(report(outcome))
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kerasrnn",
-        description="Recurrent MNIST classifiers, from first principles to a microcontroller.")
+        description="Recurrent MNIST classifiers, from first principles to a microcontroller.",
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks and TF logs")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = commands.add_parser("train", help="train a classifier into a run folder",
-                            description="Train an N-to-1 classifier and evaluate it on the "
-                                        "test split.")
+    p = commands.add_parser(
+        "train",
+        help="train a classifier into a run folder",
+        description="Train an N-to-1 classifier and evaluate it on the test split.",
+    )
     _add_train_flags(p)
     _add_data_flags(p)
     p.add_argument("--out", required=True, help="the run folder, e.g. runs/elman64")
@@ -181,29 +259,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the scores as JSON")
     p.set_defaults(func=cmd_evaluate)
 
-    p = commands.add_parser("run", help="train, evaluate, export float and int8, verify",
-                            description="The whole job: train into --out, evaluate, export "
-                                        "model.tflite and model_int8.tflite (with streaming "
-                                        "model and C array), verify each against Keras and "
-                                        "TensorFlow Lite Micro, and print one summary.")
+    p = commands.add_parser(
+        "run",
+        help="train, evaluate, export float and int8, verify",
+        description="The whole job: train into --out, evaluate, export "
+        "model.tflite and model_int8.tflite (with streaming "
+        "model and C array), verify each against Keras and "
+        "TensorFlow Lite Micro, and print one summary.",
+    )
     _add_train_flags(p)
     _add_data_flags(p)
     p.add_argument("--out", required=True, help="the run folder")
     p.set_defaults(func=cmd_run)
 
-    p = commands.add_parser("export", help="convert a .keras model to builtin-only TFLite",
-                            description="Convert to a .tflite that runs on LiteRT and "
-                                        "TensorFlow Lite Micro, then verify it.")
+    p = commands.add_parser(
+        "export",
+        help="convert a .keras model to builtin-only TFLite",
+        description="Convert to a .tflite that runs on LiteRT and "
+        "TensorFlow Lite Micro, then verify it.",
+    )
     p.add_argument("model", help="a .keras file from `kerasrnn train`")
-    p.add_argument("--quantize", default=_default(ExportConfig, "quantization"),
-                   choices=QUANTIZATIONS)
-    p.add_argument("--activations", default=_default(ExportConfig, "activations"),
-                   choices=INT8_ACTIVATIONS,
-                   help="int8 only: activations inside the graph (default int16: LiteRT and "
-                        "TFLM agree; int8: every tensor int8)")
+    p.add_argument(
+        "--quantize", default=_default(ExportConfig, "quantization"), choices=QUANTIZATIONS
+    )
+    p.add_argument(
+        "--activations",
+        default=_default(ExportConfig, "activations"),
+        choices=INT8_ACTIVATIONS,
+        help="int8 only: activations inside the graph (default int16: LiteRT and "
+        "TFLM agree; int8: every tensor int8)",
+    )
     p.add_argument("--out", required=True, help="the .tflite file to write")
-    p.add_argument("--dynamic-batch", action="store_true",
-                   help="dynamic batch size (LiteRT only; default: batch 1, runs on MCUs)")
+    p.add_argument(
+        "--dynamic-batch",
+        action="store_true",
+        help="dynamic batch size (LiteRT only; default: batch 1, runs on MCUs)",
+    )
     p.add_argument("--stream", action="store_true", help="also write NAME.step.tflite")
     p.add_argument("--c-array", action="store_true", help="also write model_data.cc/.h")
     p.add_argument("--no-micro", action="store_true", help="skip the TFLM check")
@@ -211,35 +302,67 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = commands.add_parser(
-        "tune", help="search hyperparameters with Keras Tuner (resumable, distributed)",
+        "tune",
+        help="search hyperparameters with Keras Tuner (resumable, distributed)",
         description="Search the space of build_classifier with Keras Tuner. Re-running the "
-                    "same command continues an interrupted search. Distributed: start one "
-                    "--role chief and any number of --role worker with the same --oracle.")
+        "same command continues an interrupted search. Distributed: start one "
+        "--role chief and any number of --role worker with the same --oracle.",
+    )
     p.add_argument("--out", required=True, help="the search folder")
     p.add_argument("--tuner", default=_default(TuneConfig, "tuner"), choices=config.TUNERS)
-    p.add_argument("--set", action="append", metavar="NAME=VALUE",
-                   help="fix a hyperparameter, e.g. --set cell=elman (repeatable)")
-    p.add_argument("--range", action="append", metavar="NAME=LOW:HIGH|A,B",
-                   help="narrow one, e.g. --range units=32:256 or --range cell=lstm,gru")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="NAME=VALUE",
+        help="fix a hyperparameter, e.g. --set cell=elman (repeatable)",
+    )
+    p.add_argument(
+        "--range",
+        action="append",
+        metavar="NAME=LOW:HIGH|A,B",
+        help="narrow one, e.g. --range units=32:256 or --range cell=lstm,gru",
+    )
     p.add_argument("--max-trials", type=int, default=_default(TuneConfig, "max_trials"))
-    p.add_argument("--max-epochs", type=int, default=_default(TuneConfig, "max_epochs"),
-                   help="per-trial epoch cap")
-    p.add_argument("--patience", type=int, default=_default(TuneConfig, "patience"),
-                   help="early stopping in a trial; 0: off")
+    p.add_argument(
+        "--max-epochs",
+        type=int,
+        default=_default(TuneConfig, "max_epochs"),
+        help="per-trial epoch cap",
+    )
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=_default(TuneConfig, "patience"),
+        help="early stopping in a trial; 0: off",
+    )
     p.add_argument("--loop", default=_default(TuneConfig, "loop"), choices=config.LOOPS)
-    p.add_argument("--max-bytes", type=int,
-                   help="edge objective: best val_accuracy among models of at most this size")
-    p.add_argument("--size-measure", default=_default(TuneConfig, "size_measure"),
-                   choices=config.SIZE_MEASURES)
-    p.add_argument("--time-budget", type=float, metavar="SECONDS",
-                   help="stop cleanly after the running trial once this much time passed")
+    p.add_argument(
+        "--max-bytes",
+        type=int,
+        help="edge objective: best val_accuracy among models of at most this size",
+    )
+    p.add_argument(
+        "--size-measure", default=_default(TuneConfig, "size_measure"), choices=config.SIZE_MEASURES
+    )
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        metavar="SECONDS",
+        help="stop cleanly after the running trial once this much time passed",
+    )
     p.add_argument("--seed", type=int, default=_default(TuneConfig, "seed"))
-    p.add_argument("--role", choices=config.ROLES,
-                   help="distributed tuning (or set KERASTUNER_* environment variables)")
+    p.add_argument(
+        "--role",
+        choices=config.ROLES,
+        help="distributed tuning (or set KERASTUNER_* environment variables)",
+    )
     p.add_argument("--oracle", metavar="HOST:PORT", help="the chief's address")
     p.add_argument("--worker-id", help="this worker's id (default: worker-PID)")
-    p.add_argument("--no-retrain", action="store_true",
-                   help="skip retraining the best model on train+validation")
+    p.add_argument(
+        "--no-retrain",
+        action="store_true",
+        help="skip retraining the best model on train+validation",
+    )
     _add_data_flags(p)
     p.set_defaults(func=cmd_tune)
 
@@ -272,8 +395,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.debug:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING,
-                        format="kerasrnn: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.debug else logging.WARNING, format="kerasrnn: %(message)s"
+    )
     if not args.debug:  # TF's retracing advice is for library authors, not for CLI users
         logging.getLogger("tensorflow").setLevel(logging.ERROR)
     try:
@@ -291,8 +415,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # a bug or an environment failure: still one line
         if args.debug:
             raise
-        print(f"kerasrnn: unexpected error: {type(e).__name__}: {e} (run with --debug for "
-              f"the traceback)", file=sys.stderr)
+        print(
+            f"kerasrnn: unexpected error: {type(e).__name__}: {e} (run with --debug for "
+            f"the traceback)",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

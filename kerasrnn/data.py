@@ -86,10 +86,14 @@ def resolve_source(config: DataConfig) -> str:
     if config.manual_dir or _tfds_builder(config).is_prepared() or network_available():
         return "tfds"
     if config.dataset == "mnist":
-        log.warning("TFDS 'mnist' is not prepared and there is no network: using the bundled sample")
+        log.warning(
+            "TFDS 'mnist' is not prepared and there is no network: using the bundled sample"
+        )
         return "sample"
     if config.data_dir or os.path.isdir(FASHION_MNIST_DIR):
-        log.warning("TFDS %r is not prepared and there is no network: reading IDX files", config.dataset)
+        log.warning(
+            "TFDS %r is not prepared and there is no network: reading IDX files", config.dataset
+        )
         return "idx"
     raise DataUnavailableError(
         f"no source for {config.dataset!r}: TFDS is not prepared and there is no network; "
@@ -207,7 +211,9 @@ def view_function(view: str):
     return convert
 
 
-def pipeline(config: DataConfig, split: str = "train", shuffle: bool | None = None) -> tf.data.Dataset:
+def pipeline(
+    config: DataConfig, split: str = "train", shuffle: bool | None = None
+) -> tf.data.Dataset:
     """Builds the batched, cached, prefetched `tf.data.Dataset` for one split.
 
     Args:

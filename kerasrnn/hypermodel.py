@@ -65,10 +65,14 @@ class RNNHyperModel(kt.HyperModel):
 
     def build(self, hp) -> keras.Model:
         values = self.space.define(hp)
-        model_config = ModelConfig(cell=values["cell"], units=values["units"],
-                                   layers=values["layers"], dropout=values["dropout"],
-                                   activation=values["activation"],
-                                   input_shape=self.data_config.input_shape)
+        model_config = ModelConfig(
+            cell=values["cell"],
+            units=values["units"],
+            layers=values["layers"],
+            dropout=values["dropout"],
+            activation=values["activation"],
+            input_shape=self.data_config.input_shape,
+        )
         model = compile_model(build_classifier(model_config), self.train_config(values, 1))
         # Hyperband continues trials from checkpoints that hold the optimizer's state: the
         # optimizer must have its variables to load them.
@@ -77,12 +81,19 @@ class RNNHyperModel(kt.HyperModel):
 
     def train_config(self, values: dict, epochs: int) -> TrainConfig:
         """The trainer's settings for a trial's hyperparameter values."""
-        return TrainConfig(epochs=epochs, learning_rate=values["learning_rate"],
-                           clipnorm=values["clipnorm"], loop=self.config.loop,
-                           patience=None, seed=self.config.seed, verbose=0)
+        return TrainConfig(
+            epochs=epochs,
+            learning_rate=values["learning_rate"],
+            clipnorm=values["clipnorm"],
+            loop=self.config.loop,
+            patience=None,
+            seed=self.config.seed,
+            verbose=0,
+        )
 
-    def fit(self, hp, model, *args, callbacks=(), epochs=None, initial_epoch=0, final=False,
-            **kwargs):
+    def fit(
+        self, hp, model, *args, callbacks=(), epochs=None, initial_epoch=0, final=False, **kwargs
+    ):
         """Trains one trial on the training split, scoring it on the validation split; or,
         with `final`, the chosen model on train+validation for `epochs` epochs.
 
@@ -94,8 +105,9 @@ class RNNHyperModel(kt.HyperModel):
         values = self.space.define(hp)
         epochs = min(epochs or self.config.max_epochs, self.config.max_epochs)
         config = self.train_config(values, epochs)
-        data_config = dataclasses.replace(self.data_config, batch_size=values["batch_size"],
-                                          seed=self.config.seed)
+        data_config = dataclasses.replace(
+            self.data_config, batch_size=values["batch_size"], seed=self.config.seed
+        )
         start = time.perf_counter()
         if final:
             fit(model, data.pipeline(data_config, "train+validation"), None, config)
@@ -104,14 +116,23 @@ class RNNHyperModel(kt.HyperModel):
         callbacks = [history, *callbacks]
         if self.config.patience:
             callbacks.append(keras.callbacks.EarlyStopping(patience=self.config.patience))
-        fit(model, data.pipeline(data_config, "train"), data.pipeline(data_config, "validation"),
-            config, callbacks, initial_epoch)
+        fit(
+            model,
+            data.pipeline(data_config, "train"),
+            data.pipeline(data_config, "validation"),
+            config,
+            callbacks,
+            initial_epoch,
+        )
         accuracies = history.history["val_accuracy"]
         accuracy = max(accuracies)
-        result = {"val_accuracy": accuracy, "val_loss": min(history.history["val_loss"]),
-                  "epochs": float(initial_epoch + len(accuracies)),
-                  "best_epoch": float(initial_epoch + 1 + int(np.argmax(accuracies))),
-                  "seconds": time.perf_counter() - start}
+        result = {
+            "val_accuracy": accuracy,
+            "val_loss": min(history.history["val_loss"]),
+            "epochs": float(initial_epoch + len(accuracies)),
+            "best_epoch": float(initial_epoch + 1 + int(np.argmax(accuracies))),
+            "seconds": time.perf_counter() - start,
+        }
         size = model_bytes(model, self.config.size_measure, self._calibration_images())
         result["model_bytes"] = float(size)
         if self.config.max_bytes:

@@ -43,9 +43,7 @@ def _parse(path: str, expected_magic: int) -> np.ndarray:
     magic = int.from_bytes(data[:4], "big")
     if magic != expected_magic:
         kind = "images" if expected_magic == IMAGES_MAGIC else "labels"
-        raise IdxError(
-            f"{path}: magic number {magic}, expected {expected_magic} for MNIST {kind}"
-        )
+        raise IdxError(f"{path}: magic number {magic}, expected {expected_magic} for MNIST {kind}")
     ndim = data[3]
     header_len = 4 + 4 * ndim
     if len(data) < header_len:

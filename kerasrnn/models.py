@@ -21,12 +21,15 @@ def recurrent_layer(config: ModelConfig, return_sequences: bool, name: str) -> k
     kind = CELL_KINDS[config.cell]
     options = {}
     if kind.takes_activation:
-        options = {"activation": config.activation,
-                   "recurrent_initializer": config.recurrent_initializer}
+        options = {
+            "activation": config.activation,
+            "recurrent_initializer": config.recurrent_initializer,
+        }
     layer_class = kind.layer_class()
     if layer_class is keras.layers.RNN:
-        return keras.layers.RNN(kind.cell_class()(config.units, **options),
-                                return_sequences=return_sequences, name=name)
+        return keras.layers.RNN(
+            kind.cell_class()(config.units, **options), return_sequences=return_sequences, name=name
+        )
     return layer_class(config.units, return_sequences=return_sequences, name=name, **options)
 
 

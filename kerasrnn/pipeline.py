@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import os
 
-from kerasrnn.export.config import ExportConfig
-from kerasrnn.export.workflow import export_model
-
 from kerasrnn._io import write_json
 from kerasrnn.config import DataConfig, ModelConfig, TrainConfig
+from kerasrnn.export.config import ExportConfig
+from kerasrnn.export.workflow import export_model
 from kerasrnn.training_run import train
 
 
-def run(model_config: ModelConfig, data_config: DataConfig, train_config: TrainConfig,
-        out_dir: str, resume: bool = False) -> dict:
+def run(
+    model_config: ModelConfig,
+    data_config: DataConfig,
+    train_config: TrainConfig,
+    out_dir: str,
+    resume: bool = False,
+) -> dict:
     """Trains into `out_dir`, then exports and verifies `model.tflite` (float32) and
     `model_int8.tflite` (full integer, with its streaming model and C array).
 
@@ -22,36 +26,56 @@ def run(model_config: ModelConfig, data_config: DataConfig, train_config: TrainC
         exported file its size, operators, parity, accuracy and TFLM arena.
     """
     result = train(model_config, data_config, train_config, out_dir, resume=resume)
-    summary = {"run_dir": result.run_dir, "parameters": result.test["parameters"],
-               "epochs": result.test["epochs"], "test_accuracy": result.test["test_accuracy"],
-               "exports": {}}
+    summary = {
+        "run_dir": result.run_dir,
+        "parameters": result.test["parameters"],
+        "epochs": result.test["epochs"],
+        "test_accuracy": result.test["test_accuracy"],
+        "exports": {},
+    }
     model_path = os.path.join(result.run_dir, "model.keras")
-    for name, config in (("model.tflite", ExportConfig("none")),
-                         ("model_int8.tflite", ExportConfig("int8", stream=True, c_array=True))):
-        written, report, extras = export_model(model_path, os.path.join(result.run_dir, name),
-                                               config, data_config)
+    for name, config in (
+        ("model.tflite", ExportConfig("none")),
+        ("model_int8.tflite", ExportConfig("int8", stream=True, c_array=True)),
+    ):
+        written, report, extras = export_model(
+            model_path, os.path.join(result.run_dir, name), config, data_config
+        )
         summary["exports"][name] = {
-            "quantization": written.quantization, "size_bytes": written.size_bytes,
-            "size_ratio": round(written.size_ratio, 3), "operators": list(written.operators),
+            "quantization": written.quantization,
+            "size_bytes": written.size_bytes,
+            "size_ratio": round(written.size_ratio, 3),
+            "operators": list(written.operators),
             "max_abs_logit_diff": report.max_abs_logit_diff,
-            "top1_agreement": report.top1_agreement, "accuracy": report.tflite_accuracy,
-            "micro": report.micro, **extras}
+            "top1_agreement": report.top1_agreement,
+            "accuracy": report.tflite_accuracy,
+            "micro": report.micro,
+            **extras,
+        }
     write_json(os.path.join(result.run_dir, "pipeline.json"), summary)
     return summary
 
 
 def summary_table(summary: dict) -> str:
     """One table: the Keras model, then each exported file."""
-    lines = [(f"Keras model: {summary['parameters']:,} parameters "
-              f"({4 * summary['parameters']:,} bytes float32), {summary['epochs']} epochs, "
-              f"test accuracy {summary['test_accuracy']:.2%}"),
-             (f"{'file':<20} {'bytes':>8} {'ratio':>6} {'accuracy':>9} {'top-1 agree':>12} "
-              f"{'max |diff|':>10} {'TFLM arena':>11} {'TFLM agree':>11}")]
+    lines = [
+        (
+            f"Keras model: {summary['parameters']:,} parameters "
+            f"({4 * summary['parameters']:,} bytes float32), {summary['epochs']} epochs, "
+            f"test accuracy {summary['test_accuracy']:.2%}"
+        ),
+        (
+            f"{'file':<20} {'bytes':>8} {'ratio':>6} {'accuracy':>9} {'top-1 agree':>12} "
+            f"{'max |diff|':>10} {'TFLM arena':>11} {'TFLM agree':>11}"
+        ),
+    ]
     for name, e in summary["exports"].items():
         micro = e["micro"] or {}
-        lines.append(f"{name:<20} {e['size_bytes']:>8,} {e['size_ratio']:>6.2f} "
-                     f"{e['accuracy']:>9.2%} {e['top1_agreement']:>12.2%} "
-                     f"{e['max_abs_logit_diff']:>10.3g} {micro.get('arena_bytes', 0):>11,} "
-                     f"{micro.get('top1_agreement', 0):>11.2%}")
+        lines.append(
+            f"{name:<20} {e['size_bytes']:>8,} {e['size_ratio']:>6.2f} "
+            f"{e['accuracy']:>9.2%} {e['top1_agreement']:>12.2%} "
+            f"{e['max_abs_logit_diff']:>10.3g} {micro.get('arena_bytes', 0):>11,} "
+            f"{micro.get('top1_agreement', 0):>11.2%}"
+        )
     lines.append(f"run folder: {summary['run_dir']}")
     return "\n".join(lines)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+
 def _check_finite(name: str, array: np.ndarray) -> None:
     """Raises ValueError when `array` holds NaN or an infinity."""
     if not np.isfinite(array).all():
@@ -28,8 +29,9 @@ def _check_labels(labels: np.ndarray, batch: int, classes: int) -> np.ndarray:
     if not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"labels must be integers, got {labels.dtype}")
     if labels.min(initial=0) < 0 or labels.max(initial=0) >= classes:
-        raise ValueError(f"labels must be in [0, {classes}), got range "
-                         f"[{labels.min()}, {labels.max()}]")
+        raise ValueError(
+            f"labels must be in [0, {classes}), got range [{labels.min()}, {labels.max()}]"
+        )
     return labels
 
 
@@ -79,12 +81,19 @@ def cross_entropy(probs: np.ndarray, one_hot: np.ndarray, eps: float = 1e-12) ->
     return float(-(one_hot * np.log(probs + eps)).sum(axis=1).mean())
 
 
-def init_params(input_size: int, units: int, classes: int = 10, seed: int = 0,
-                dtype=np.float64) -> dict[str, np.ndarray]:
+def init_params(
+    input_size: int, units: int, classes: int = 10, seed: int = 0, dtype=np.float64
+) -> dict[str, np.ndarray]:
     """Small random parameters with the shapes `rnn_forward` expects."""
     rng = np.random.default_rng(seed)
-    shapes = {"w_xh": (input_size, units), "w_hh": (units, units), "b": (units,),
-              "h0": (units,), "w_hy": (units, classes), "b_y": (classes,)}
+    shapes = {
+        "w_xh": (input_size, units),
+        "w_hh": (units, units),
+        "b": (units,),
+        "h0": (units,),
+        "w_hy": (units, classes),
+        "b_y": (classes,),
+    }
     return {k: (0.3 * rng.standard_normal(s)).astype(dtype) for k, s in shapes.items()}
 
 
@@ -127,15 +136,15 @@ def rnn_bptt(params: dict[str, np.ndarray], x: np.ndarray, labels: np.ndarray):
     loss = softmax_cross_entropy(logits, labels)
     dlogits = np.exp(log_softmax(logits))
     dlogits[np.arange(batch), labels] -= 1.0
-    dlogits /= batch                                     # d loss / d logits
+    dlogits /= batch  # d loss / d logits
     grads = {"w_hy": hs[-1].T @ dlogits, "b_y": dlogits.sum(0)}
     grads.update({k: np.zeros_like(params[k]) for k in ("w_xh", "w_hh", "b")})
-    dh = dlogits @ params["w_hy"].T                      # d loss / d h_T
+    dh = dlogits @ params["w_hy"].T  # d loss / d h_T
     for t in range(steps, 0, -1):
-        dz = dh * (1.0 - hs[t] ** 2)                     # through tanh
+        dz = dh * (1.0 - hs[t] ** 2)  # through tanh
         grads["w_xh"] += x[:, t - 1].T @ dz
         grads["w_hh"] += hs[t - 1].T @ dz
         grads["b"] += dz.sum(0)
-        dh = dz @ params["w_hh"].T                       # to h_{t-1}
-    grads["h0"] = dh.sum(0)                              # h0 is shared by every example
+        dh = dz @ params["w_hh"].T  # to h_{t-1}
+    grads["h0"] = dh.sum(0)  # h0 is shared by every example
     return loss, grads

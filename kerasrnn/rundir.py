@@ -1,12 +1,12 @@
 """A training run's folder: its configuration, per-epoch metrics, checkpoints and figures.
 
-    RUN/config.json        how the run was made (model, data and training configs)
-    RUN/metrics.csv|json   one row per finished epoch
-    RUN/checkpoints/       the latest epoch (model, optimizer, epoch counter)
-    RUN/best/              the weights of the epoch with the lowest validation loss
-    RUN/logs/              TensorBoard scalars
-    RUN/model.keras        the final model; RUN/summary.json its test scores
-    RUN/curves.png, RUN/confusion.png
+RUN/config.json        how the run was made (model, data and training configs)
+RUN/metrics.csv|json   one row per finished epoch
+RUN/checkpoints/       the latest epoch (model, optimizer, epoch counter)
+RUN/best/              the weights of the epoch with the lowest validation loss
+RUN/logs/              TensorBoard scalars
+RUN/model.keras        the final model; RUN/summary.json its test scores
+RUN/curves.png, RUN/confusion.png
 """
 
 from __future__ import annotations
@@ -23,8 +23,15 @@ import tensorflow as tf
 from kerasrnn._io import atomic_write, write_json
 from kerasrnn.errors import RunExistsError
 
-METRIC_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds",
-                  "samples_per_second")
+METRIC_COLUMNS = (
+    "epoch",
+    "loss",
+    "accuracy",
+    "val_loss",
+    "val_accuracy",
+    "seconds",
+    "samples_per_second",
+)
 
 
 class RunDirectory:
@@ -115,8 +122,14 @@ class RunRecorder(keras.callbacks.Callback):
             (None: never stop early).
     """
 
-    def __init__(self, run: RunDirectory, checkpoint: tf.train.Checkpoint,
-                 history: list[dict], num_samples: int, patience: int | None):
+    def __init__(
+        self,
+        run: RunDirectory,
+        checkpoint: tf.train.Checkpoint,
+        history: list[dict],
+        num_samples: int,
+        patience: int | None,
+    ):
         super().__init__()
         self.run = run
         self.checkpoint = checkpoint
@@ -145,8 +158,11 @@ class RunRecorder(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         seconds = time.perf_counter() - self._start
-        row = {"epoch": epoch + 1, "seconds": round(seconds, 3),
-               "samples_per_second": round(self.num_samples / seconds, 1)}
+        row = {
+            "epoch": epoch + 1,
+            "seconds": round(seconds, 3),
+            "samples_per_second": round(self.num_samples / seconds, 1),
+        }
         row.update({k: float(logs[k]) for k in METRIC_COLUMNS[1:5]})
         self.history.append(row)
         if self.best_epoch() == row["epoch"]:

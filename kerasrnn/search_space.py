@@ -32,12 +32,21 @@ _SPACE = {
     "cell": (Choice(CELLS), str, lambda v: None if v in CELLS else f"must be one of {CELLS}"),
     "units": (Range(16, 128, step=16), int, lambda v: None if v >= 1 else "must be >= 1"),
     "layers": (Range(1, 2), int, lambda v: None if v >= 1 else "must be >= 1"),
-    "dropout": (Choice((0.0, 0.1, 0.2)), float,
-                lambda v: None if 0.0 <= v < 1.0 else "must be in [0, 1)"),
-    "activation": (Choice(("tanh",)), str,
-                   lambda v: None if v in ACTIVATIONS else f"must be one of {ACTIVATIONS}"),
-    "learning_rate": (Range(3e-4, 1e-2, log=True), float,
-                      lambda v: None if 0.0 < v < 1.0 else "must be in (0, 1)"),
+    "dropout": (
+        Choice((0.0, 0.1, 0.2)),
+        float,
+        lambda v: None if 0.0 <= v < 1.0 else "must be in [0, 1)",
+    ),
+    "activation": (
+        Choice(("tanh",)),
+        str,
+        lambda v: None if v in ACTIVATIONS else f"must be one of {ACTIVATIONS}",
+    ),
+    "learning_rate": (
+        Range(3e-4, 1e-2, log=True),
+        float,
+        lambda v: None if 0.0 < v < 1.0 else "must be in (0, 1)",
+    ),
     "clipnorm": (Choice((1.0,)), float, lambda v: None if v > 0 else "must be positive"),
     "batch_size": (Choice((32, 64, 128)), int, lambda v: None if v >= 1 else "must be >= 1"),
 }
@@ -86,7 +95,9 @@ class SearchSpace:
         domains = {}
         for text in [*assignments, *ranges]:
             if "=" not in text:
-                raise SearchSpaceError(f"{text!r}: expected NAME=VALUE (or NAME=LOW:HIGH, NAME=A,B)")
+                raise SearchSpaceError(
+                    f"{text!r}: expected NAME=VALUE (or NAME=LOW:HIGH, NAME=A,B)"
+                )
             name, spec = text.split("=", 1)
             name = _name(name.strip())
             if name in domains:
@@ -100,13 +111,19 @@ class SearchSpace:
             return _value(name, spec)
         if ":" in spec:
             if _SPACE[name][1] is str:
-                raise SearchSpaceError(f"{name}: a range needs numbers; use {name}=A,B for a choice")
+                raise SearchSpaceError(
+                    f"{name}: a range needs numbers; use {name}=A,B for a choice"
+                )
             low, high = (_value(name, part) for part in spec.split(":", 1))
             if low > high:
                 raise SearchSpaceError(f"{name}={spec}: empty range, low {low} > high {high}")
             log = name == "learning_rate"
-            return Range(low, high, log=log, step=16 if name == "units" and low % 16 == 0
-                         and high % 16 == 0 else None)
+            return Range(
+                low,
+                high,
+                log=log,
+                step=16 if name == "units" and low % 16 == 0 and high % 16 == 0 else None,
+            )
         values = tuple(_value(name, part) for part in spec.split(",") if part.strip())
         if not values:
             raise SearchSpaceError(f"{name}: empty choice")
@@ -123,17 +140,22 @@ class SearchSpace:
         for name in NAMES:
             domain = overrides.get(name, _SPACE[name][0])
             if isinstance(domain, Choice):
-                values[name] = (hp.Choice(name, list(domain.values)) if len(domain.values) > 1
-                                else hp.Fixed(name, domain.values[0]))
+                values[name] = (
+                    hp.Choice(name, list(domain.values))
+                    if len(domain.values) > 1
+                    else hp.Fixed(name, domain.values[0])
+                )
             elif isinstance(domain, Range):
                 if domain.low == domain.high:
                     values[name] = hp.Fixed(name, _SPACE[name][1](domain.low))
                 elif _SPACE[name][1] is int:
-                    values[name] = hp.Int(name, int(domain.low), int(domain.high),
-                                          step=domain.step or 1)
+                    values[name] = hp.Int(
+                        name, int(domain.low), int(domain.high), step=domain.step or 1
+                    )
                 else:
-                    values[name] = hp.Float(name, domain.low, domain.high,
-                                            sampling="log" if domain.log else "linear")
+                    values[name] = hp.Float(
+                        name, domain.low, domain.high, sampling="log" if domain.log else "linear"
+                    )
             else:
                 values[name] = hp.Fixed(name, domain)
         return values

@@ -52,9 +52,15 @@ def fit(
         initial_epoch: the first epoch to run (0-based; later when resuming).
     """
     if config.loop == "fit":
-        model.fit(train_ds, validation_data=val_ds, epochs=config.epochs,
-                  initial_epoch=initial_epoch, callbacks=list(callbacks), verbose=config.verbose,
-                  shuffle=False)  # the dataset reshuffles itself every epoch
+        model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=config.epochs,
+            initial_epoch=initial_epoch,
+            callbacks=list(callbacks),
+            verbose=config.verbose,
+            shuffle=False,
+        )  # the dataset reshuffles itself every epoch
     else:
         _fit_bptt(model, train_ds, val_ds, config, list(callbacks), initial_epoch)
 
@@ -80,8 +86,13 @@ def _fit_bptt(model, train_ds, val_ds, config: TrainConfig, callbacks, initial_e
 
     steps = int(train_ds.cardinality())
     callbacks = keras.callbacks.CallbackList(
-        callbacks, add_progbar=config.verbose != 0, model=model, verbose=config.verbose,
-        epochs=config.epochs, steps=steps if steps >= 0 else None)
+        callbacks,
+        add_progbar=config.verbose != 0,
+        model=model,
+        verbose=config.verbose,
+        epochs=config.epochs,
+        steps=steps if steps >= 0 else None,
+    )
     model.stop_training = False
     callbacks.on_train_begin()
     logs = {}

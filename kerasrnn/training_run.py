@@ -64,15 +64,21 @@ def train(
     data_config = dataclasses.replace(data_config, source=data.resolve_source(data_config))
     model_config = dataclasses.replace(model_config, input_shape=data_config.input_shape)
     run = RunDirectory(out_dir)
-    run.begin({"model": dataclasses.asdict(model_config), "data": dataclasses.asdict(data_config),
-               "train": {k: v for k, v in dataclasses.asdict(config).items() if k != "verbose"}},
-              resume)
+    run.begin(
+        {
+            "model": dataclasses.asdict(model_config),
+            "data": dataclasses.asdict(data_config),
+            "train": {k: v for k, v in dataclasses.asdict(config).items() if k != "verbose"},
+        },
+        resume,
+    )
     keras.utils.set_random_seed(config.seed)
     model = compile_model(build_classifier(model_config), config)
     train_ds = data.pipeline(data_config, "train")
     val_ds = data.pipeline(data_config, "validation")
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer,
-                                     epoch=tf.Variable(0, dtype=tf.int64))
+    checkpoint = tf.train.Checkpoint(
+        model=model, optimizer=model.optimizer, epoch=tf.Variable(0, dtype=tf.int64)
+    )
     initial_epoch = 0
     latest = tf.train.latest_checkpoint(run.checkpoint_dir) if resume else None
     if latest:
@@ -81,25 +87,33 @@ def train(
         initial_epoch = int(checkpoint.epoch.numpy())
         log.info("resuming %s after epoch %d", out_dir, initial_epoch)
     num_samples = int(train_ds.unbatch().reduce(0, lambda n, _: n + 1))
-    recorder = RunRecorder(run, checkpoint, run.read_history()[:initial_epoch], num_samples,
-                           config.patience)
+    recorder = RunRecorder(
+        run, checkpoint, run.read_history()[:initial_epoch], num_samples, config.patience
+    )
     if initial_epoch < config.epochs and not recorder.should_stop():
         fit(model, train_ds, val_ds, config, [recorder, *callbacks], initial_epoch)
     recorder.restore_best()
     return _finish(run, model, data_config, recorder.history)
 
 
-def _finish(run: RunDirectory, model: keras.Model, data_config: DataConfig,
-            history: list[dict]) -> TrainResult:
+def _finish(
+    run: RunDirectory, model: keras.Model, data_config: DataConfig, history: list[dict]
+) -> TrainResult:
     """Saves the model, scores it on the test split and draws the figures."""
     atomic_write(run.model_path, model.save)
     labels, logits = predict_logits(model, data.pipeline(data_config, "test"))
     test = {f"test_{k}": v for k, v in scores(labels, logits).items()}
-    test.update({"test_examples": len(labels), "parameters": int(model.count_params()),
-                 "epochs": len(history)})
+    test.update(
+        {
+            "test_examples": len(labels),
+            "parameters": int(model.count_params()),
+            "epochs": len(history),
+        }
+    )
     write_json(run.summary_path, test)
     plots.training_curves(history, run.curves_path)
     counts = plots.confusion_matrix(labels, logits.argmax(-1), logits.shape[-1])
-    plots.confusion_matrix_png(counts, run.confusion_path,
-                               f"test accuracy {test['test_accuracy']:.2%}")
+    plots.confusion_matrix_png(
+        counts, run.confusion_path, f"test accuracy {test['test_accuracy']:.2%}"
+    )
     return TrainResult(model, history, test, run.path)

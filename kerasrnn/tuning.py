@@ -23,8 +23,11 @@ from kerasrnn.hypermodel import RNNHyperModel, objective
 from kerasrnn.search_space import SearchSpace
 
 log = logging.getLogger(__name__)
-_TUNERS = {"random": kt.RandomSearch, "bayesian": kt.BayesianOptimization,
-           "hyperband": kt.Hyperband}
+_TUNERS = {
+    "random": kt.RandomSearch,
+    "bayesian": kt.BayesianOptimization,
+    "hyperband": kt.Hyperband,
+}
 
 
 class _OutOfTime(Exception):
@@ -44,8 +47,9 @@ def _with_deadline(base: type[kt.Tuner]) -> type[kt.Tuner]:
     return Tuner
 
 
-def make_tuner(hypermodel: RNNHyperModel, config: TuneConfig, directory: str,
-               project_name: str = "search") -> kt.Tuner:
+def make_tuner(
+    hypermodel: RNNHyperModel, config: TuneConfig, directory: str, project_name: str = "search"
+) -> kt.Tuner:
     """A Keras Tuner tuner that resumes the search stored in `directory` when there is one.
 
     Args:
@@ -57,19 +61,30 @@ def make_tuner(hypermodel: RNNHyperModel, config: TuneConfig, directory: str,
     Raises:
         ImportError: the bayesian tuner without scipy and scikit-learn.
     """
-    budget = ({"max_epochs": config.max_epochs, "factor": 3} if config.tuner == "hyperband"
-              else {"max_trials": config.max_trials})
+    budget = (
+        {"max_epochs": config.max_epochs, "factor": 3}
+        if config.tuner == "hyperband"
+        else {"max_trials": config.max_trials}
+    )
     if config.tuner == "bayesian":
         try:
             import scipy  # noqa: F401
             import sklearn  # noqa: F401
         except ImportError as e:
-            raise ImportError(f"the bayesian tuner needs scipy and scikit-learn "
-                              f"(pip install 'kerasrnn[tuning]'): {e}") from None
+            raise ImportError(
+                f"the bayesian tuner needs scipy and scikit-learn "
+                f"(pip install 'kerasrnn[tuning]'): {e}"
+            ) from None
     return _with_deadline(_TUNERS[config.tuner])(
-        hypermodel, objective=objective(config), directory=directory,
-        project_name=project_name, overwrite=False, seed=config.seed,
-        max_consecutive_failed_trials=1, **budget)
+        hypermodel,
+        objective=objective(config),
+        directory=directory,
+        project_name=project_name,
+        overwrite=False,
+        seed=config.seed,
+        max_consecutive_failed_trials=1,
+        **budget,
+    )
 
 
 def search(tuner: kt.Tuner, config: TuneConfig) -> bool:
@@ -82,8 +97,9 @@ def search(tuner: kt.Tuner, config: TuneConfig) -> bool:
     try:
         tuner.search(verbose=0)
     except _OutOfTime:
-        log.warning("time budget of %.0f s spent: stopped after the running trial",
-                    config.time_budget_s)
+        log.warning(
+            "time budget of %.0f s spent: stopped after the running trial", config.time_budget_s
+        )
         return False
     return True
 
@@ -106,8 +122,9 @@ class TuneOutcome:
     summary: dict | None
 
 
-def distributed_environment(role: str | None, oracle: str | None,
-                            worker_id: str | None) -> dict[str, str]:
+def distributed_environment(
+    role: str | None, oracle: str | None, worker_id: str | None
+) -> dict[str, str]:
     """The KERASTUNER_* variables for a chief or worker (empty when not distributed).
 
     Raises:
@@ -119,8 +136,11 @@ def distributed_environment(role: str | None, oracle: str | None,
         raise ConfigError(f"--role {role} needs --oracle HOST:PORT, got {oracle!r}")
     host, port = oracle.split(":")
     tuner_id = "chief" if role == "chief" else (worker_id or f"worker-{os.getpid()}")
-    return {"KERASTUNER_TUNER_ID": tuner_id, "KERASTUNER_ORACLE_IP": host,
-            "KERASTUNER_ORACLE_PORT": port}
+    return {
+        "KERASTUNER_TUNER_ID": tuner_id,
+        "KERASTUNER_ORACLE_IP": host,
+        "KERASTUNER_ORACLE_PORT": port,
+    }
 
 
 @contextlib.contextmanager
@@ -138,9 +158,16 @@ def _environment(variables: dict[str, str]):
                 os.environ[name] = value
 
 
-def tune(space: SearchSpace, data_config: DataConfig, config: TuneConfig, out_dir: str,
-         role: str | None = None, oracle: str | None = None, worker_id: str | None = None,
-         retrain: bool = True) -> TuneOutcome:
+def tune(
+    space: SearchSpace,
+    data_config: DataConfig,
+    config: TuneConfig,
+    out_dir: str,
+    role: str | None = None,
+    oracle: str | None = None,
+    worker_id: str | None = None,
+    retrain: bool = True,
+) -> TuneOutcome:
     """Runs or resumes a search into `out_dir` and writes its results.
 
     Args:

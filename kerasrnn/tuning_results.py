@@ -18,8 +18,7 @@ from kerasrnn.evaluation import evaluate
 from kerasrnn.plots import pyplot
 from kerasrnn.search_space import NAMES
 
-COLUMNS = ("trial", "status", *NAMES, "score", "val_accuracy", "epochs", "seconds",
-           "model_bytes")
+COLUMNS = ("trial", "status", *NAMES, "score", "val_accuracy", "epochs", "seconds", "model_bytes")
 
 
 def trial_rows(tuner: kt.Tuner) -> list[dict]:
@@ -29,16 +28,28 @@ def trial_rows(tuner: kt.Tuner) -> list[dict]:
         row = {"trial": trial_id, "status": trial.status, "score": trial.score}
         row.update({name: trial.hyperparameters.values.get(name) for name in NAMES})
         for metric in ("val_accuracy", "epochs", "seconds", "model_bytes"):
-            row[metric] = (trial.metrics.get_best_value(metric)
-                           if trial.metrics.exists(metric) else None)
+            row[metric] = (
+                trial.metrics.get_best_value(metric) if trial.metrics.exists(metric) else None
+            )
         rows.append(row)
     return rows
 
 
 def table(rows: list[dict]) -> str:
     """The trials as aligned text."""
-    shown = ("trial", "status", "cell", "units", "layers", "learning_rate", "batch_size",
-             "score", "epochs", "seconds", "model_bytes")
+    shown = (
+        "trial",
+        "status",
+        "cell",
+        "units",
+        "layers",
+        "learning_rate",
+        "batch_size",
+        "score",
+        "epochs",
+        "seconds",
+        "model_bytes",
+    )
 
     def cell(value):
         if isinstance(value, float):
@@ -52,8 +63,9 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_results(tuner: kt.Tuner, data_config: DataConfig, out_dir: str,
-                  retrain: bool = True) -> dict:
+def write_results(
+    tuner: kt.Tuner, data_config: DataConfig, out_dir: str, retrain: bool = True
+) -> dict:
     """Writes trials.csv, best_hyperparameters.json, score_by_trial.png and (with
     `retrain`) best_model.keras trained on train+validation and scored on the test split.
 
@@ -69,8 +81,13 @@ def write_results(tuner: kt.Tuner, data_config: DataConfig, out_dir: str,
     _plot(rows, os.path.join(out_dir, "score_by_trial.png"), tuner.oracle.objective.name)
     best_trial = tuner.oracle.get_best_trials(1)[0]
     best = dict(best_trial.hyperparameters.values)
-    summary = {"best": best, "score": best_trial.score, "trial": best_trial.trial_id,
-               "trials": len(rows), "test_accuracy": None}
+    summary = {
+        "best": best,
+        "score": best_trial.score,
+        "trial": best_trial.trial_id,
+        "trials": len(rows),
+        "test_accuracy": None,
+    }
     if retrain:
         summary["test_accuracy"] = _retrain(tuner, best_trial, data_config, out_dir)
     write_json(os.path.join(out_dir, "best_hyperparameters.json"), summary)
@@ -82,8 +99,11 @@ def _retrain(tuner: kt.Tuner, trial, data_config: DataConfig, out_dir: str) -> f
     number of epochs (through the HyperModel, with the loop the search used), saves
     best_model.keras and returns its test accuracy."""
     hypermodel, hp = tuner.hypermodel, trial.hyperparameters
-    epochs = (int(trial.metrics.get_best_value("best_epoch"))
-              if trial.metrics.exists("best_epoch") else hypermodel.config.max_epochs)
+    epochs = (
+        int(trial.metrics.get_best_value("best_epoch"))
+        if trial.metrics.exists("best_epoch")
+        else hypermodel.config.max_epochs
+    )
     keras.utils.set_random_seed(hypermodel.config.seed)
     model = hypermodel.build(hp)
     hypermodel.fit(hp, model, epochs=max(1, epochs), final=True)
@@ -101,11 +121,14 @@ def report(outcome) -> str:
         lines.append("stopped for the time budget: run the same command to continue")
     if outcome.summary:
         summary = outcome.summary
-        lines.append(f"best (trial {summary['trial']}, score {summary['score']:.4f}): "
-                     f"{summary['best']}")
+        lines.append(
+            f"best (trial {summary['trial']}, score {summary['score']:.4f}): {summary['best']}"
+        )
         if summary["test_accuracy"] is not None:
-            lines.append(f"best model retrained on train+validation: test accuracy "
-                         f"{summary['test_accuracy']:.2%}")
+            lines.append(
+                f"best model retrained on train+validation: test accuracy "
+                f"{summary['test_accuracy']:.2%}"
+            )
     return "\n".join(lines)
 
 

@@ -36,7 +36,9 @@ def _seed():
 def mnist_dir():
     """The complete original MNIST in ../shared/mnist (skips where it is absent)."""
     if not os.path.exists(os.path.join(SHARED_MNIST, "t10k-images-idx3-ubyte.gz")):
-        pytest.skip(f"full MNIST not found in {SHARED_MNIST} (the shared folder beside the checkout)")
+        pytest.skip(
+            f"full MNIST not found in {SHARED_MNIST} (the shared folder beside the checkout)"
+        )
     return SHARED_MNIST
 
 
@@ -59,10 +61,12 @@ def sample_runs(tmp_path_factory):
     runs = {}
     for name, (cell, units, layers) in KINDS.items():
         keras.utils.set_random_seed(SEED)
-        runs[name] = train(ModelConfig(cell=cell, units=units, layers=layers),
-                           DataConfig(source="sample", seed=SEED),
-                           TrainConfig(epochs=10, verbose=0, seed=SEED),
-                           str(tmp_path_factory.mktemp(name)))
+        runs[name] = train(
+            ModelConfig(cell=cell, units=units, layers=layers),
+            DataConfig(source="sample", seed=SEED),
+            TrainConfig(epochs=10, verbose=0, seed=SEED),
+            str(tmp_path_factory.mktemp(name)),
+        )
     return runs
 
 

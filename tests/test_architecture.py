@@ -13,9 +13,16 @@ from kerasrnn import errors
 from kerasrnn.cell_kinds import CELL_KINDS
 
 # What export/ may never import: the stages upstream of it that train or search.
-TRAINING_SIDE = ("kerasrnn.training", "kerasrnn.training_run", "kerasrnn.rundir",
-                 "kerasrnn.hypermodel", "kerasrnn.tuning", "kerasrnn.tuning_results",
-                 "kerasrnn.pipeline", "kerasrnn.cli")
+TRAINING_SIDE = (
+    "kerasrnn.training",
+    "kerasrnn.training_run",
+    "kerasrnn.rundir",
+    "kerasrnn.hypermodel",
+    "kerasrnn.tuning",
+    "kerasrnn.tuning_results",
+    "kerasrnn.pipeline",
+    "kerasrnn.cli",
+)
 
 
 def _imported_modules(path: str) -> set[str]:
@@ -32,8 +39,9 @@ def _imported_modules(path: str) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "export", "*.py"))),
-                         ids=os.path.basename)
+@pytest.mark.parametrize(
+    "path", sorted(glob.glob(os.path.join(REPO, "export", "*.py"))), ids=os.path.basename
+)
 def test_export_imports_neither_training_nor_tuning(path):
     imported = _imported_modules(path)
     assert not {m for m in imported if m.startswith(TRAINING_SIDE)}
@@ -44,12 +52,16 @@ def test_the_device_runtime_imports_only_numpy_litert_and_errors():
     roots = {name.split(".")[0] for name in imported}
     assert roots <= {"__future__", "os", "numpy", "ai_edge_litert", "kerasrnn"}
     assert {m for m in imported if m.startswith("kerasrnn")} <= {
-        "kerasrnn.errors", "kerasrnn.errors.InputError", "kerasrnn.errors.ModelFileError"}
+        "kerasrnn.errors",
+        "kerasrnn.errors.InputError",
+        "kerasrnn.errors.ModelFileError",
+    }
 
 
 def test_every_error_the_package_defines_is_a_kerasrnn_error():
-    classes = [c for _, c in inspect.getmembers(errors, inspect.isclass)
-               if c.__module__ == errors.__name__]
+    classes = [
+        c for _, c in inspect.getmembers(errors, inspect.isclass) if c.__module__ == errors.__name__
+    ]
     assert len(classes) >= 10
     assert all(issubclass(c, errors.KerasRnnError) for c in classes)
 
@@ -61,7 +73,11 @@ def test_the_cli_offers_every_cell_kind_and_the_config_defaults():
     parser = build_parser()
     args = parser.parse_args(["train", "--out", "x"])
     assert (args.cell, args.units, args.epochs, args.learning_rate) == (
-        ModelConfig.cell, ModelConfig.units, TrainConfig.epochs, TrainConfig.learning_rate)
+        ModelConfig.cell,
+        ModelConfig.units,
+        TrainConfig.epochs,
+        TrainConfig.learning_rate,
+    )
     for name in CELL_KINDS:
         assert parser.parse_args(["train", "--cell", name, "--out", "x"]).cell == name
     with pytest.raises(SystemExit):  # argparse refuses a name outside the table

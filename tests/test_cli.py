@@ -10,8 +10,13 @@ import pytest
 
 
 def kerasrnn(*args, check=True):
-    result = subprocess.run([sys.executable, "-m", "kerasrnn", *args], capture_output=True,
-                            text=True, timeout=600, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "kerasrnn", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"kerasrnn {' '.join(args)} failed:\n{result.stderr}")
     return result
@@ -25,28 +30,63 @@ def test_help_lists_the_commands():
 
 def test_train_then_evaluate(tmp_path):
     out = str(tmp_path / "run")
-    result = kerasrnn("train", "--data", "sample", "--units", "16", "--epochs", "2",
-                      "--max-examples", "512", "--quiet", "--out", out)
+    result = kerasrnn(
+        "train",
+        "--data",
+        "sample",
+        "--units",
+        "16",
+        "--epochs",
+        "2",
+        "--max-examples",
+        "512",
+        "--quiet",
+        "--out",
+        out,
+    )
     assert "test accuracy" in result.stdout
     assert result.stderr == ""  # TensorFlow's start-up chatter is hidden
     with open(os.path.join(out, "summary.json")) as f:
         summary = json.load(f)
-    scores = json.loads(kerasrnn("evaluate", os.path.join(out, "model.keras"), "--data", "sample",
-                                 "--max-examples", "512", "--json").stdout)
+    scores = json.loads(
+        kerasrnn(
+            "evaluate",
+            os.path.join(out, "model.keras"),
+            "--data",
+            "sample",
+            "--max-examples",
+            "512",
+            "--json",
+        ).stdout
+    )
     assert scores["accuracy"] == pytest.approx(summary["test_accuracy"])
     assert scores["examples"] == 512
 
 
-@pytest.mark.parametrize("args,message", [
-    (["evaluate", "missing.keras", "--data", "sample"], "model file missing.keras does not exist"),
-    (["train", "--data", "idx", "--out", "x"], "source 'idx' needs data_dir"),
-    (["train", "--data", "sample", "--units", "0", "--out", "x"], "units must be a positive"),
-    (["train", "--data", "idx", "--data-dir", "nowhere", "--out", "x"],
-     "IDX folder nowhere does not exist"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (
+            ["evaluate", "missing.keras", "--data", "sample"],
+            "model file missing.keras does not exist",
+        ),
+        (["train", "--data", "idx", "--out", "x"], "source 'idx' needs data_dir"),
+        (["train", "--data", "sample", "--units", "0", "--out", "x"], "units must be a positive"),
+        (
+            ["train", "--data", "idx", "--data-dir", "nowhere", "--out", "x"],
+            "IDX folder nowhere does not exist",
+        ),
+    ],
+)
 def test_errors_are_one_clear_line(tmp_path, args, message):
-    result = subprocess.run([sys.executable, "-m", "kerasrnn", *args], capture_output=True,
-                            text=True, timeout=300, cwd=tmp_path, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "kerasrnn", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        check=False,
+    )
     assert result.returncode == 1
     [line] = result.stderr.strip().splitlines()
     assert line.startswith(f"kerasrnn: error: {message}")
@@ -63,8 +103,20 @@ def test_not_a_keras_file_is_a_clear_error(tmp_path):
 def pipeline_run(tmp_path_factory):
     """`kerasrnn run` on a slice of the sample: train, export float and int8, verify."""
     out = tmp_path_factory.mktemp("run") / "run"
-    result = kerasrnn("run", "--data", "sample", "--units", "16", "--epochs", "2",
-                      "--max-examples", "600", "--quiet", "--out", str(out))
+    result = kerasrnn(
+        "run",
+        "--data",
+        "sample",
+        "--units",
+        "16",
+        "--epochs",
+        "2",
+        "--max-examples",
+        "600",
+        "--quiet",
+        "--out",
+        str(out),
+    )
     return out, result.stdout
 
 
@@ -72,8 +124,16 @@ def test_run_prints_one_summary_and_writes_every_file(pipeline_run):
     out, stdout = pipeline_run
     for text in ("Keras model:", "model.tflite", "model_int8.tflite", "TFLM arena"):
         assert text in stdout
-    for name in ("model.keras", "model.tflite", "model_int8.tflite", "model_int8.step.tflite",
-                 "model_data.cc", "model_data.h", "pipeline.json", "model_int8.verify.json"):
+    for name in (
+        "model.keras",
+        "model.tflite",
+        "model_int8.tflite",
+        "model_int8.step.tflite",
+        "model_data.cc",
+        "model_data.h",
+        "pipeline.json",
+        "model_int8.verify.json",
+    ):
         assert (out / name).stat().st_size > 0, name
     with open(out / "pipeline.json") as f:
         summary = json.load(f)
@@ -85,8 +145,18 @@ def test_run_prints_one_summary_and_writes_every_file(pipeline_run):
 def test_export_command_prints_the_report(pipeline_run, tmp_path):
     out, _ = pipeline_run
     target = tmp_path / "f16.tflite"
-    stdout = kerasrnn("export", str(out / "model.keras"), "--quantize", "float16", "--out",
-                      str(target), "--data", "sample", "--max-examples", "200").stdout
+    stdout = kerasrnn(
+        "export",
+        str(out / "model.keras"),
+        "--quantize",
+        "float16",
+        "--out",
+        str(target),
+        "--data",
+        "sample",
+        "--max-examples",
+        "200",
+    ).stdout
     assert "wrote" in stdout and "operators" in stdout and "DEQUANTIZE" in stdout
     assert target.stat().st_size > 0
 
@@ -100,14 +170,19 @@ def test_predict_reads_npy_and_png(pipeline_run, tmp_path):
     out, _ = pipeline_run
     images, _ = data.load_arrays(DataConfig(source="sample"), "test")
     np.save(tmp_path / "digits.npy", images[:3])
-    lines = kerasrnn("predict", str(out / "model_int8.tflite"),
-                     str(tmp_path / "digits.npy")).stdout.strip().splitlines()
+    lines = (
+        kerasrnn("predict", str(out / "model_int8.tflite"), str(tmp_path / "digits.npy"))
+        .stdout.strip()
+        .splitlines()
+    )
     assert len(lines) == 3 and all(" digit " in line for line in lines)
     Image.fromarray(255 - images[0]).save(tmp_path / "ink_on_paper.png")  # dark on light
-    line = kerasrnn("predict", str(out / "model.tflite"),
-                    str(tmp_path / "ink_on_paper.png")).stdout.strip()
-    npy_line = kerasrnn("predict", str(out / "model.tflite"),
-                        str(tmp_path / "digits.npy")).stdout.splitlines()[0]
+    line = kerasrnn(
+        "predict", str(out / "model.tflite"), str(tmp_path / "ink_on_paper.png")
+    ).stdout.strip()
+    npy_line = kerasrnn(
+        "predict", str(out / "model.tflite"), str(tmp_path / "digits.npy")
+    ).stdout.splitlines()[0]
     assert line.split("(")[0] == npy_line.split("(")[0]  # inverted back: same digit
 
 
@@ -118,19 +193,28 @@ def test_predict_does_not_need_tensorflow(pipeline_run, tmp_path):
     out, _ = pipeline_run
     images, _ = data.load_arrays(DataConfig(source="sample"), "test")
     np.save(tmp_path / "d.npy", images[:2])
-    code = ("import sys\nfor m in ('tensorflow', 'keras'): sys.modules[m] = None\n"
-            "from kerasrnn.cli import main\nsys.exit(main(sys.argv[1:]))")
-    result = subprocess.run([sys.executable, "-c", code, "predict", str(out / "model.tflite"),
-                             str(tmp_path / "d.npy")], capture_output=True, text=True,
-                            timeout=120, check=False)
+    code = (
+        "import sys\nfor m in ('tensorflow', 'keras'): sys.modules[m] = None\n"
+        "from kerasrnn.cli import main\nsys.exit(main(sys.argv[1:]))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, "predict", str(out / "model.tflite"), str(tmp_path / "d.npy")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.strip().splitlines()) == 2
 
 
-@pytest.mark.parametrize("content,message", [
-    (b"garbage, not a model", "not a TFLite model"),
-    (b"", "too short for a TFLite model"),
-])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (b"garbage, not a model", "not a TFLite model"),
+        (b"", "too short for a TFLite model"),
+    ],
+)
 def test_predict_with_a_bad_model_is_one_line(tmp_path, content, message):
     model = tmp_path / "bad.tflite"
     model.write_bytes(content)

@@ -7,8 +7,9 @@ from kerasrnn.config import DataConfig
 from kerasrnn.errors import ConfigError, DataUnavailableError
 
 
-@pytest.mark.parametrize("view,shape", [("rows", (28, 28)), ("pixels", (784, 1)),
-                                        ("permuted", (784, 1))])
+@pytest.mark.parametrize(
+    "view,shape", [("rows", (28, 28)), ("pixels", (784, 1)), ("permuted", (784, 1))]
+)
 def test_sample_elements_have_the_view_shape_dtype_and_range(view, shape):
     x, y = next(iter(data.mnist("test", source="sample", view=view, batch_size=32)))
     assert x.shape == (32, *shape) and x.dtype == tf.float32 and y.dtype == tf.int32
@@ -98,24 +99,29 @@ def test_tfds_pipeline_with_tfds_mock_data():
 
 
 def test_tfds_prepared_offline_from_the_original_files(tmp_path_factory, mnist_dir):
-    config = DataConfig(source="tfds", data_dir=str(tmp_path_factory.mktemp("tfds")),
-                             manual_dir=mnist_dir)
+    config = DataConfig(
+        source="tfds", data_dir=str(tmp_path_factory.mktemp("tfds")), manual_dir=mnist_dir
+    )
     images, labels = data.load_arrays(config, "test")
     expected, expected_labels = data.load_arrays(
-        DataConfig(source="idx", data_dir=mnist_dir), "test")
+        DataConfig(source="idx", data_dir=mnist_dir), "test"
+    )
     assert images.shape == (10000, 28, 28)
     # TFDS holds the same digits as the original files (in its own order).
     np.testing.assert_array_equal(np.bincount(labels), np.bincount(expected_labels))
     np.testing.assert_allclose(images.mean(), expected.mean())
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    ({"source": "web"}, "source must be one of"),
-    ({"view": "columns"}, "view must be one of"),
-    ({"batch_size": 0}, "batch_size must be a positive integer, got 0"),
-    ({"validation_fraction": 1.0}, r"validation_fraction must be in \(0, 1\)"),
-    ({"source": "sample", "dataset": "fashion_mnist"}, "sample holds MNIST only"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"source": "web"}, "source must be one of"),
+        ({"view": "columns"}, "view must be one of"),
+        ({"batch_size": 0}, "batch_size must be a positive integer, got 0"),
+        ({"validation_fraction": 1.0}, r"validation_fraction must be in \(0, 1\)"),
+        ({"source": "sample", "dataset": "fashion_mnist"}, "sample holds MNIST only"),
+    ],
+)
 def test_bad_data_config_is_rejected(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         DataConfig(**kwargs)

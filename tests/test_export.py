@@ -6,12 +6,12 @@ import os
 import numpy as np
 import pytest
 from conftest import KINDS
+
+from kerasrnn.errors import ConfigError, ConversionError
 from kerasrnn.export import config, convert, flatbuffer, graph
 from kerasrnn.export.micro import run_micro, write_c_array
 from kerasrnn.export.runtime import Classifier, Stream
 from kerasrnn.export.verification import verify
-
-from kerasrnn.errors import ConfigError, ConversionError
 from kerasrnn.models import build_classifier
 
 QUANTIZATIONS = config.QUANTIZATIONS
@@ -31,9 +31,13 @@ def relative_difference(actual: np.ndarray, expected: np.ndarray) -> float:
 def exported(trained_models, calibration, tmp_path_factory):
     """(kind, quantization) -> TfliteFile, converted once for the whole session."""
     folder = tmp_path_factory.mktemp("tflite")
-    return {(kind, q): convert.to_tflite(model, str(folder / f"{kind}_{q}.tflite"), q,
-                                         calibration if q == "int8" else None)
-            for kind, model in trained_models.items() for q in QUANTIZATIONS}
+    return {
+        (kind, q): convert.to_tflite(
+            model, str(folder / f"{kind}_{q}.tflite"), q, calibration if q == "int8" else None
+        )
+        for kind, model in trained_models.items()
+        for q in QUANTIZATIONS
+    }
 
 
 @pytest.mark.parametrize("quantization", QUANTIZATIONS)
@@ -57,8 +61,9 @@ def test_float_files_match_keras(exported, trained_models, test_digits, kind, qu
 
 @pytest.mark.parametrize("quantization", ["dynamic", "int8"])
 @pytest.mark.parametrize("kind", KINDS)
-def test_quantized_accuracy_within_1_5_points_of_keras(exported, trained_models, test_digits,
-                                                       kind, quantization):
+def test_quantized_accuracy_within_1_5_points_of_keras(
+    exported, trained_models, test_digits, kind, quantization
+):
     images, labels = test_digits
     report = verify(exported[kind, quantization].path, trained_models[kind], (images, labels))
     assert abs(report.tflite_accuracy - report.keras_accuracy) <= 0.015, report.table()
@@ -102,13 +107,23 @@ def _tensor_types(path):
     def typed(indices):
         return [names[graph_.tensors[i].type] for i in indices]
 
-    constant = {i for i, t in enumerate(graph_.tensors)
-                if model.buffers[t.buffer].data is not None and len(model.buffers[t.buffer].data)}
+    constant = {
+        i
+        for i, t in enumerate(graph_.tensors)
+        if model.buffers[t.buffer].data is not None and len(model.buffers[t.buffer].data)
+    }
     produced = {i for op in graph_.operators for i in op.outputs}
-    matrices = {op.inputs[1] for op in graph_.operators
-                if flatbuffer.operator_name(model, op) == "FULLY_CONNECTED"}
-    return {"inputs": typed(graph_.inputs), "outputs": typed(graph_.outputs),
-            "weights": set(typed(matrices)), "activations": set(typed(produced - constant))}
+    matrices = {
+        op.inputs[1]
+        for op in graph_.operators
+        if flatbuffer.operator_name(model, op) == "FULLY_CONNECTED"
+    }
+    return {
+        "inputs": typed(graph_.inputs),
+        "outputs": typed(graph_.outputs),
+        "weights": set(typed(matrices)),
+        "activations": set(typed(produced - constant)),
+    }
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -126,14 +141,18 @@ def test_int8_file_keeps_int16_activations_inside(exported, kind):
 
 def test_all_int8_activations_run_in_micro(trained_models, test_digits, calibration, tmp_path):
     images, labels = test_digits
-    written = convert.to_tflite(trained_models["elman"], str(tmp_path / "a8.tflite"), "int8",
-                                calibration, activations="int8")
+    written = convert.to_tflite(
+        trained_models["elman"],
+        str(tmp_path / "a8.tflite"),
+        "int8",
+        calibration,
+        activations="int8",
+    )
     types = _tensor_types(written.path)
     assert types["activations"] == {"INT8"} and "int8 activations" in written.form
     litert = Classifier(written.path).predict(images)
     micro = run_micro(written.path, images)
-    keras_accuracy = (trained_models["elman"].predict(images, verbose=0).argmax(1)
-                      == labels).mean()
+    keras_accuracy = (trained_models["elman"].predict(images, verbose=0).argmax(1) == labels).mean()
     assert abs((litert.argmax(1) == labels).mean() - keras_accuracy) <= 0.015
     # int8 kernels round differently in LiteRT and TFLM, and the int8 state carries it
     # (measured 98.2-99.5% agreement; README "int8 activations")
@@ -176,8 +195,9 @@ def test_streaming_equals_whole_sequence(trained_models, test_digits, tmp_path, 
 def test_int8_streaming_agrees_with_keras(trained_models, test_digits, calibration, tmp_path):
     images, _ = test_digits
     model = trained_models["elman"]
-    path = convert.to_tflite(model, str(tmp_path / "s8.tflite"), "int8", calibration,
-                             stream=True).path
+    path = convert.to_tflite(
+        model, str(tmp_path / "s8.tflite"), "int8", calibration, stream=True
+    ).path
     types = _tensor_types(path)
     assert types["inputs"] == ["INT8", "INT16"]  # row, state: the state keeps 16 bits
     assert sorted(types["outputs"]) == ["INT16", "INT8"]
@@ -220,8 +240,9 @@ def test_graph_forms_agree_with_keras(trained_models, test_digits):
 
 def test_dynamic_batch_file_takes_any_batch(trained_models, test_digits, tmp_path):
     images, _ = test_digits
-    path = convert.to_tflite(trained_models["gru"], str(tmp_path / "d.tflite"),
-                             batch_size=None).path
+    path = convert.to_tflite(
+        trained_models["gru"], str(tmp_path / "d.tflite"), batch_size=None
+    ).path
     classifier = Classifier(path)
     assert classifier.batch_size == -1
     for n in (1, 7, 64):
@@ -250,8 +271,14 @@ def test_fused_stacked_lstm_starts_every_sequence_from_zero(tmp_path, test_digit
 
 
 def test_verify_report_has_every_number(exported, trained_models, test_digits, tmp_path):
-    report = verify(exported["elman", "int8"].path, trained_models["elman"], test_digits,
-                    micro=True, json_path=str(tmp_path / "r.json"), max_micro_examples=100)
+    report = verify(
+        exported["elman", "int8"].path,
+        trained_models["elman"],
+        test_digits,
+        micro=True,
+        json_path=str(tmp_path / "r.json"),
+        max_micro_examples=100,
+    )
     assert report.examples == 1000 and report.micro["examples"] == 100
     assert report.micro["max_diff_steps"] is not None
     for line in ("operators", "top-1 agreement", "TFLM arena", "quantization steps"):
@@ -264,7 +291,7 @@ def test_c_array_compiles_back_to_the_same_bytes(exported, tmp_path):
     header, source = write_c_array(path, str(tmp_path))
     with open(source) as f:
         text = f.read()
-    body = text[text.index("{") + 1:text.index("}")]
+    body = text[text.index("{") + 1 : text.index("}")]
     data_bytes = bytes(int(v, 16) for v in body.replace("\n", "").split(",") if v.strip())
     with open(path, "rb") as f:
         assert data_bytes == f.read()
@@ -273,15 +300,21 @@ def test_c_array_compiles_back_to_the_same_bytes(exported, tmp_path):
         assert "extern const unsigned char g_model[]" in f.read()
 
 
-@pytest.mark.parametrize("kwargs,error,message", [
-    ({"quantization": "int4"}, ConfigError, "quantization must be one of"),
-    ({"quantization": "int8"}, ConfigError, "int8 quantization needs representative_data"),
-    ({"batch_size": 0}, ConfigError, "batch_size must be a positive integer or None"),
-    ({"quantization": "int8", "representative_data": np.full((2, 28, 28), 2.0)}, ConfigError,
-     r"images scaled to \[0, 1\]"),
-    ({"form": "spiral"}, ConfigError, r"form must be one of \('auto', 'loop'"),
-    ({"activations": "int4"}, ConfigError, "activations must be one of"),
-])
+@pytest.mark.parametrize(
+    "kwargs,error,message",
+    [
+        ({"quantization": "int4"}, ConfigError, "quantization must be one of"),
+        ({"quantization": "int8"}, ConfigError, "int8 quantization needs representative_data"),
+        ({"batch_size": 0}, ConfigError, "batch_size must be a positive integer or None"),
+        (
+            {"quantization": "int8", "representative_data": np.full((2, 28, 28), 2.0)},
+            ConfigError,
+            r"images scaled to \[0, 1\]",
+        ),
+        ({"form": "spiral"}, ConfigError, r"form must be one of \('auto', 'loop'"),
+        ({"activations": "int4"}, ConfigError, "activations must be one of"),
+    ],
+)
 def test_bad_export_arguments(tmp_path, kwargs, error, message):
     model = build_classifier(cell="elman", units=4)
     with pytest.raises(error, match=message):

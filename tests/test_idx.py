@@ -27,8 +27,9 @@ def test_labels_round_trip(tmp_path):
 def test_reads_the_bundled_sample():
     from kerasrnn.data import SAMPLE_DIR
 
-    images, labels = idx.read_pair(f"{SAMPLE_DIR}/train-images-idx3-ubyte.gz",
-                                   f"{SAMPLE_DIR}/train-labels-idx1-ubyte.gz")
+    images, labels = idx.read_pair(
+        f"{SAMPLE_DIR}/train-images-idx3-ubyte.gz", f"{SAMPLE_DIR}/train-labels-idx1-ubyte.gz"
+    )
     assert images.shape == (4000, 28, 28) and labels.shape == (4000,)
     np.testing.assert_array_equal(np.bincount(labels), [400] * 10)
 
@@ -96,7 +97,7 @@ def test_label_outside_0_to_9(tmp_path):
 
 def test_corrupt_gzip(tmp_path):
     data = bytearray(gzip.compress(idx.encode(_images(3))))
-    data[len(data) // 2:] = b"\xff" * (len(data) - len(data) // 2)
+    data[len(data) // 2 :] = b"\xff" * (len(data) - len(data) // 2)
     path = _write_raw(tmp_path, bytes(data), "bad.gz")
     with pytest.raises(IdxError, match="bad.gz: corrupt gzip data"):
         idx.read_images(path)

@@ -24,13 +24,16 @@ def test_elman_cell_matches_simple_rnn_with_copied_weights():
     np.testing.assert_allclose(elman(_x()).numpy(), simple(_x()).numpy(), atol=1e-6)
 
 
-@pytest.mark.parametrize("cell,params", [
-    # W_xh 28x16 + W_hh 16x16 + b 16 (+ h0 16) + dense 16x10 + 10
-    ("simple", 28 * 16 + 16 * 16 + 16 + 170),
-    ("elman", 28 * 16 + 16 * 16 + 16 + 16 + 170),
-    ("lstm", 4 * (28 * 16 + 16 * 16 + 16) + 170),
-    ("gru", 3 * (28 * 16 + 16 * 16 + 2 * 16) + 170),  # reset_after: two biases
-])
+@pytest.mark.parametrize(
+    "cell,params",
+    [
+        # W_xh 28x16 + W_hh 16x16 + b 16 (+ h0 16) + dense 16x10 + 10
+        ("simple", 28 * 16 + 16 * 16 + 16 + 170),
+        ("elman", 28 * 16 + 16 * 16 + 16 + 16 + 170),
+        ("lstm", 4 * (28 * 16 + 16 * 16 + 16) + 170),
+        ("gru", 3 * (28 * 16 + 16 * 16 + 2 * 16) + 170),  # reset_after: two biases
+    ],
+)
 def test_exact_parameter_counts(cell, params):
     assert build_classifier(cell=cell, units=16).count_params() == params
 
@@ -52,8 +55,9 @@ def test_pixel_view_model_shape():
 
 @pytest.mark.parametrize("cell", ["simple", "elman"])
 def test_irnn_has_identity_recurrence_and_relu(cell):
-    model = build_classifier(cell=cell, units=8, activation="relu",
-                             recurrent_initializer="identity")
+    model = build_classifier(
+        cell=cell, units=8, activation="relu", recurrent_initializer="identity"
+    )
     layer_cell = model.get_layer(f"{cell}_0").cell
     w_hh = getattr(layer_cell, "w_hh" if cell == "elman" else "recurrent_kernel")
     np.testing.assert_array_equal(w_hh.numpy(), np.eye(8))
@@ -84,14 +88,17 @@ def test_layer_config_round_trip(layer):
     assert clone.get_config() == layer.get_config()
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    ({"cell": "transformer"}, "cell must be one of"),
-    ({"units": 0}, "units must be a positive integer, got 0"),
-    ({"layers": -1}, "layers must be a positive integer"),
-    ({"dropout": 1.5}, r"dropout must be in \[0, 1\)"),
-    ({"activation": "sigmoid"}, r"activation must be one of \('tanh', 'relu'\), got 'sigmoid'"),
-    ({"input_shape": (28,)}, r"input_shape must be \(steps, features\)"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"cell": "transformer"}, "cell must be one of"),
+        ({"units": 0}, "units must be a positive integer, got 0"),
+        ({"layers": -1}, "layers must be a positive integer"),
+        ({"dropout": 1.5}, r"dropout must be in \[0, 1\)"),
+        ({"activation": "sigmoid"}, r"activation must be one of \('tanh', 'relu'\), got 'sigmoid'"),
+        ({"input_shape": (28,)}, r"input_shape must be \(steps, features\)"),
+    ],
+)
 def test_bad_model_config_is_rejected(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         ModelConfig(**kwargs)

@@ -6,8 +6,7 @@ import os
 
 import pytest
 
-NOTEBOOKS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "notebooks",
-                                          "*.ipynb")))
+NOTEBOOKS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "notebooks", "*.ipynb")))
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)

@@ -48,8 +48,14 @@ def _copy_into_keras(model, params):
     model.get_layer("h0_0").h0.assign(params["h0"])
     model.get_layer("logits").kernel.assign(params["w_hy"])
     model.get_layer("logits").bias.assign(params["b_y"])
-    return {"w_xh": rnn.w_xh, "w_hh": rnn.w_hh, "b": rnn.b, "h0": model.get_layer("h0_0").h0,
-            "w_hy": model.get_layer("logits").kernel, "b_y": model.get_layer("logits").bias}
+    return {
+        "w_xh": rnn.w_xh,
+        "w_hh": rnn.w_hh,
+        "b": rnn.b,
+        "h0": model.get_layer("h0_0").h0,
+        "w_hy": model.get_layer("logits").kernel,
+        "b_y": model.get_layer("logits").bias,
+    }
 
 
 def test_hand_bptt_matches_gradient_tape_on_the_keras_model(float64):
@@ -81,7 +87,8 @@ def test_cross_entropy_textbook_value_and_eps():
     probs = np.array([[0.7, 0.2, 0.1], [0.0, 1.0, 0.0]])
     one_hot = np.eye(3)[[0, 0]]
     assert reference.cross_entropy(probs, one_hot, eps=1e-12) == pytest.approx(
-        (-np.log(0.7 + 1e-12) - np.log(1e-12)) / 2)
+        (-np.log(0.7 + 1e-12) - np.log(1e-12)) / 2
+    )
 
 
 def test_the_two_losses_agree():
@@ -89,23 +96,40 @@ def test_the_two_losses_agree():
     labels = np.arange(6)
     probs = np.exp(reference.log_softmax(logits))
     assert reference.softmax_cross_entropy(logits, labels) == pytest.approx(
-        reference.cross_entropy(probs, np.eye(10)[labels], eps=0.0))
+        reference.cross_entropy(probs, np.eye(10)[labels], eps=0.0)
+    )
 
 
-@pytest.mark.parametrize("call,message", [
-    (lambda: reference.softmax_cross_entropy(np.zeros(3), np.zeros(3, int)), r"\[batch, classes\]"),
-    (lambda: reference.softmax_cross_entropy(np.full((2, 3), np.nan), np.zeros(2, int)),
-     "logits contains NaN"),
-    (lambda: reference.softmax_cross_entropy(np.zeros((2, 3)), np.zeros(3, int)),
-     r"labels must have shape \(2,\)"),
-    (lambda: reference.softmax_cross_entropy(np.zeros((2, 3)), np.array([0, 3])),
-     r"labels must be in \[0, 3\)"),
-    (lambda: reference.cross_entropy(np.zeros((2, 3)), np.zeros((2, 4))), "must both be"),
-    (lambda: reference.cross_entropy(np.full((1, 2), np.nan), np.zeros((1, 2))),
-     "probs contains NaN"),
-    (lambda: reference.rnn_forward(reference.init_params(3, 4), np.zeros((2, 3))),
-     r"\[batch, steps, features\]"),
-])
+@pytest.mark.parametrize(
+    "call,message",
+    [
+        (
+            lambda: reference.softmax_cross_entropy(np.zeros(3), np.zeros(3, int)),
+            r"\[batch, classes\]",
+        ),
+        (
+            lambda: reference.softmax_cross_entropy(np.full((2, 3), np.nan), np.zeros(2, int)),
+            "logits contains NaN",
+        ),
+        (
+            lambda: reference.softmax_cross_entropy(np.zeros((2, 3)), np.zeros(3, int)),
+            r"labels must have shape \(2,\)",
+        ),
+        (
+            lambda: reference.softmax_cross_entropy(np.zeros((2, 3)), np.array([0, 3])),
+            r"labels must be in \[0, 3\)",
+        ),
+        (lambda: reference.cross_entropy(np.zeros((2, 3)), np.zeros((2, 4))), "must both be"),
+        (
+            lambda: reference.cross_entropy(np.full((1, 2), np.nan), np.zeros((1, 2))),
+            "probs contains NaN",
+        ),
+        (
+            lambda: reference.rnn_forward(reference.init_params(3, 4), np.zeros((2, 3))),
+            r"\[batch, steps, features\]",
+        ),
+    ],
+)
 def test_bad_inputs_are_rejected(call, message):
     with pytest.raises(ValueError, match=message):
         call()

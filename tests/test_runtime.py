@@ -8,9 +8,9 @@ import textwrap
 
 import numpy as np
 import pytest
-from kerasrnn.export import convert
 
 from kerasrnn.errors import InputError
+from kerasrnn.export import convert
 
 # Run code where `import tensorflow` (or keras) raises, as on a device with LiteRT only.
 _NO_TENSORFLOW = textwrap.dedent("""
@@ -21,8 +21,13 @@ _NO_TENSORFLOW = textwrap.dedent("""
 
 
 def run_without_tensorflow(code: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", _NO_TENSORFLOW + textwrap.dedent(code), *args],
-                          capture_output=True, text=True, timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, "-c", _NO_TENSORFLOW + textwrap.dedent(code), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +52,8 @@ def relative_difference(actual: np.ndarray, expected: np.ndarray) -> float:
 
 def test_runtime_works_where_tensorflow_cannot_be_imported(files, tmp_path):
     np.save(tmp_path / "images.npy", files["images"])
-    result = run_without_tensorflow("""
+    result = run_without_tensorflow(
+        """
         import sys, numpy as np
         try:
             import tensorflow
@@ -63,8 +69,13 @@ def test_runtime_works_where_tensorflow_cannot_be_imported(files, tmp_path):
         np.save(sys.argv[5], logits)
         assert not any(m.split(".")[0] in ("tensorflow", "keras") and sys.modules[m] is not None
                        for m in sys.modules)
-    """, files["float"], files["stream"], str(tmp_path / "images.npy"),
-        str(tmp_path / "out.npy"), str(tmp_path / "stream.npy"))
+    """,
+        files["float"],
+        files["stream"],
+        str(tmp_path / "images.npy"),
+        str(tmp_path / "out.npy"),
+        str(tmp_path / "stream.npy"),
+    )
     assert result.returncode == 0, result.stderr
     assert relative_difference(np.load(tmp_path / "out.npy"), files["keras_logits"]) < 1e-5
     assert relative_difference(np.load(tmp_path / "stream.npy"), files["keras_logits"][0]) < 1e-5
@@ -93,8 +104,12 @@ def test_uint8_and_float_images_give_the_same_logits(files):
 
     classifier = Classifier(files["float"])
     # uint8 / 255 in float32 and in float64 may round one ulp apart: round-off only
-    assert relative_difference(classifier.predict(files["images"]),
-                               classifier.predict(files["images"] / 255.0)) < 1e-6
+    assert (
+        relative_difference(
+            classifier.predict(files["images"]), classifier.predict(files["images"] / 255.0)
+        )
+        < 1e-6
+    )
 
 
 _BAD_BYTES = {
@@ -103,13 +118,16 @@ _BAD_BYTES = {
 }
 
 
-@pytest.mark.parametrize("kind,message", [
-    ("empty", "too short for a TFLite model"),
-    ("random", "not a TFLite model"),
-    ("wrong_magic", r"not a TFLite model \(file identifier b'XXXX'"),
-    ("truncated", "invalid or truncated TFLite model"),
-    ("missing", "no such model file"),
-])
+@pytest.mark.parametrize(
+    "kind,message",
+    [
+        ("empty", "too short for a TFLite model"),
+        ("random", "not a TFLite model"),
+        ("wrong_magic", r"not a TFLite model \(file identifier b'XXXX'"),
+        ("truncated", "invalid or truncated TFLite model"),
+        ("missing", "no such model file"),
+    ],
+)
 def test_bad_model_files_give_a_clear_error_not_a_crash(files, tmp_path, kind, message):
     with open(files["float"], "rb") as f:
         content = f.read()
@@ -120,7 +138,8 @@ def test_bad_model_files_give_a_clear_error_not_a_crash(files, tmp_path, kind, m
         path.write_bytes(content[: len(content) // 2])
     elif kind != "missing":
         path.write_bytes(_BAD_BYTES[kind])
-    result = run_without_tensorflow("""
+    result = run_without_tensorflow(
+        """
         import sys
         from kerasrnn.export.runtime import Classifier
         from kerasrnn.errors import ModelFileError
@@ -128,17 +147,22 @@ def test_bad_model_files_give_a_clear_error_not_a_crash(files, tmp_path, kind, m
             Classifier(sys.argv[1])
         except ModelFileError as e:
             print(e)
-    """, str(path))
+    """,
+        str(path),
+    )
     assert result.returncode == 0, f"process died: {result.returncode} {result.stderr}"
     assert re.search(message, result.stdout), result.stdout
 
 
-@pytest.mark.parametrize("images,message", [
-    (np.zeros((2, 27, 28), np.uint8), r"images must have shape \[n, 28, 28\]"),
-    (np.zeros((2, 28, 28), np.int64), "must be uint8 .* or float in \\[0, 1\\], got int64"),
-    (np.full((1, 28, 28), np.nan, np.float32), "pixels contain NaN"),
-    (np.full((1, 28, 28), 255.0, np.float32), r"float pixels must lie in \[0, 1\]"),
-])
+@pytest.mark.parametrize(
+    "images,message",
+    [
+        (np.zeros((2, 27, 28), np.uint8), r"images must have shape \[n, 28, 28\]"),
+        (np.zeros((2, 28, 28), np.int64), "must be uint8 .* or float in \\[0, 1\\], got int64"),
+        (np.full((1, 28, 28), np.nan, np.float32), "pixels contain NaN"),
+        (np.full((1, 28, 28), 255.0, np.float32), r"float pixels must lie in \[0, 1\]"),
+    ],
+)
 def test_bad_inputs_give_a_clear_error(files, images, message):
     from kerasrnn.export.runtime import Classifier
 

@@ -50,8 +50,15 @@ def test_sample_trained_model_reaches_85_percent_on_mnist_t10k(sample_runs, cell
 
 def test_run_folder_holds_every_artefact(sample_runs):
     run = sample_runs["elman"].run_dir
-    for name in ("config.json", "metrics.csv", "metrics.json", "model.keras", "summary.json",
-                 "curves.png", "confusion.png"):
+    for name in (
+        "config.json",
+        "metrics.csv",
+        "metrics.json",
+        "model.keras",
+        "summary.json",
+        "curves.png",
+        "confusion.png",
+    ):
         assert os.path.getsize(os.path.join(run, name)) > 0, name
     with open(os.path.join(run, "metrics.json")) as f:
         rows = json.load(f)
@@ -65,33 +72,54 @@ def test_run_folder_holds_every_artefact(sample_runs):
 def test_fit_loop_and_bptt_loop_compute_the_same_training(tmp_path):
     histories = {}
     for loop in LOOPS:
-        result = train(ModelConfig(cell="elman", units=16), SMALL,
-                       TrainConfig(epochs=3, loop=loop, verbose=0), str(tmp_path / loop))
+        result = train(
+            ModelConfig(cell="elman", units=16),
+            SMALL,
+            TrainConfig(epochs=3, loop=loop, verbose=0),
+            str(tmp_path / loop),
+        )
         histories[loop] = result.history
     for key in ("loss", "val_loss"):
-        np.testing.assert_allclose([r[key] for r in histories["fit"]],
-                                   [r[key] for r in histories["bptt"]], rtol=1e-3, err_msg=key)
+        np.testing.assert_allclose(
+            [r[key] for r in histories["fit"]],
+            [r[key] for r in histories["bptt"]],
+            rtol=1e-3,
+            err_msg=key,
+        )
     # float round-off may flip the argmax of a near-tie: allow one validation digit
-    np.testing.assert_allclose([r["val_accuracy"] for r in histories["fit"]],
-                               [r["val_accuracy"] for r in histories["bptt"]], atol=1.5 / 256)
+    np.testing.assert_allclose(
+        [r["val_accuracy"] for r in histories["fit"]],
+        [r["val_accuracy"] for r in histories["bptt"]],
+        atol=1.5 / 256,
+    )
 
 
 def test_xla_compiled_loop_computes_the_same_training(tmp_path):
     histories = {}
     for xla in (False, True):
-        histories[xla] = train(ModelConfig(cell="elman", units=16), SMALL,
-                               TrainConfig(epochs=2, jit_compile=xla, verbose=0),
-                               str(tmp_path / str(xla))).history
+        histories[xla] = train(
+            ModelConfig(cell="elman", units=16),
+            SMALL,
+            TrainConfig(epochs=2, jit_compile=xla, verbose=0),
+            str(tmp_path / str(xla)),
+        ).history
     for key in ("loss", "val_loss"):  # XLA fuses differently: round-off only
-        np.testing.assert_allclose([r[key] for r in histories[True]],
-                                   [r[key] for r in histories[False]], rtol=1e-3, err_msg=key)
+        np.testing.assert_allclose(
+            [r[key] for r in histories[True]],
+            [r[key] for r in histories[False]],
+            rtol=1e-3,
+            err_msg=key,
+        )
 
 
 def test_early_stopping_keeps_the_best_epoch(tmp_path):
     # A learning rate this high makes the validation loss rise after the first epochs.
-    result = train(ModelConfig(cell="elman", units=16), SMALL,
-                   TrainConfig(epochs=30, learning_rate=0.3, patience=2, verbose=0),
-                   str(tmp_path))
+    result = train(
+        ModelConfig(cell="elman", units=16),
+        SMALL,
+        TrainConfig(epochs=30, learning_rate=0.3, patience=2, verbose=0),
+        str(tmp_path),
+    )
     losses = [r["val_loss"] for r in result.history]
     best = int(np.argmin(losses))
     assert len(losses) == best + 3  # stopped two epochs after the best
@@ -105,8 +133,13 @@ def test_existing_run_is_never_overwritten(tmp_path):
     with pytest.raises(RunExistsError, match="already holds a run"):
         train(ModelConfig(units=8), SMALL, TrainConfig(epochs=1, verbose=0), str(tmp_path))
     with pytest.raises(RunExistsError, match=r"different configuration \(model.units 8 -> 9\)"):
-        train(ModelConfig(units=9), SMALL, TrainConfig(epochs=1, verbose=0), str(tmp_path),
-              resume=True)
+        train(
+            ModelConfig(units=9),
+            SMALL,
+            TrainConfig(epochs=1, verbose=0),
+            str(tmp_path),
+            resume=True,
+        )
     assert (tmp_path / "metrics.json").read_bytes() == before
 
 
@@ -128,14 +161,18 @@ _KILLED_RUN = textwrap.dedent("""
 
 def test_resume_after_kill_loses_no_epoch(tmp_path):
     run = str(tmp_path / "run")
-    killed = subprocess.run([sys.executable, "-c", _KILLED_RUN, run, "2"], timeout=300,
-                            check=False)
+    killed = subprocess.run([sys.executable, "-c", _KILLED_RUN, run, "2"], timeout=300, check=False)
     assert killed.returncode == -signal.SIGKILL
     with open(os.path.join(run, "metrics.json")) as f:
         assert [r["epoch"] for r in json.load(f)] == [1, 2]
     assert not os.path.exists(os.path.join(run, "model.keras"))
-    result = train(ModelConfig(cell="elman", units=16), SMALL,
-                   TrainConfig(epochs=4, patience=None, verbose=0), run, resume=True)
+    result = train(
+        ModelConfig(cell="elman", units=16),
+        SMALL,
+        TrainConfig(epochs=4, patience=None, verbose=0),
+        run,
+        resume=True,
+    )
     assert [r["epoch"] for r in result.history] == [1, 2, 3, 4]
     with open(os.path.join(run, "metrics.json")) as f:
         assert [r["epoch"] for r in json.load(f)] == [1, 2, 3, 4]
@@ -149,13 +186,16 @@ def test_resuming_a_finished_run_trains_nothing(tmp_path):
     assert again.test == first.test
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    ({"loop": "keras"}, "loop must be one of"),
-    ({"epochs": 0}, "epochs must be a positive integer, got 0"),
-    ({"learning_rate": -1.0}, "learning_rate must be positive, got -1.0"),
-    ({"clipnorm": 0.0}, "clipnorm must be positive or None, got 0.0"),
-    ({"patience": 0}, "patience must be a positive integer or None, got 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"loop": "keras"}, "loop must be one of"),
+        ({"epochs": 0}, "epochs must be a positive integer, got 0"),
+        ({"learning_rate": -1.0}, "learning_rate must be positive, got -1.0"),
+        ({"clipnorm": 0.0}, "clipnorm must be positive or None, got 0.0"),
+        ({"patience": 0}, "patience must be a positive integer or None, got 0"),
+    ],
+)
 def test_bad_train_config_is_rejected(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         TrainConfig(**kwargs)
@@ -163,9 +203,14 @@ def test_bad_train_config_is_rejected(kwargs, message):
 
 @pytest.mark.slow
 def test_full_mnist_through_tfds_prepared_offline(tmp_path, mnist_dir):
-    config = DataConfig(source="tfds", data_dir=str(tmp_path / "tfds"), manual_dir=mnist_dir,
-                        batch_size=128)
-    result = train(ModelConfig(cell="elman", units=128), config,
-                   TrainConfig(epochs=5, verbose=0), str(tmp_path / "run"))
+    config = DataConfig(
+        source="tfds", data_dir=str(tmp_path / "tfds"), manual_dir=mnist_dir, batch_size=128
+    )
+    result = train(
+        ModelConfig(cell="elman", units=128),
+        config,
+        TrainConfig(epochs=5, verbose=0),
+        str(tmp_path / "run"),
+    )
     assert result.test["test_examples"] == 10000
     assert result.test["test_accuracy"] >= 0.95

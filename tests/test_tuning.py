@@ -18,8 +18,16 @@ from kerasrnn.hypermodel import RNNHyperModel, budget_score
 from kerasrnn.search_space import Choice, Range, SearchSpace
 
 SMALL = DataConfig(source="sample", max_examples=600)
-SPACE = ["--set", "cell=elman", "--range", "units=16:32", "--set", "layers=1",
-         "--set", "batch_size=64"]
+SPACE = [
+    "--set",
+    "cell=elman",
+    "--range",
+    "units=16:32",
+    "--set",
+    "layers=1",
+    "--set",
+    "batch_size=64",
+]
 
 
 def _trials(folder: str) -> dict[str, dict]:
@@ -39,12 +47,17 @@ def _trials(folder: str) -> dict[str, dict]:
 def test_search_writes_every_artefact_and_learns(tmp_path, tuner):
     space = SearchSpace.parse(["cell=elman", "batch_size=32"], ["units=16:32"])
     config = TuneConfig(tuner=tuner, max_trials=3, max_epochs=3, seed=1)
-    outcome = tuning.tune(space, DataConfig(source="sample", max_examples=1000), config,
-                          str(tmp_path))
+    outcome = tuning.tune(
+        space, DataConfig(source="sample", max_examples=1000), config, str(tmp_path)
+    )
     assert outcome.finished and outcome.rows
     assert all(r["status"] == "COMPLETED" for r in outcome.rows)
-    for name in ("trials.csv", "best_hyperparameters.json", "best_model.keras",
-                 "score_by_trial.png"):
+    for name in (
+        "trials.csv",
+        "best_hyperparameters.json",
+        "best_model.keras",
+        "score_by_trial.png",
+    ):
         assert os.path.getsize(tmp_path / name) > 0, name
     assert outcome.summary["test_accuracy"] > 0.3  # well above chance (0.1)
     with open(tmp_path / "trials.csv") as f:
@@ -69,32 +82,52 @@ def test_budget_score_orders_models():
 
 def test_int8_tflite_size_measure_is_the_size_of_the_trials_int8_file(tmp_path):
     import numpy as np
+
     from kerasrnn.export.convert import to_tflite
 
     space = SearchSpace.parse(["cell=elman", "units=16", "batch_size=64"])
-    config = TuneConfig(max_trials=1, max_epochs=1, size_measure="int8_tflite",
-                        max_bytes=64 * 1024)
+    config = TuneConfig(max_trials=1, max_epochs=1, size_measure="int8_tflite", max_bytes=64 * 1024)
     outcome = tuning.tune(space, SMALL, config, str(tmp_path), retrain=False)
     # the trial's own weights, exported again as the measure does
     [trial] = _trials(str(tmp_path)).values()
     hp = kt.HyperParameters.from_config(trial["hyperparameters"])
     model = RNNHyperModel(space, SMALL, config).build(hp)
-    model.load_weights(str(tmp_path / "search" / f"trial_{trial['trial_id']}"
-                           / "checkpoint.weights.h5"))
+    model.load_weights(
+        str(tmp_path / "search" / f"trial_{trial['trial_id']}" / "checkpoint.weights.h5")
+    )
     images = data.load_arrays(SMALL, "train")[0][:200].astype(np.float32) / 255.0
     size = to_tflite(model, str(tmp_path / "again.tflite"), "int8", images).size_bytes
     assert outcome.rows[0]["model_bytes"] == size
 
 
 def _kerasrnn(*args, **kwargs):
-    return subprocess.Popen([sys.executable, "-m", "kerasrnn", "tune", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "kerasrnn", "tune", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
 
 
 def test_search_killed_mid_trial_resumes_without_training_a_trial_twice(tmp_path):
     out = str(tmp_path / "search")
-    args = ["--data", "sample", "--max-examples", "600", *SPACE, "--max-trials", "4",
-            "--max-epochs", "3", "--patience", "0", "--no-retrain", "--out", out]
+    args = [
+        "--data",
+        "sample",
+        "--max-examples",
+        "600",
+        *SPACE,
+        "--max-trials",
+        "4",
+        "--max-epochs",
+        "3",
+        "--patience",
+        "0",
+        "--no-retrain",
+        "--out",
+        out,
+    ]
     first = _kerasrnn(*args)
     deadline = time.time() + 300
     # Wait until two trials are recorded as finished, then kill -9 during the next one.
@@ -115,8 +148,10 @@ def test_search_killed_mid_trial_resumes_without_training_a_trial_twice(tmp_path
     assert len(after) == 4 and all(t["status"] == "COMPLETED" for t in after.values())
     for tid, trial in before.items():  # finished trials were not trained again
         assert after[tid]["metrics"] == trial["metrics"]
-    assert len({json.dumps(t["hyperparameters"]["values"], sort_keys=True)
-                for t in after.values()}) == 4
+    assert (
+        len({json.dumps(t["hyperparameters"]["values"], sort_keys=True) for t in after.values()})
+        == 4
+    )
 
 
 def _free_port() -> int:
@@ -127,11 +162,27 @@ def _free_port() -> int:
 
 def test_chief_and_two_workers_share_one_search(tmp_path):
     oracle = f"127.0.0.1:{_free_port()}"
-    common = ["--data", "sample", "--max-examples", "600", *SPACE, "--max-trials", "4",
-              "--max-epochs", "2", "--no-retrain", "--oracle", oracle]
+    common = [
+        "--data",
+        "sample",
+        "--max-examples",
+        "600",
+        *SPACE,
+        "--max-trials",
+        "4",
+        "--max-epochs",
+        "2",
+        "--no-retrain",
+        "--oracle",
+        oracle,
+    ]
     chief = _kerasrnn(*common, "--role", "chief", "--out", str(tmp_path / "chief"))
-    workers = [_kerasrnn(*common, "--role", "worker", "--worker-id", f"w{i}",
-                         "--out", str(tmp_path / f"w{i}")) for i in range(2)]
+    workers = [
+        _kerasrnn(
+            *common, "--role", "worker", "--worker-id", f"w{i}", "--out", str(tmp_path / f"w{i}")
+        )
+        for i in range(2)
+    ]
     processes = [chief, *workers]
     try:
         outputs = [p.communicate(timeout=600) for p in processes]
@@ -144,11 +195,19 @@ def test_chief_and_two_workers_share_one_search(tmp_path):
         assert p.returncode == 0, stderr
     trials = _trials(str(tmp_path / "chief"))
     assert len(trials) == 4 and all(t["status"] == "COMPLETED" for t in trials.values())
-    assert len({json.dumps(t["hyperparameters"]["values"], sort_keys=True)
-                for t in trials.values()}) == 4
+    assert (
+        len({json.dumps(t["hyperparameters"]["values"], sort_keys=True) for t in trials.values()})
+        == 4
+    )
     # each worker trained its own trials (its folder holds their checkpoints), none twice
-    trained = [{name.removeprefix("trial_") for name in os.listdir(tmp_path / f"w{i}" / "search")
-                if name.startswith("trial_")} for i in range(2)]
+    trained = [
+        {
+            name.removeprefix("trial_")
+            for name in os.listdir(tmp_path / f"w{i}" / "search")
+            if name.startswith("trial_")
+        }
+        for i in range(2)
+    ]
     assert trained[0] and trained[1] and not trained[0] & trained[1]
     assert trained[0] | trained[1] == set(trials)
     assert os.path.exists(tmp_path / "chief" / "trials.csv")
@@ -156,8 +215,9 @@ def test_chief_and_two_workers_share_one_search(tmp_path):
 
 def test_space_narrowing_is_respected():
     hp = kt.HyperParameters()
-    values = SearchSpace.parse(["cell=gru"], ["units=32:256", "learning_rate=1e-4:1e-2",
-                                              "batch_size=16,256"]).define(hp)
+    values = SearchSpace.parse(
+        ["cell=gru"], ["units=32:256", "learning_rate=1e-4:1e-2", "batch_size=16,256"]
+    ).define(hp)
     domains = {p.name: p for p in hp.space}
     assert values["cell"] == "gru" and isinstance(domains["cell"], kt.engine.hyperparameters.Fixed)
     assert (domains["units"].min_value, domains["units"].max_value) == (32, 256)
@@ -168,43 +228,55 @@ def test_space_narrowing_is_respected():
 def test_parsed_domains():
     space = SearchSpace.parse(["dropout=0.1"], ["units=32:64", "cell=lstm,gru"])
     domains = dict(space.domains)
-    assert domains == {"dropout": 0.1, "units": Range(32, 64, step=16),
-                       "cell": Choice(("lstm", "gru"))}
+    assert domains == {
+        "dropout": 0.1,
+        "units": Range(32, 64, step=16),
+        "cell": Choice(("lstm", "gru")),
+    }
 
 
-@pytest.mark.parametrize("assignments,ranges,message", [
-    (["speed=3"], [], "unknown hyperparameter 'speed'"),
-    (["units"], [], "expected NAME=VALUE"),
-    (["units=abc"], [], "units='abc': expected int"),
-    (["units=0"], [], "units=0: units must be >= 1"),
-    ([], ["units=256:32"], "empty range, low 256 > high 32"),
-    ([], ["cell=elman:gru"], "a range needs numbers"),
-    (["cell=transformer"], [], "must be one of"),
-    ([], ["dropout=0.5:1.5"], r"dropout=1.5: dropout must be in \[0, 1\)"),
-    (["learning_rate=nan"], [], "expected a finite number"),
-    (["units=32"], ["units=16:64"], "units is given twice"),
-    ([], ["batch_size=,"], "batch_size: empty choice"),
-])
+@pytest.mark.parametrize(
+    "assignments,ranges,message",
+    [
+        (["speed=3"], [], "unknown hyperparameter 'speed'"),
+        (["units"], [], "expected NAME=VALUE"),
+        (["units=abc"], [], "units='abc': expected int"),
+        (["units=0"], [], "units=0: units must be >= 1"),
+        ([], ["units=256:32"], "empty range, low 256 > high 32"),
+        ([], ["cell=elman:gru"], "a range needs numbers"),
+        (["cell=transformer"], [], "must be one of"),
+        ([], ["dropout=0.5:1.5"], r"dropout=1.5: dropout must be in \[0, 1\)"),
+        (["learning_rate=nan"], [], "expected a finite number"),
+        (["units=32"], ["units=16:64"], "units is given twice"),
+        ([], ["batch_size=,"], "batch_size: empty choice"),
+    ],
+)
 def test_bad_space_gives_a_clear_error(assignments, ranges, message):
     with pytest.raises(SearchSpaceError, match=message):
         SearchSpace.parse(assignments, ranges)
 
 
 def test_bad_space_is_one_line_on_the_command_line(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "kerasrnn", "tune", "--range",
-                             "units=64:8", "--out", str(tmp_path)], capture_output=True,
-                            text=True, timeout=300, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "kerasrnn", "tune", "--range", "units=64:8", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert result.returncode == 1
-    assert result.stderr.strip() == ("kerasrnn: error: units=64:8: empty range, "
-                                     "low 64 > high 8")
+    assert result.stderr.strip() == ("kerasrnn: error: units=64:8: empty range, low 64 > high 8")
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    ({"tuner": "grid"}, "tuner must be one of"),
-    ({"max_trials": 0}, "max_trials must be a positive integer, got 0"),
-    ({"size_measure": "flops"}, "size_measure must be one of"),
-    ({"time_budget_s": -1}, "time_budget_s must be positive"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"tuner": "grid"}, "tuner must be one of"),
+        ({"max_trials": 0}, "max_trials must be a positive integer, got 0"),
+        ({"size_measure": "flops"}, "size_measure must be one of"),
+        ({"time_budget_s": -1}, "time_budget_s must be positive"),
+    ],
+)
 def test_bad_tune_config(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         TuneConfig(**kwargs)
@@ -216,12 +288,14 @@ def test_role_without_oracle_is_rejected():
 
 
 def test_time_budget_stops_after_the_running_trial(tmp_path):
-    space = SearchSpace.parse(["cell=elman", "units=16", "batch_size=64"],
-                              ["learning_rate=1e-3:1e-2"])
+    space = SearchSpace.parse(
+        ["cell=elman", "units=16", "batch_size=64"], ["learning_rate=1e-3:1e-2"]
+    )
     config = TuneConfig(max_trials=5, max_epochs=1, time_budget_s=0.001)
     outcome = tuning.tune(space, SMALL, config, str(tmp_path), retrain=False)
     assert not outcome.finished
     assert [r["status"] for r in outcome.rows] == ["COMPLETED"]
-    resumed = tuning.tune(space, SMALL, TuneConfig(max_trials=2, max_epochs=1),
-                          str(tmp_path), retrain=False)
+    resumed = tuning.tune(
+        space, SMALL, TuneConfig(max_trials=2, max_epochs=1), str(tmp_path), retrain=False
+    )
     assert resumed.finished and len(resumed.rows) == 2
