@@ -6,7 +6,7 @@ modules start without importing TensorFlow.
     data → cells/models → training → tuning → export (kerasrnn.export) → runtime
 """
 
-from kerasrnn._lazy import lazy_exports
+from kerasrnn._lazy import import_after, lazy_exports
 
 __version__ = "0.1.0"
 
@@ -33,3 +33,5 @@ _EXPORTS = {
 
 __all__ = list(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+# `keras.models.load_model` finds ElmanCell and LearnableInitialState once Keras is loaded.
+import_after("keras", "kerasrnn.cells")

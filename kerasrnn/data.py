@@ -80,17 +80,30 @@ def _tfds_builder(config: DataConfig):
 
 
 def resolve_source(config: DataConfig) -> str:
-    """Turns `auto` into a concrete source, logging the choice in one line."""
+    """Turns `auto` into a concrete source, logging the choice in one line.
+
+    A given `data_dir` means that folder: the IDX files in it, or TFDS's data there.
+
+    Raises:
+        DataUnavailableError: `data_dir` holds neither, or no source is available.
+    """
     if config.source != "auto":
         return config.source
+    if config.data_dir and _holds_idx_files(config.data_dir):
+        return "idx"
     if config.manual_dir or _tfds_builder(config).is_prepared() or network_available():
         return "tfds"
+    if config.data_dir:
+        raise DataUnavailableError(
+            f"{config.data_dir} holds neither the four IDX files nor a prepared TFDS "
+            f"{config.dataset!r}, and there is no network to download it"
+        )
     if config.dataset == "mnist":
         log.warning(
             "TFDS 'mnist' is not prepared and there is no network: using the bundled sample"
         )
         return "sample"
-    if config.data_dir or os.path.isdir(FASHION_MNIST_DIR):
+    if os.path.isdir(FASHION_MNIST_DIR):
         log.warning(
             "TFDS %r is not prepared and there is no network: reading IDX files", config.dataset
         )
@@ -99,6 +112,16 @@ def resolve_source(config: DataConfig) -> str:
         f"no source for {config.dataset!r}: TFDS is not prepared and there is no network; "
         f"install Debian's dataset-fashion-mnist or pass data_dir with the IDX files"
     )
+
+
+def _holds_idx_files(folder: str) -> bool:
+    """Whether `folder` holds the four IDX files of a dataset."""
+    try:
+        for prefix in ("train", "t10k"):
+            _idx_paths(folder, prefix)
+    except DataUnavailableError:
+        return False
+    return True
 
 
 def _idx_paths(folder: str, prefix: str) -> tuple[str, str]:

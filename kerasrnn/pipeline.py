@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 from kerasrnn._io import write_json
@@ -9,6 +10,8 @@ from kerasrnn.config import DataConfig, ModelConfig, TrainConfig
 from kerasrnn.export.config import ExportConfig
 from kerasrnn.export.workflow import export_model
 from kerasrnn.training_run import train
+
+log = logging.getLogger(__name__)
 
 
 def run(
@@ -52,6 +55,15 @@ def run(
             "micro": report.micro,
             **extras,
         }
+    sizes = {name: e["size_bytes"] for name, e in summary["exports"].items()}
+    if sizes["model_int8.tflite"] > sizes["model.tflite"]:
+        log.warning(
+            "model_int8.tflite (%s bytes) is larger than model.tflite (%s bytes), and "
+            "the C array holds the int8 file: at this size the float32 file is the "
+            "smaller one to deploy",
+            f"{sizes['model_int8.tflite']:,}",
+            f"{sizes['model.tflite']:,}",
+        )
     write_json(os.path.join(result.run_dir, "pipeline.json"), summary)
     return summary
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import logging
 import os
 
 import keras
 import keras_tuner as kt
+from matplotlib.ticker import MaxNLocator
 
 from kerasrnn import data
 from kerasrnn._io import atomic_write, write_json
@@ -18,6 +20,7 @@ from kerasrnn.evaluation import evaluate
 from kerasrnn.plots import pyplot
 from kerasrnn.search_space import NAMES
 
+log = logging.getLogger(__name__)
 COLUMNS = ("trial", "status", *NAMES, "score", "val_accuracy", "epochs", "seconds", "model_bytes")
 
 
@@ -69,8 +72,13 @@ def write_results(
     """Writes trials.csv, best_hyperparameters.json, score_by_trial.png and (with
     `retrain`) best_model.keras trained on train+validation and scored on the test split.
 
+    With a size budget that no trial met, nothing is crowned: "best" is None, and the
+    summary names the smallest size reached (a warning says so too).
+
     Returns:
-        {"best": hyperparameters, "score": float, "trials": int, "test_accuracy": float|None}.
+        {"best": hyperparameters or None, "score": float or None, "trial": id or None,
+        "trials": int, "test_accuracy": float or None, "max_bytes": int or None, and,
+        when no trial met the budget, "smallest_bytes" and "smallest_trial"}.
     """
     rows = trial_rows(tuner)
     buffer = io.StringIO()
@@ -78,18 +86,35 @@ def write_results(
     writer.writeheader()
     writer.writerows(rows)
     atomic_write(os.path.join(out_dir, "trials.csv"), buffer.getvalue())
-    _plot(rows, os.path.join(out_dir, "score_by_trial.png"), tuner.oracle.objective.name)
-    best_trial = tuner.oracle.get_best_trials(1)[0]
-    best = dict(best_trial.hyperparameters.values)
-    summary = {
-        "best": best,
-        "score": best_trial.score,
-        "trial": best_trial.trial_id,
-        "trials": len(rows),
-        "test_accuracy": None,
-    }
-    if retrain:
-        summary["test_accuracy"] = _retrain(tuner, best_trial, data_config, out_dir)
+    max_bytes = tuner.hypermodel.config.max_bytes
+    _plot(rows, os.path.join(out_dir, "score_by_trial.png"), max_bytes)
+    summary = {"trials": len(rows), "test_accuracy": None, "max_bytes": max_bytes}
+    sized = [r for r in rows if r["model_bytes"] is not None]
+    if max_bytes and sized and all(r["model_bytes"] > max_bytes for r in sized):
+        smallest = min(sized, key=lambda r: r["model_bytes"])
+        summary.update(
+            best=None,
+            score=None,
+            trial=None,
+            smallest_bytes=int(smallest["model_bytes"]),
+            smallest_trial=smallest["trial"],
+        )
+        log.warning(
+            "no trial met the size budget of %d bytes (the smallest reached %d bytes, "
+            "trial %s): no best model was chosen",
+            max_bytes,
+            summary["smallest_bytes"],
+            smallest["trial"],
+        )
+    else:
+        best_trial = tuner.oracle.get_best_trials(1)[0]
+        summary.update(
+            best=dict(best_trial.hyperparameters.values),
+            score=best_trial.score,
+            trial=best_trial.trial_id,
+        )
+        if retrain:
+            summary["test_accuracy"] = _retrain(tuner, best_trial, data_config, out_dir)
     write_json(os.path.join(out_dir, "best_hyperparameters.json"), summary)
     return summary
 
@@ -119,8 +144,15 @@ def report(outcome) -> str:
     lines = [table(outcome.rows)]
     if not outcome.finished:
         lines.append("stopped for the time budget: run the same command to continue")
-    if outcome.summary:
-        summary = outcome.summary
+    summary = outcome.summary
+    if summary and summary["best"] is None:
+        lines.append(
+            f"no trial met the size budget of {summary['max_bytes']:,} bytes: the smallest "
+            f"model reached {summary['smallest_bytes']:,} bytes (trial "
+            f"{summary['smallest_trial']}), so no best model was chosen; raise --max-bytes "
+            f"or narrow the space to smaller models"
+        )
+    elif summary:
         lines.append(
             f"best (trial {summary['trial']}, score {summary['score']:.4f}): {summary['best']}"
         )
@@ -132,21 +164,35 @@ def report(outcome) -> str:
     return "\n".join(lines)
 
 
-def _plot(rows: list[dict], path: str, objective: str) -> None:
+def _plot(rows: list[dict], path: str, max_bytes: int | None) -> None:
+    """Validation accuracy by trial (numbered as in trials.csv), the best so far, and the
+    trials over the size budget marked."""
     plt = pyplot()
-    done = [(i + 1, r["score"]) for i, r in enumerate(rows) if r["score"] is not None]
+    done = [r for r in rows if r["val_accuracy"] is not None]
     fig, ax = plt.subplots(figsize=(7, 4))
     if done:
-        xs, ys = zip(*done)
-        ax.plot(xs, ys, "o", label="trial")
+        numbers = [int(r["trial"]) for r in done]
+        accuracies = [r["val_accuracy"] for r in done]
+        over = [bool(max_bytes and r["model_bytes"] and r["model_bytes"] > max_bytes) for r in done]
+        ax.plot(numbers, accuracies, "o", label="trial")
+        if any(over):
+            ax.plot(
+                [n for n, o in zip(numbers, over) if o],
+                [a for a, o in zip(accuracies, over) if o],
+                "x",
+                color="red",
+                markersize=10,
+                label=f"over {max_bytes:,} bytes",
+            )
         best, running = [], float("-inf")
-        for y in ys:
-            running = max(running, y)
-            best.append(running)
-        ax.plot(xs, best, "-", label="best so far")
+        for accuracy, too_big in zip(accuracies, over):
+            running = running if too_big else max(running, accuracy)
+            best.append(running if running > float("-inf") else None)
+        ax.plot(numbers, best, "-", label="best so far" + (" within budget" if max_bytes else ""))
         ax.legend()
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial")
-    ax.set_ylabel(objective)
+    ax.set_ylabel("validation accuracy")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))

@@ -83,11 +83,26 @@ def test_tfds_without_network_fails_fast_naming_alternatives(tmp_path):
         data.mnist("test", source="tfds", data_dir=str(tmp_path))
 
 
-def test_auto_falls_back_to_the_sample_offline(tmp_path, caplog):
+def test_auto_falls_back_to_the_sample_offline(caplog):
     if data.network_available():
         pytest.skip("this machine reaches TFDS's download host")
-    assert data.resolve_source(DataConfig(data_dir=str(tmp_path))) == "sample"
+    assert data.resolve_source(DataConfig()) == "sample"
     assert "using the bundled sample" in caplog.text
+
+
+def test_a_given_data_dir_means_that_folder(tmp_path):
+    from kerasrnn import idx
+
+    images, labels = data.load_arrays(DataConfig(source="sample"), "test")
+    for prefix in ("train", "t10k"):
+        idx.write(str(tmp_path / f"{prefix}-images-idx3-ubyte.gz"), images[:30])
+        idx.write(str(tmp_path / f"{prefix}-labels-idx1-ubyte.gz"), labels[:30].astype("uint8"))
+    config = DataConfig(data_dir=str(tmp_path))  # source "auto", as `evaluate --data-dir`
+    assert data.resolve_source(config) == "idx"
+    assert len(data.load_arrays(config, "test")[1]) == 30  # not the sample's 1,000
+    if not data.network_available():
+        with pytest.raises(DataUnavailableError, match="holds neither the four IDX files"):
+            data.resolve_source(DataConfig(data_dir=str(tmp_path / "empty")))
 
 
 def test_tfds_pipeline_with_tfds_mock_data():

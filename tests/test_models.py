@@ -117,3 +117,23 @@ def test_every_cell_kind_builds_its_own_layer(cell):
 def test_bad_cell_units_are_rejected():
     with pytest.raises(ValueError, match="units must be a positive integer, got -2"):
         ElmanCell(-2)
+
+
+def test_import_kerasrnn_lets_keras_load_its_models_without_importing_keras_itself(tmp_path):
+    import subprocess
+    import sys
+
+    path = str(tmp_path / "elman.keras")
+    build_classifier(cell="elman", units=4).save(path)
+    code = (
+        "import sys\n"
+        "import kerasrnn\n"
+        "assert 'keras' not in sys.modules and 'tensorflow' not in sys.modules\n"
+        "import keras\n"
+        f"print(keras.models.load_model({path!r}).name)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "elman_classifier"
