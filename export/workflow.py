@@ -11,7 +11,7 @@ import tensorflow as tf
 from kerasrnn import data
 from kerasrnn.config import DataConfig
 from kerasrnn.errors import ConfigError, MicroError
-from kerasrnn.evaluation import load_model
+from kerasrnn.evaluation import load_model, model_view
 from kerasrnn.export.config import MICRO_QUANTIZATIONS, ExportConfig
 from kerasrnn.export.convert import TfliteFile, to_tflite
 from kerasrnn.export.micro import write_c_array
@@ -37,7 +37,8 @@ def export_model(
         model_path: the .keras file.
         out_path: the .tflite to write.
         config: see `ExportConfig`.
-        data_config: where calibration and test digits come from (its view follows the model).
+        data_config: where calibration and test digits come from (read in the model's
+            view, see `evaluation.model_view`).
 
     Returns:
         (the written file, the verification report, {"stream": path, "c_array": [paths]}).
@@ -48,9 +49,7 @@ def export_model(
     """
     _refuse_overwriting_the_model(model_path, out_path, config)
     model = load_model(model_path)
-    data_config = dataclasses.replace(
-        data_config, view=data.view_for_shape(model.input_shape[1:], data_config.view)
-    )
+    data_config = dataclasses.replace(data_config, view=model_view(model, data_config.view))
     calibration = None
     if config.quantization == "int8":
         images, _ = data.load_arrays(

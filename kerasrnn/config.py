@@ -109,7 +109,9 @@ class ModelConfig:
         dropout: dropout rate between layers and before the output layer.
         activation: recurrent activation of simple/elman ("tanh" or "relu").
         recurrent_initializer: "orthogonal" or "identity" (IRNN with relu).
-        input_shape: (steps, features) of one example: (28, 28) rows, (784, 1) pixels.
+        view: the sequences it reads, one of `VIEWS` (rows: 28 x 28; pixels and permuted:
+            784 x 1). The model keeps it (its input is named `sequence_{view}`), so that
+            evaluation and export read digits the way it was trained on them.
         classes: number of output logits.
     """
 
@@ -119,7 +121,7 @@ class ModelConfig:
     dropout: float = 0.0
     activation: str = "tanh"
     recurrent_initializer: str = "orthogonal"
-    input_shape: tuple[int, int] = (28, 28)
+    view: str = "rows"
     classes: int = 10
 
     def __post_init__(self):
@@ -130,9 +132,12 @@ class ModelConfig:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         check_choice("activation", self.activation, ACTIVATIONS)
         check_choice("recurrent_initializer", self.recurrent_initializer, RECURRENT_INITIALIZERS)
-        object.__setattr__(self, "input_shape", tuple(self.input_shape))
-        if len(self.input_shape) != 2:
-            raise ConfigError(f"input_shape must be (steps, features), got {self.input_shape}")
+        check_choice("view", self.view, VIEWS)
+
+    @property
+    def input_shape(self) -> tuple[int, int]:
+        """(steps, features) of one example in this model's view."""
+        return view_shape(self.view)
 
 
 @dataclasses.dataclass(frozen=True)

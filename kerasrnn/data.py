@@ -25,23 +25,13 @@ import tensorflow as tf
 
 from kerasrnn import idx
 from kerasrnn.config import FASHION_MNIST_DIR, SPLITS, VIEWS, DataConfig, check_choice
-from kerasrnn.errors import DataError, DataUnavailableError
+from kerasrnn.errors import DataUnavailableError
 
 log = logging.getLogger(__name__)
 
 SAMPLE_DIR = os.path.join(os.path.dirname(__file__), "sample")
 _PERMUTATION_SEED = 92916
 _TFDS_HOST = ("storage.googleapis.com", 443)
-
-
-def view_for_shape(shape, requested: str | None = None) -> str:
-    """The view whose sequences have `shape`: (28, 28) is `rows`; (784, 1) is `pixels`, or
-    `permuted` when that is what `requested` says (the shape cannot tell them apart)."""
-    if tuple(shape) == (28, 28):
-        return "rows"
-    if tuple(shape) == (784, 1):
-        return "permuted" if requested == "permuted" else "pixels"
-    raise DataError(f"no view gives sequences of shape {tuple(shape)}")
 
 
 def network_available(timeout: float = 1.0) -> bool:

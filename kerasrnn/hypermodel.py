@@ -71,7 +71,7 @@ class RNNHyperModel(kt.HyperModel):
             layers=values["layers"],
             dropout=values["dropout"],
             activation=values["activation"],
-            input_shape=self.data_config.input_shape,
+            view=self.data_config.view,
         )
         model = compile_model(build_classifier(model_config), self.train_config(values, 1))
         # Hyperband continues trials from checkpoints that hold the optimizer's state: the

@@ -48,7 +48,7 @@ def build_classifier(config: ModelConfig | None = None, **options) -> keras.Mode
     elif options:
         config = dataclasses.replace(config, **options)
     kind = CELL_KINDS[config.cell]
-    inputs = keras.Input(shape=config.input_shape, name="sequence")
+    inputs = keras.Input(shape=config.input_shape, name=f"sequence_{config.view}")
     x = inputs
     for i in range(config.layers):
         last = i == config.layers - 1

@@ -48,7 +48,7 @@ def train(
     """Trains a classifier into a run folder (see `kerasrnn.rundir`), resumable.
 
     Args:
-        model_config: the architecture; its input shape follows `data_config.view`.
+        model_config: the architecture; its view is `data_config.view`.
         data_config: the data; `validation` is carved from the training split.
         config: see `TrainConfig`.
         out_dir: the run folder.
@@ -62,7 +62,7 @@ def train(
         RunExistsError: `out_dir` holds a run and `resume` is false, or a different run.
     """
     data_config = dataclasses.replace(data_config, source=data.resolve_source(data_config))
-    model_config = dataclasses.replace(model_config, input_shape=data_config.input_shape)
+    model_config = dataclasses.replace(model_config, view=data_config.view)
     run = RunDirectory(out_dir)
     run.begin(
         {

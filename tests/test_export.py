@@ -250,7 +250,7 @@ def test_dynamic_batch_file_takes_any_batch(trained_models, test_digits, tmp_pat
 
 
 def test_pixel_view_model_exports(tmp_path, test_digits):
-    model = build_classifier(cell="elman", units=8, input_shape=(784, 1))
+    model = build_classifier(cell="elman", units=8, view="pixels")
     path = convert.to_tflite(model, str(tmp_path / "p.tflite")).path
     images, _ = test_digits
     x = images[:4].reshape(4, 784, 1)

@@ -49,7 +49,7 @@ def test_keras_file_round_trip_gives_identical_predictions(tmp_path, cell, layer
 
 
 def test_pixel_view_model_shape():
-    model = build_classifier(cell="elman", units=8, input_shape=(784, 1))
+    model = build_classifier(cell="elman", units=8, view="pixels")
     assert model(_x(2, (784, 1))).shape == (2, 10)
 
 
@@ -96,7 +96,7 @@ def test_layer_config_round_trip(layer):
         ({"layers": -1}, "layers must be a positive integer"),
         ({"dropout": 1.5}, r"dropout must be in \[0, 1\)"),
         ({"activation": "sigmoid"}, r"activation must be one of \('tanh', 'relu'\), got 'sigmoid'"),
-        ({"input_shape": (28,)}, r"input_shape must be \(steps, features\)"),
+        ({"view": "columns"}, r"view must be one of \('rows', 'pixels', 'permuted'\)"),
     ],
 )
 def test_bad_model_config_is_rejected(kwargs, message):
@@ -137,3 +137,17 @@ def test_import_kerasrnn_lets_keras_load_its_models_without_importing_keras_itse
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "elman_classifier"
+
+
+@pytest.mark.parametrize("view", ["rows", "pixels", "permuted"])
+def test_a_saved_model_keeps_its_view(tmp_path, view):
+    from kerasrnn.evaluation import load_model, model_view
+
+    path = str(tmp_path / "m.keras")
+    build_classifier(cell="elman", units=4, view=view).save(path)
+    loaded = load_model(path)
+    assert model_view(loaded) == view  # the default request, "rows", asks for nothing
+    assert model_view(loaded, view) == view
+    other = "permuted" if view != "permuted" else "pixels"
+    with pytest.raises(ConfigError, match=f"the model reads {view} sequences, not {other}"):
+        model_view(loaded, other)
