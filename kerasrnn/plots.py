@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from kerasrnn._io import atomic_write
 
@@ -17,12 +18,13 @@ def pyplot():
     return plt
 
 
-def training_curves(history: list[dict], path: str) -> None:
+def training_curves(history: list[dict], path: str, best_epoch: int | None = None) -> None:
     """Plots loss and accuracy (train and validation) by epoch into a PNG.
 
     Args:
         history: one dict per epoch with epoch, loss, accuracy, val_loss, val_accuracy.
         path: the PNG to write.
+        best_epoch: the epoch whose weights the run kept, marked on both plots.
     """
     plt = pyplot()
     epochs = [row["epoch"] for row in history]
@@ -30,6 +32,9 @@ def training_curves(history: list[dict], path: str) -> None:
     for ax, metric in zip(axes, ("loss", "accuracy")):
         ax.plot(epochs, [row[metric] for row in history], "o-", label="train")
         ax.plot(epochs, [row[f"val_{metric}"] for row in history], "o-", label="validation")
+        if best_epoch is not None:
+            ax.axvline(best_epoch, color="grey", linestyle="--", label=f"kept: epoch {best_epoch}")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_title(metric)
         ax.grid(alpha=0.3)

@@ -39,27 +39,18 @@ def trial_rows(tuner: kt.Tuner) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    """The trials as aligned text."""
-    shown = (
-        "trial",
-        "status",
-        "cell",
-        "units",
-        "layers",
-        "learning_rate",
-        "batch_size",
-        "score",
-        "epochs",
-        "seconds",
-        "model_bytes",
-    )
+    """The trials as aligned text: every hyperparameter, the score, validation accuracy,
+    epochs, seconds and model bytes (as integers)."""
+    shown = ("trial", "status", *NAMES, "score", "val_accuracy", "epochs", "seconds", "model_bytes")
 
-    def cell(value):
-        if isinstance(value, float):
-            return f"{value:.4g}"
-        return "-" if value is None else str(value)
+    def cell(key, value):
+        if value is None:
+            return "-"
+        if key in ("model_bytes", "epochs"):
+            return f"{int(value):,}"
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
 
-    cells = [[cell(row.get(k)) for k in shown] for row in rows]
+    cells = [[cell(k, row.get(k)) for k in shown] for row in rows]
     widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(shown)]
     lines = ["  ".join(k.ljust(w) for k, w in zip(shown, widths))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells]

@@ -26,3 +26,26 @@ def test_impossible_size_budget_crowns_no_model_and_says_so(tmp_path, caplog):
     )
     assert "no trial met the size budget" in caplog.text
     assert os.path.getsize(tmp_path / "score_by_trial.png") > 0
+
+
+def test_trials_table_shows_every_hyperparameter_and_integer_bytes():
+    from kerasrnn.search_space import NAMES
+    from kerasrnn.tuning_results import table
+
+    row = {
+        "trial": "00",
+        "status": "COMPLETED",
+        "score": 0.91,
+        "val_accuracy": 0.91,
+        "epochs": 3.0,
+        "seconds": 4.2,
+        "model_bytes": 10980.0,
+    }
+    row.update(
+        {name: value for name, value in zip(NAMES, ("elman", 32, 1, 0.1, "relu", 0.002, 0.5, 64))}
+    )
+    header, line = table([row]).splitlines()
+    for name in (*NAMES, "val_accuracy", "model_bytes"):
+        assert name in header.split()
+    assert "10,980" in line.split() and "1.098e+04" not in line
+    assert {"relu", "0.1", "0.5"} <= set(line.split())
