@@ -83,6 +83,9 @@ def _fit_bptt(model, train_ds, val_ds, config: TrainConfig, callbacks, initial_e
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         loss_mean.update_state(loss, sample_weight=tf.shape(y)[0])
         accuracy.update_state(y, logits)
+        # The running means, computed in the graph: the progress bar reads them only when
+        # it redraws (every 50 ms), so the step never waits for a display.
+        return {"loss": loss_mean.result(), "accuracy": accuracy.result()}
 
     steps = int(train_ds.cardinality())
     callbacks = keras.callbacks.CallbackList(
@@ -100,19 +103,15 @@ def _fit_bptt(model, train_ds, val_ds, config: TrainConfig, callbacks, initial_e
         callbacks.on_epoch_begin(epoch)
         loss_mean.reset_state()
         accuracy.reset_state()
+        step_logs = {"loss": loss_mean.result(), "accuracy": accuracy.result()}
         for step, (x, y) in enumerate(train_ds):
             callbacks.on_train_batch_begin(step)
-            train_step(x, y)
-            callbacks.on_train_batch_end(step, _results(loss_mean, accuracy))
-        logs = {key: float(value) for key, value in _results(loss_mean, accuracy).items()}
+            step_logs = train_step(x, y)
+            callbacks.on_train_batch_end(step, step_logs)
+        logs = {key: float(value) for key, value in step_logs.items()}
         if val_ds is not None:
             logs.update({f"val_{k}": v for k, v in evaluate(model, val_ds).items()})
         callbacks.on_epoch_end(epoch, logs)
         if model.stop_training:
             break
     callbacks.on_train_end(logs)
-
-
-def _results(*metrics) -> dict:
-    """The metrics' current values, as tensors (read only by whoever displays them)."""
-    return {metric.name: metric.result() for metric in metrics}
