@@ -50,7 +50,18 @@ def test_export_imports_neither_training_nor_tuning(path):
 def test_the_device_runtime_imports_only_numpy_litert_and_errors():
     imported = _imported_modules(os.path.join(REPO, "export", "runtime.py"))
     roots = {name.split(".")[0] for name in imported}
-    assert roots <= {"__future__", "os", "numpy", "ai_edge_litert", "kerasrnn"}
+    stdlib = {
+        "__future__",
+        "hashlib",  # the files' digests
+        "logging",
+        "math",
+        "os",
+        "signal",
+        "struct",
+        "subprocess",  # loading a file without a digest in a child process first
+        "sys",
+    }
+    assert roots <= stdlib | {"numpy", "ai_edge_litert", "kerasrnn"}
     assert {m for m in imported if m.startswith("kerasrnn")} <= {
         "kerasrnn.errors",
         "kerasrnn.errors.InputError",
@@ -90,3 +101,32 @@ def test_flatbuffer_table_sharing_runs_on_the_versions_it_was_checked_against():
     # generator version must be checked again before it is allowed here.
     assert importlib.metadata.version("ai-edge-litert").startswith("2.")
     assert importlib.metadata.version("flatbuffers").split(".")[0] in ("24", "25")
+
+
+def test_help_shows_every_default_and_version_is_printed():
+    import re
+    import subprocess
+    import sys
+
+    import kerasrnn
+
+    def run(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "kerasrnn", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        ).stdout
+
+    assert run("--version").strip() == f"kerasrnn {kerasrnn.__version__}"
+    text = " ".join(run("train", "--help").split())  # unwrap argparse's line breaks
+    for flag, default in (
+        ("--units", 64),
+        ("--epochs", 10),
+        ("--learning-rate", 0.002),
+        ("--cell", "elman"),
+        ("--batch-size", 64),
+        ("--clipnorm", 1.0),
+    ):
+        assert re.search(rf"{flag} \S+ .*?\(default: {re.escape(str(default))}\)", text), flag
