@@ -56,6 +56,13 @@ def export_model(
             dataclasses.replace(data_config, max_examples=None), "train+validation"
         )
         calibration = _views(images[:CALIBRATION_IMAGES], data_config.view)
+    log.info(
+        "converting %s to %s (%s%s)",
+        model_path,
+        out_path,
+        config.quantization,
+        f", calibrated on {len(calibration):,} training digits" if calibration is not None else "",
+    )
     written = to_tflite(
         model,
         out_path,
@@ -65,14 +72,19 @@ def export_model(
         activations=config.activations,
     )
     images, labels = data.load_arrays(data_config, "test")
+    micro = config.micro and config.batch_size == 1 and config.quantization in MICRO_QUANTIZATIONS
+    log.info(
+        "verifying %s against Keras on %d test digits%s",
+        out_path,
+        len(labels),
+        " and in TensorFlow Lite Micro" if micro else "",
+    )
     try:
         report = verify(
             out_path,
             model,
             (_views(images, data_config.view), labels),
-            micro=config.micro
-            and config.batch_size == 1
-            and config.quantization in MICRO_QUANTIZATIONS,
+            micro=micro,
             json_path=_outputs(out_path, config)["report"],
         )
     except MicroError as e:
@@ -84,6 +96,7 @@ def export_model(
     extras = {}
     if config.stream:
         extras["stream"] = _outputs(out_path, config)["stream"]
+        log.info("converting the streaming step model %s", extras["stream"])
         to_tflite(
             model,
             extras["stream"],
