@@ -27,6 +27,7 @@ benchmark: $(STAMP)
 	$(BIN)/python benchmarks/export_sizes.py
 	$(BIN)/python benchmarks/int8_agreement.py
 	$(BIN)/python benchmarks/training_speed.py
+	$(BIN)/python benchmarks/firmware_sizes.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

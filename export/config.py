@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 
 from kerasrnn.config import check_choice, check_positive
+from kerasrnn.errors import ConfigError
 
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
 # Activations inside an int8 file: int16 (int8 weights, int8 images and logits; see
@@ -17,6 +18,8 @@ INT8_ACTIVATIONS = ("int16", "int8")
 FORMS = ("loop", "unrolled", "fused")
 # TFLM runs float32 and full-int8 files; it has no float16 DEQUANTIZE or hybrid kernels.
 MICRO_QUANTIZATIONS = ("none", "int8")
+# Firmware targets: QEMU's MPS2 boards, or the host's g++ (see `export.firmware`).
+FIRMWARE_TARGETS = ("cortex-m3", "cortex-m33", "host")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,3 +49,52 @@ class ExportConfig:
         check_choice("quantization", self.quantization, QUANTIZATIONS)
         check_choice("activations", self.activations, INT8_ACTIVATIONS)
         check_positive("batch_size", self.batch_size, optional=True, integer=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class FirmwareConfig:
+    """How firmware is built and run.
+
+    Attributes:
+        tflm_dir: a TFLM checkout or a tree made by its `create_tflm_tree.py`.
+        target: one of `FIRMWARE_TARGETS` ("host" builds with the host g++ and runs natively).
+        digits: how many test digits the firmware embeds and runs.
+        run: run the firmware (under QEMU for the boards) and compare its outputs.
+        timeout_s: the most seconds a run may take; a run never hangs.
+        cache_dir: where compiled TFLM objects are kept, per target and flags (None:
+            ~/.cache/kerasrnn/tflm).
+        jobs: parallel compiler processes.
+        arena_margin_bytes: added to the arena the interpreter needs (a multiple of 16).
+        fit_arena: with `run`, find the smallest arena in which the firmware runs on the
+            target (about 10 more links and runs, a few seconds in all) and build with it
+            plus the margin; else the arena is twice the Python TFLM's measure plus the
+            margin, which is larger (elman-16 int8 on Cortex-M3: 47.4 KB vs 16.3 KB).
+        stack_bytes: the boards' stack.
+        heap_bytes: the boards' heap (newlib's stdio).
+    """
+
+    tflm_dir: str
+    target: str = "cortex-m3"
+    digits: int = 20
+    run: bool = True
+    timeout_s: float = 60.0
+    cache_dir: str | None = None
+    jobs: int = 2
+    arena_margin_bytes: int = 256
+    fit_arena: bool = True
+    stack_bytes: int = 4096
+    heap_bytes: int = 1024
+
+    def __post_init__(self):
+        check_choice("target", self.target, FIRMWARE_TARGETS)
+        for name in ("digits", "jobs", "stack_bytes"):
+            check_positive(name, getattr(self, name), integer=True)
+        check_positive("timeout_s", self.timeout_s)
+        for name in ("arena_margin_bytes", "heap_bytes"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be zero or positive, got {getattr(self, name)}")
+        if self.arena_margin_bytes % 16:
+            raise ConfigError(
+                f"arena_margin_bytes must be a multiple of 16 (TFLM aligns the "
+                f"arena to 16 bytes), got {self.arena_margin_bytes}"
+            )
