@@ -271,7 +271,7 @@ def _convert(job: dict) -> dict:
     if int16_inside:
         content = integer_io.int8_interface(content, inputs, outputs)
     metadata = {INITIAL_STATE_METADATA: weights.initial_state.tobytes()} if job["stream"] else {}
-    content = flatbuffer.slim(content, metadata, outputs)
+    content = flatbuffer.seal(flatbuffer.slim(content, metadata, outputs))
     # LiteRT loads and runs it once here: a file it rejects or aborts on fails the
     # conversion, not a later caller.
     check_loads(content)

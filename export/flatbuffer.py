@@ -1,10 +1,11 @@
-"""Reading and slimming .tflite flatbuffers (the LiteRT schema, object API).
+"""Reading, slimming and sealing .tflite flatbuffers (the LiteRT schema, object API).
 
 The converter names every intermediate tensor after its fused source ops (hundreds of
 bytes each in an unrolled int8 graph) and gives every tensor its own empty buffer. None of
 that is needed to run the model, so `slim` drops it: it keeps the names of the graph's
 inputs and outputs, points every data-less tensor at the shared empty buffer 0, and writes
-identical tables and small vectors once.
+identical tables and small vectors once. `seal` then stores the file's SHA-256 in its
+metadata, which the runtime verifies on load.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import flatbuffers
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
+
+from kerasrnn.export.runtime import DIGEST_METADATA, DIGEST_SIZE, content_digest, digest_span
 
 _OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
 
@@ -187,10 +190,41 @@ def slim(
         for index, name in zip(main.outputs, output_names):
             main.tensors[index].name = name.encode()
     for name, data in (metadata or {}).items():
-        buffer = schema.BufferT()
-        buffer.data = list(data)
-        model.buffers.append(buffer)
-        entry = schema.MetadataT()
-        entry.name, entry.buffer = name.encode(), len(model.buffers) - 1
-        model.metadata = [*(model.metadata or []), entry]
+        _add_metadata(model, name, data)
     return _pack_shared(model)
+
+
+def _add_metadata(model: schema.ModelT, name: str, data: bytes) -> None:
+    """Appends a buffer holding `data` and a metadata entry `name` that names it."""
+    buffer = schema.BufferT()
+    buffer.data = list(data)  # a list packs into a vector of its own, never a shared one
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name, entry.buffer = name.encode(), len(model.buffers) - 1
+    model.metadata = [*(model.metadata or []), entry]
+
+
+def seal(model_bytes: bytes) -> bytes:
+    """Stores the file's SHA-256 in its metadata, for the runtime to verify on load.
+
+    The digest (64 hex digits in the metadata entry `runtime.DIGEST_METADATA`) covers the
+    whole file with its own digits zeroed. The file's description names the entry too, so
+    a file whose entry is damaged is still known to have carried one.
+
+    Args:
+        model_bytes: a finished .tflite model without a digest.
+
+    Returns:
+        The same model with its digest (see `runtime.verify_digest`).
+
+    Raises:
+        ValueError: the model already carries a digest entry.
+    """
+    model = unpack(model_bytes)
+    if any(entry.name == DIGEST_METADATA.encode() for entry in model.metadata or []):
+        raise ValueError(f"the model already carries a {DIGEST_METADATA} entry")
+    model.description = DIGEST_METADATA.encode()
+    _add_metadata(model, DIGEST_METADATA, bytes(DIGEST_SIZE))
+    sealed = _pack_shared(model)
+    span = digest_span(sealed)
+    return sealed[: span.start] + content_digest(sealed, span) + sealed[span.stop :]

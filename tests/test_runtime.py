@@ -1,5 +1,7 @@
 """The device runtime: NumPy + ai_edge_litert only, clear errors, never a crash."""
 
+import logging
+import math
 import os
 import re
 import subprocess
@@ -8,9 +10,12 @@ import textwrap
 
 import numpy as np
 import pytest
+from ai_edge_litert import schema_py_generated as schema
 
-from kerasrnn.errors import InputError
-from kerasrnn.export import convert
+from kerasrnn.errors import InputError, ModelFileError
+from kerasrnn.export import convert, flatbuffer, runtime
+from kerasrnn.export.micro import write_c_array
+from kerasrnn.export.runtime import DIGEST_METADATA, Classifier, Stream, verify_digest
 
 # Run code where `import tensorflow` (or keras) raises, as on a device with LiteRT only.
 _NO_TENSORFLOW = textwrap.dedent("""
@@ -32,7 +37,8 @@ def run_without_tensorflow(code: str, *args: str) -> subprocess.CompletedProcess
 
 @pytest.fixture(scope="module")
 def files(trained_models, test_digits, calibration, tmp_path_factory):
-    """The session's elman-64 as float32, int8 and streaming files, with Keras's logits."""
+    """The session's elman-64 as float32, int8, streaming and dynamic-batch files, with
+    Keras's logits."""
     folder = tmp_path_factory.mktemp("runtime")
     model = trained_models["elman"]
     images = (test_digits[0][:64] * 255).round().astype(np.uint8)
@@ -40,6 +46,7 @@ def files(trained_models, test_digits, calibration, tmp_path_factory):
         "float": convert.to_tflite(model, str(folder / "f.tflite")).path,
         "int8": convert.to_tflite(model, str(folder / "q.tflite"), "int8", calibration).path,
         "stream": convert.to_tflite(model, str(folder / "s.tflite"), stream=True).path,
+        "dynamic": convert.to_tflite(model, str(folder / "d.tflite"), batch_size=None).path,
         "keras_logits": model.predict(images.astype(np.float32) / 255, verbose=0),
         "images": images,
     }
@@ -189,3 +196,199 @@ def test_stream_reset_starts_a_new_sequence(files):
     again = [stream.push(row) for row in files["images"][0]][-1]
     np.testing.assert_array_equal(first, again)
     assert os.path.exists(files["stream"])
+
+
+def without_digest(path: str, folder, edit=None) -> str:
+    """A copy of an exported file as another tool would write it (no kerasrnn digest),
+    with `edit(model)` applied to its schema objects; returns the copy's path."""
+    with open(path, "rb") as f:
+        model = flatbuffer.unpack(f.read())
+    model.metadata = [m for m in model.metadata if m.name != DIGEST_METADATA.encode()]
+    model.description = None
+    if edit is not None:
+        edit(model)
+    copy = os.path.join(folder, f"foreign-{os.path.basename(path)}")
+    with open(copy, "wb") as f:
+        f.write(flatbuffer.pack(model))
+    return copy
+
+
+def load(kind: str, path: str):
+    return Stream(path) if kind == "stream" else Classifier(path)
+
+
+@pytest.mark.parametrize("kind", ["float", "int8", "stream"])
+def test_exported_files_carry_a_digest_and_load_without_a_child_process(
+    files, kind, monkeypatch, caplog
+):
+    with open(files[kind], "rb") as f:
+        assert re.fullmatch("[0-9a-f]{64}", verify_digest(f.read(), files[kind]))
+
+    def no_child(*args, **kwargs):
+        raise AssertionError("a verified file was loaded in a child process")
+
+    monkeypatch.setattr(subprocess, "run", no_child)
+    load(kind, files[kind])
+    assert not caplog.records
+
+
+@pytest.mark.parametrize("kind", ["float", "int8", "stream"])
+@pytest.mark.parametrize("where", ["weights", "digest", "digest's name 1", "digest's name 2"])
+def test_a_file_changed_after_export_is_refused_naming_it(files, tmp_path, kind, where):
+    with open(files[kind], "rb") as f:
+        content = bytearray(f.read())
+    digest = content.index(verify_digest(bytes(content), files[kind]).encode())
+    # the metadata entry and the file's description both name the digest
+    names = [m.start() for m in re.finditer(re.escape(DIGEST_METADATA.encode()), content)]
+    assert len(names) == 2
+    offset = {
+        "weights": len(content) // 2,
+        "digest": digest + 10,
+        "digest's name 1": names[0] + 3,
+        "digest's name 2": names[1] + 3,
+    }[where]
+    content[offset] ^= 0x10
+    path = tmp_path / "changed.tflite"
+    path.write_bytes(content)
+    with pytest.raises(ModelFileError, match=f"{re.escape(str(path))}: the file was changed"):
+        load(kind, str(path))
+
+
+def test_a_file_without_a_digest_loads_with_one_notice(files, tmp_path, caplog):
+    path = without_digest(files["float"], tmp_path)
+    with caplog.at_level(logging.WARNING):
+        logits = Classifier(path).predict(files["images"])
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{path} carries no kerasrnn digest, so changes to it cannot be detected "
+        f"(files from `kerasrnn export` carry one)"
+    ]
+    np.testing.assert_array_equal(logits, Classifier(files["float"]).predict(files["images"]))
+
+
+def _int8_tensor(model: schema.ModelT) -> schema.TensorT:
+    """The first int8 tensor with quantization parameters."""
+    return next(
+        t
+        for t in model.subgraphs[0].tensors
+        if t.type == schema.TensorType.INT8 and t.quantization.scale is not None
+    )
+
+
+def _shrink_add_output_scale(model: schema.ModelT) -> None:
+    """Divides the output scale of the first ADD by a million: LiteRT's ADD Prepare then
+    meets a multiplier above 1 and aborts the process (QuantizeMultiplierSmallerThanOneExp)."""
+    graph = model.subgraphs[0]
+    add = next(op for op in graph.operators if flatbuffer.operator_name(model, op) == "ADD")
+    quantization = graph.tensors[add.outputs[0]].quantization
+    quantization.scale = quantization.scale / 1e6
+
+
+def test_a_file_that_aborts_litert_is_refused_not_a_crash(files, tmp_path):
+    path = without_digest(files["int8"], tmp_path, _shrink_add_output_scale)
+    result = run_without_tensorflow(
+        """
+        import sys
+        from kerasrnn.export.runtime import Classifier
+        from kerasrnn.errors import ModelFileError
+        try:
+            Classifier(sys.argv[1])
+        except ModelFileError as e:
+            print(e)
+    """,
+        path,
+    )
+    assert result.returncode == 0, f"process died: {result.returncode} {result.stderr}"
+    assert f"{path}: invalid TFLite model: LiteRT crashed on it (signal 6: Aborted)" in (
+        result.stdout
+    )
+
+
+# (what to damage in an int8 file, the attribute, its new value, the message)
+_DAMAGE = {
+    "nan scale": (lambda m: _int8_tensor(m).quantization, "scale", [math.nan], r"scales \[nan\]"),
+    "zero scale": (lambda m: _int8_tensor(m).quantization, "scale", [0.0], r"scales \[0.0\]"),
+    "zero point": (
+        lambda m: _int8_tensor(m).quantization,
+        "zeroPoint",
+        [300],
+        r"zero points \[300\] outside \[-128, 127\]",
+    ),
+    "operator input": (
+        lambda m: m.subgraphs[0].operators[0],
+        "inputs",
+        [10**6],
+        r"operator 0 of subgraph 0: inputs \[1000000\] out of range",
+    ),
+    "buffer index": (
+        lambda m: m.subgraphs[0].tensors[0],
+        "buffer",
+        10**6,
+        "tensor 0 of subgraph 0 refers to buffer 1000000",
+    ),
+    "negative dimension": (
+        lambda m: m.subgraphs[0].tensors[0],
+        "shape",
+        [-3, 28],
+        r"negative dimension in its shape \[-3, 28\]",
+    ),
+    "huge shape": (
+        lambda m: m.subgraphs[0].tensors[0],
+        "shape",
+        [1 << 20, 1 << 20],
+        r"of shape \[1048576, 1048576\] would need",
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", list(_DAMAGE))
+def test_damaged_fields_are_refused_before_litert_sees_them(files, tmp_path, monkeypatch, damage):
+    target, attribute, value, message = _DAMAGE[damage]
+    path = without_digest(files["int8"], tmp_path, lambda m: setattr(target(m), attribute, value))
+
+    def litert(*args, **kwargs):
+        raise AssertionError("LiteRT saw the damaged file")
+
+    monkeypatch.setattr(subprocess, "run", litert)
+    monkeypatch.setattr(runtime, "Interpreter", litert)
+    with pytest.raises(ModelFileError, match=f"{re.escape(path)}: invalid .*{message}"):
+        Classifier(path)
+
+
+def _nan_logits_bias(model: schema.ModelT) -> None:
+    """Sets the bias of the operator that computes the logits to NaN."""
+    graph = model.subgraphs[0]
+    op = next(op for op in graph.operators if graph.outputs[0] in op.outputs)
+    buffer = model.buffers[graph.tensors[op.inputs[2]].buffer]
+    buffer.data = np.full(len(buffer.data), 0xFF, np.uint8)  # 0xFFFFFFFF is a NaN
+
+
+def test_non_finite_logits_are_an_error_not_a_prediction(files, tmp_path):
+    path = without_digest(files["float"], tmp_path, _nan_logits_bias)
+    with pytest.raises(ModelFileError, match=f"{re.escape(path)}: .*non-finite logits"):
+        Classifier(path).predict(files["images"])
+    np.save(tmp_path / "digits.npy", files["images"][:4])
+    result = subprocess.run(
+        [sys.executable, "-m", "kerasrnn", "predict", path, str(tmp_path / "digits.npy")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 1 and "digit" not in result.stdout, result.stdout
+    assert re.search(r"kerasrnn: error: .*non-finite logits", result.stderr), result.stderr
+
+
+@pytest.mark.parametrize("kind", ["float", "dynamic"])
+def test_an_empty_batch_gives_an_empty_result(files, kind):
+    logits = Classifier(files[kind]).predict(np.zeros((0, 28, 28), np.uint8))
+    assert logits.shape == (0, 10) and logits.dtype == np.float32
+
+
+def test_the_c_header_carries_the_files_digest(files, tmp_path):
+    with open(files["int8"], "rb") as f:
+        digest = verify_digest(f.read(), files["int8"])
+    header, _ = write_c_array(files["int8"], str(tmp_path))
+    with open(header) as f:
+        text = f.read()
+    assert f"// SHA-256: {digest}\n" in text
+    assert f'#define G_MODEL_SHA256 "{digest}"\n' in text
