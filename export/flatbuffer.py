@@ -14,7 +14,7 @@ import flatbuffers
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
-from kerasrnn.export.runtime import DIGEST_METADATA, DIGEST_SIZE, content_digest, digest_span
+from kerasrnn.export.integrity import DIGEST_METADATA, DIGEST_SIZE, content_digest, digest_span
 
 _OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
 
@@ -207,7 +207,7 @@ def _add_metadata(model: schema.ModelT, name: str, data: bytes) -> None:
 def seal(model_bytes: bytes) -> bytes:
     """Stores the file's SHA-256 in its metadata, for the runtime to verify on load.
 
-    The digest (64 hex digits in the metadata entry `runtime.DIGEST_METADATA`) covers the
+    The digest (64 hex digits in the metadata entry `integrity.DIGEST_METADATA`) covers the
     whole file with its own digits zeroed. The file's description names the entry too, so
     a file whose entry is damaged is still known to have carried one.
 
@@ -215,7 +215,7 @@ def seal(model_bytes: bytes) -> bytes:
         model_bytes: a finished .tflite model without a digest.
 
     Returns:
-        The same model with its digest (see `runtime.verify_digest`).
+        The same model with its digest (see `integrity.verify_digest`).
 
     Raises:
         ValueError: the model already carries a digest entry.

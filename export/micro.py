@@ -21,7 +21,8 @@ from tflite_micro.python.tflite_micro import runtime as tflm
 
 from kerasrnn._io import atomic_write
 from kerasrnn.errors import MicroError
-from kerasrnn.export.runtime import dequantize, quantize, verify_digest
+from kerasrnn.export.integrity import verify_digest
+from kerasrnn.export.runtime import dequantize, quantize
 
 # TFLM's report of what it allocated: the Python wrapper gives it only as text.
 _ARENA_REPORT = re.compile(rb"Arena allocation total (\d+) bytes")
@@ -163,7 +164,7 @@ def write_c_array(tflite_path: str, out_dir: str, name: str = "g_model") -> tupl
     """Writes `model_data.h` and `model_data.cc` holding the model as a C array.
 
     The array is 16-byte aligned, as TFLM requires, and named `name` with its length in
-    `{name}_len`. The header carries the file's SHA-256 digest (see `runtime.verify_digest`),
+    `{name}_len`. The header carries the file's SHA-256 digest (see `integrity.verify_digest`),
     as a comment and as `{NAME}_SHA256`, when the file has one.
 
     Returns:

@@ -47,8 +47,9 @@ def test_export_imports_neither_training_nor_tuning(path):
     assert not {m for m in imported if m.startswith(TRAINING_SIDE)}
 
 
-def test_the_device_runtime_imports_only_numpy_litert_and_errors():
-    imported = _imported_modules(os.path.join(REPO, "export", "runtime.py"))
+@pytest.mark.parametrize("module", ["runtime", "integrity"])
+def test_the_device_side_imports_only_numpy_litert_and_the_standard_library(module):
+    imported = _imported_modules(os.path.join(REPO, "export", f"{module}.py"))
     roots = {name.split(".")[0] for name in imported}
     stdlib = {
         "__future__",
@@ -62,10 +63,13 @@ def test_the_device_runtime_imports_only_numpy_litert_and_errors():
         "sys",
     }
     assert roots <= stdlib | {"numpy", "ai_edge_litert", "kerasrnn"}
-    assert {m for m in imported if m.startswith("kerasrnn")} <= {
-        "kerasrnn.errors",
-        "kerasrnn.errors.InputError",
-        "kerasrnn.errors.ModelFileError",
+    ours = {m for m in imported if m.startswith("kerasrnn") and "errors" not in m}
+    assert ours <= {
+        "kerasrnn.export.integrity",
+        *(
+            f"kerasrnn.export.integrity.{name}"
+            for name in ("MALFORMED", "check_model", "probe", "read_model_file", "verify_digest")
+        ),
     }
 
 
