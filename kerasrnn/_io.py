@@ -1,35 +1,61 @@
-"""Atomic file writes: a reader never sees a half-written file, a failure leaves none."""
+"""Atomic file writes: a reader never sees a half-written file, a failure leaves none.
+
+A write goes to `.tmp-NAME` in the destination's folder, then `os.replace` moves it into
+place. A kill in between leaves only that temporary, which `remove_temporaries` clears on
+the next run of the folder. The name is predictable (fault-injection tests aim at it); a
+second writer of the same file in the same moment gets a unique one instead.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import shutil
+import uuid
 from collections.abc import Callable
 from typing import Any
+
+TEMPORARY_PREFIX = ".tmp-"
+
+
+def temporary_path(path: str) -> str:
+    """Where `atomic_write` first writes `path`: `.tmp-NAME` beside it."""
+    folder, name = os.path.split(os.path.abspath(path))
+    return os.path.join(folder, TEMPORARY_PREFIX + name)
+
+
+def _create_temporary(path: str) -> tuple[int, str]:
+    """Creates an empty temporary file for `path`; its permissions follow the umask."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    tmp = temporary_path(path)
+    try:
+        return os.open(tmp, flags, 0o666), tmp
+    except FileExistsError:  # another writer's, or one a kill left (removed on the next run)
+        folder, name = os.path.split(os.path.abspath(path))
+        tmp = os.path.join(folder, f"{TEMPORARY_PREFIX}{uuid.uuid4().hex[:12]}-{name}")
+        return os.open(tmp, flags, 0o666), tmp
 
 
 def atomic_write(path: str, data: bytes | str | Callable[[str], None]) -> None:
     """Writes `path` atomically (temporary file in the same folder, then `os.replace`).
 
+    The file is created with mode 0o666 less the umask, like any `open(path, "w")`.
+
     Args:
         path: destination file; its folder is created when missing.
         data: bytes or text to write, or a callable that writes a file at the
-            temporary path it is given (for writers such as `model.save`).
+            temporary path it is given (for writers such as `model.save`). The
+            temporary keeps the destination's extension (Keras checks it).
     """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    suffix = os.path.splitext(path)[1]  # some writers (Keras) check the extension
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=suffix)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fd, tmp = _create_temporary(path)
     try:
         if callable(data):
             os.close(fd)
             data(tmp)
         else:
-            mode = "w" if isinstance(data, str) else "wb"
-            with os.fdopen(fd, mode) as f:
+            with os.fdopen(fd, "w" if isinstance(data, str) else "wb") as f:
                 f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; give the file ordinary permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -40,3 +66,29 @@ def atomic_write(path: str, data: bytes | str | Callable[[str], None]) -> None:
 def write_json(path: str, obj: Any) -> None:
     """Writes `obj` as indented JSON, atomically."""
     atomic_write(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def remove_temporaries(*folders: str) -> list[str]:
+    """Removes the `.tmp-*` files and folders that killed writers left in `folders`.
+
+    Only the folders' own entries are looked at, not their sub-folders: callers name the
+    folders they write into. Call it only while no other process writes there.
+
+    Args:
+        *folders: folders (missing ones are skipped).
+
+    Returns:
+        The paths removed.
+    """
+    removed = []
+    for folder in folders:
+        if not os.path.isdir(folder):
+            continue
+        for entry in os.scandir(folder):
+            if entry.name.startswith(TEMPORARY_PREFIX):
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path)
+                else:
+                    os.unlink(entry.path)
+                removed.append(entry.path)
+    return removed

@@ -4,20 +4,37 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import os
+import signal
 import sys
 
 import numpy as np
 
-from kerasrnn import config
+from kerasrnn import __version__, config
 from kerasrnn.cell_kinds import CELL_KINDS
 from kerasrnn.config import DataConfig, ModelConfig, TrainConfig, TuneConfig
 from kerasrnn.errors import KerasRnnError
-from kerasrnn.export.config import INT8_ACTIVATIONS, QUANTIZATIONS, ExportConfig
+from kerasrnn.export.config import (
+    FIRMWARE_TARGETS,
+    INT8_ACTIVATIONS,
+    QUANTIZATIONS,
+    ExportConfig,
+    FirmwareConfig,
+)
 from kerasrnn.images import load_images
 from kerasrnn.search_space import SearchSpace
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every option's default, except the None or False of an unset option."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _default(config_class, field: str):
@@ -36,7 +53,10 @@ def _add_data_flags(parser: argparse.ArgumentParser) -> None:
         "downloadable, else the bundled sample)",
     )
     group.add_argument(
-        "--dataset", default=_default(DataConfig, "dataset"), choices=config.DATASETS
+        "--dataset",
+        default=_default(DataConfig, "dataset"),
+        choices=config.DATASETS,
+        help="MNIST, or Fashion-MNIST (same format, ten kinds of clothing)",
     )
     group.add_argument("--data-dir", help="IDX folder (--data idx) or TFDS data_dir (--data tfds)")
     group.add_argument(
@@ -48,7 +68,12 @@ def _add_data_flags(parser: argparse.ArgumentParser) -> None:
         choices=config.VIEWS,
         help="sequence view: 28 rows, 784 pixels, permuted pixels",
     )
-    group.add_argument("--batch-size", type=int, default=_default(DataConfig, "batch_size"))
+    group.add_argument(
+        "--batch-size",
+        type=int,
+        default=_default(DataConfig, "batch_size"),
+        help="examples per batch",
+    )
     group.add_argument("--max-examples", type=int, help="use only the first N examples per split")
 
 
@@ -72,21 +97,42 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
         choices=list(CELL_KINDS),
         help="; ".join(f"{k.name}: {k.description}" for k in CELL_KINDS.values()),
     )
-    model.add_argument("--units", type=int, default=_default(ModelConfig, "units"))
-    model.add_argument("--layers", type=int, default=_default(ModelConfig, "layers"))
-    model.add_argument("--dropout", type=float, default=_default(ModelConfig, "dropout"))
     model.add_argument(
-        "--activation", default=_default(ModelConfig, "activation"), choices=config.ACTIVATIONS
+        "--units", type=int, default=_default(ModelConfig, "units"), help="hidden units per layer"
+    )
+    model.add_argument(
+        "--layers",
+        type=int,
+        default=_default(ModelConfig, "layers"),
+        help="stacked recurrent layers",
+    )
+    model.add_argument(
+        "--dropout",
+        type=float,
+        default=_default(ModelConfig, "dropout"),
+        help="dropout between layers and before the output",
+    )
+    model.add_argument(
+        "--activation",
+        default=_default(ModelConfig, "activation"),
+        choices=config.ACTIVATIONS,
+        help="recurrent activation (simple, elman)",
     )
     model.add_argument(
         "--recurrent-init",
         default=_default(ModelConfig, "recurrent_initializer"),
         choices=config.RECURRENT_INITIALIZERS,
+        help="W_hh initializer; identity with relu is the IRNN",
     )
     train = parser.add_argument_group("training")
-    train.add_argument("--epochs", type=int, default=_default(TrainConfig, "epochs"))
     train.add_argument(
-        "--learning-rate", type=float, default=_default(TrainConfig, "learning_rate")
+        "--epochs", type=int, default=_default(TrainConfig, "epochs"), help="the most epochs"
+    )
+    train.add_argument(
+        "--learning-rate",
+        type=float,
+        default=_default(TrainConfig, "learning_rate"),
+        help="Adam's step size",
     )
     train.add_argument(
         "--clipnorm",
@@ -107,7 +153,12 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
         default=_default(TrainConfig, "patience"),
         help="early stopping; 0 disables",
     )
-    train.add_argument("--seed", type=int, default=_default(TrainConfig, "seed"))
+    train.add_argument(
+        "--seed",
+        type=int,
+        default=_default(TrainConfig, "seed"),
+        help="seeds weights, dropout and shuffling",
+    )
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -167,11 +218,18 @@ def cmd_run(args) -> None:
     from kerasrnn.pipeline import run, summary_table
 
     model_config, train_config = _train_configs(args)
-    print(
-        summary_table(
-            run(model_config, _data_config(args), train_config, args.out, resume=args.resume)
-        )
+    firmware = None
+    if args.firmware:
+        firmware = FirmwareConfig(tflm_dir=args.tflm_dir, target=args.firmware)
+    summary = run(
+        model_config,
+        _data_config(args),
+        train_config,
+        args.out,
+        resume=args.resume,
+        firmware=firmware,
     )
+    print(summary_table(summary))
 
 
 def cmd_export(args) -> None:
@@ -193,6 +251,17 @@ def cmd_export(args) -> None:
     print(report.table())
     for kind, path in extras.items():
         print(f"{kind}: {path}")
+
+
+def cmd_firmware(args) -> None:
+    from kerasrnn.data import load_arrays
+    from kerasrnn.export.firmware import build_firmware
+
+    firmware_config = FirmwareConfig(
+        tflm_dir=args.tflm_dir, target=args.target, digits=args.digits, run=args.run
+    )
+    images, _ = load_arrays(_data_config(args), "test")
+    print(build_firmware(args.model, args.out, firmware_config, images).table())
 
 
 def cmd_predict(args) -> None:
@@ -239,9 +308,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kerasrnn",
         description="Recurrent MNIST classifiers, from first principles to a microcontroller.",
+        formatter_class=_HelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"kerasrnn {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and TF logs")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(
+        dest="command",
+        required=True,
+        metavar="COMMAND",
+        parser_class=functools.partial(argparse.ArgumentParser, formatter_class=_HelpFormatter),
+    )
 
     p = commands.add_parser(
         "train",
@@ -270,6 +346,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_flags(p)
     _add_data_flags(p)
     p.add_argument("--out", required=True, help="the run folder")
+    p.add_argument(
+        "--firmware",
+        choices=FIRMWARE_TARGETS,
+        help="also build and run the int8 file as firmware for this target "
+        "(needs the toolchain and --tflm-dir; skipped with a warning without)",
+    )
+    p.add_argument(
+        "--tflm-dir",
+        default=os.path.join("..", "shared", "tflm"),
+        help="the TFLM source tree for --firmware",
+    )
     p.set_defaults(func=cmd_run)
 
     p = commands.add_parser(
@@ -280,14 +367,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("model", help="a .keras file from `kerasrnn train`")
     p.add_argument(
-        "--quantize", default=_default(ExportConfig, "quantization"), choices=QUANTIZATIONS
+        "--quantize",
+        default=_default(ExportConfig, "quantization"),
+        choices=QUANTIZATIONS,
+        help="none: float32; float16 weights; dynamic: int8 weights; int8: full integer",
     )
     p.add_argument(
         "--activations",
         default=_default(ExportConfig, "activations"),
         choices=INT8_ACTIVATIONS,
-        help="int8 only: activations inside the graph (default int16: LiteRT and "
-        "TFLM agree; int8: every tensor int8)",
+        help="int8 only: activations inside the graph (int16: LiteRT and TFLM agree; "
+        "int8: every tensor int8)",
     )
     p.add_argument("--out", required=True, help="the .tflite file to write")
     p.add_argument(
@@ -302,6 +392,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = commands.add_parser(
+        "firmware",
+        help="compile a .tflite into Cortex-M firmware with TFLM (and run it under QEMU)",
+        description="Compile a batch-1 .tflite with TensorFlow Lite Micro into firmware for "
+        "an MPS2 board (or the host), and with --run run it under QEMU and compare its "
+        "output bytes with the Python TFLM interpreter and LiteRT.",
+    )
+    p.add_argument("model", help="a batch-1 .tflite: a classifier or a NAME.step.tflite")
+    p.add_argument(
+        "--tflm-dir",
+        required=True,
+        help="a TFLM checkout or a tree made by its create_tflm_tree.py",
+    )
+    p.add_argument(
+        "--target",
+        default=_default(FirmwareConfig, "target"),
+        choices=FIRMWARE_TARGETS,
+        help="cortex-m3 (QEMU mps2-an385), cortex-m33 (mps2-an505) or host (g++)",
+    )
+    p.add_argument("--out", required=True, help="the firmware project folder")
+    p.add_argument(
+        "--run",
+        action="store_true",
+        help="run it (under QEMU for the boards), fit the arena, compare outputs",
+    )
+    p.add_argument(
+        "--digits",
+        type=int,
+        default=_default(FirmwareConfig, "digits"),
+        help="test digits embedded and run",
+    )
+    _add_data_flags(p)
+    p.set_defaults(func=cmd_firmware)
+
+    p = commands.add_parser(
         "tune",
         help="search hyperparameters with Keras Tuner (resumable, distributed)",
         description="Search the space of build_classifier with Keras Tuner. Re-running the "
@@ -309,7 +433,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--role chief and any number of --role worker with the same --oracle.",
     )
     p.add_argument("--out", required=True, help="the search folder")
-    p.add_argument("--tuner", default=_default(TuneConfig, "tuner"), choices=config.TUNERS)
+    p.add_argument(
+        "--tuner",
+        default=_default(TuneConfig, "tuner"),
+        choices=config.TUNERS,
+        help="the Keras Tuner algorithm (bayesian needs the tuning extra)",
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -322,7 +451,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=LOW:HIGH|A,B",
         help="narrow one, e.g. --range units=32:256 or --range cell=lstm,gru",
     )
-    p.add_argument("--max-trials", type=int, default=_default(TuneConfig, "max_trials"))
+    p.add_argument(
+        "--max-trials",
+        type=int,
+        default=_default(TuneConfig, "max_trials"),
+        help="trials to run (random, bayesian)",
+    )
     p.add_argument(
         "--max-epochs",
         type=int,
@@ -335,14 +469,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=_default(TuneConfig, "patience"),
         help="early stopping in a trial; 0: off",
     )
-    p.add_argument("--loop", default=_default(TuneConfig, "loop"), choices=config.LOOPS)
+    p.add_argument(
+        "--loop",
+        default=_default(TuneConfig, "loop"),
+        choices=config.LOOPS,
+        help="train trials with the BPTT loop or Keras fit",
+    )
     p.add_argument(
         "--max-bytes",
         type=int,
         help="edge objective: best val_accuracy among models of at most this size",
     )
     p.add_argument(
-        "--size-measure", default=_default(TuneConfig, "size_measure"), choices=config.SIZE_MEASURES
+        "--size-measure",
+        default=_default(TuneConfig, "size_measure"),
+        choices=config.SIZE_MEASURES,
+        help="what counts against --max-bytes",
     )
     p.add_argument(
         "--time-budget",
@@ -350,7 +492,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="stop cleanly after the running trial once this much time passed",
     )
-    p.add_argument("--seed", type=int, default=_default(TuneConfig, "seed"))
+    p.add_argument(
+        "--seed", type=int, default=_default(TuneConfig, "seed"), help="the search's seed"
+    )
     p.add_argument(
         "--role",
         choices=config.ROLES,
@@ -391,20 +535,29 @@ def _import_tensorflow_quietly() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs the command line; returns the exit status."""
+    """Runs the command line; returns the exit status (130 when interrupted by Ctrl-C).
+
+    Once the command is over, SIGINT is ignored: a late Ctrl-C, while the process exits,
+    cannot turn a printed success into a death by signal, nor an interruption into a
+    traceback. Training and tuning keep their folders resumable when interrupted.
+    """
     args = build_parser().parse_args(argv)
     if not args.debug:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(
         level=logging.INFO if args.debug else logging.WARNING, format="kerasrnn: %(message)s"
     )
-    if not args.debug:  # TF's retracing advice is for library authors, not for CLI users
+    # The package says what it is doing (export's stages, a resumed run); TF's retracing
+    # advice is for library authors, not for CLI users.
+    logging.getLogger("kerasrnn").setLevel(logging.INFO)
+    if not args.debug:
         logging.getLogger("tensorflow").setLevel(logging.ERROR)
     try:
         if not args.debug and getattr(args, "tensorflow", True):
             _import_tensorflow_quietly()
         args.func(args)
     except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         print("kerasrnn: interrupted", file=sys.stderr)
         return 130
     except KerasRnnError as e:  # a problem the user can fix: one clear line
@@ -421,6 +574,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     return 0
 
 

@@ -9,7 +9,11 @@ unsigned bytes (type code 0x08): images have magic number 2051 (3 dimensions,
 from __future__ import annotations
 
 import gzip
+import math
+import os
+import stat
 import zlib
+from typing import BinaryIO
 
 import numpy as np
 
@@ -19,49 +23,102 @@ from kerasrnn.errors import IdxError
 IMAGES_MAGIC = 2051
 LABELS_MAGIC = 2049
 _UBYTE = 0x08
+_CHUNK = 1 << 24  # payloads are read in pieces of 16 MiB
+_DEFLATE_MAX_RATIO = 1032  # no deflate stream inflates more than this
 
 
-def _read_bytes(path: str) -> bytes:
-    """Reads a file, transparently gunzipping it when it starts with the gzip magic."""
+def _open_file(path: str) -> BinaryIO:
+    """Opens a regular file for reading, refusing devices, FIFOs and folders unread.
+
+    The open does not block (a FIFO would wait for a writer); the type is checked on the
+    opened file, so a symlink is judged by what it points to.
+    """
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
         raise IdxError(f"{path}: file not found") from None
-    if raw[:2] != b"\x1f\x8b":
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as e:
-        raise IdxError(f"{path}: corrupt gzip data ({e})") from None
+    except OSError as e:
+        raise IdxError(f"{path}: cannot be read ({e.strerror})") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO, device or socket"
+        raise IdxError(f"{path}: not a regular file ({kind}); give the path of an IDX file")
+    return os.fdopen(fd, "rb")
 
 
-def _parse(path: str, expected_magic: int) -> np.ndarray:
-    data = _read_bytes(path)
-    if len(data) < 4:
-        raise IdxError(f"{path}: file is {len(data)} bytes, too short for an IDX header")
-    magic = int.from_bytes(data[:4], "big")
+def _read_header(path: str, f: BinaryIO, expected_magic: int) -> tuple[int, ...]:
+    """Reads and checks the magic number and the dimensions.
+
+    Returns:
+        The declared shape.
+    """
+    head = f.read(4)
+    if len(head) < 4:
+        raise IdxError(f"{path}: file is {len(head)} bytes, too short for an IDX header")
+    magic = int.from_bytes(head, "big")
     if magic != expected_magic:
         kind = "images" if expected_magic == IMAGES_MAGIC else "labels"
         raise IdxError(f"{path}: magic number {magic}, expected {expected_magic} for MNIST {kind}")
-    ndim = data[3]
-    header_len = 4 + 4 * ndim
-    if len(data) < header_len:
-        raise IdxError(f"{path}: truncated header ({len(data)} of {header_len} bytes)")
-    dims = tuple(int(d) for d in np.frombuffer(data[4:header_len], dtype=">u4"))
-    expected = int(np.prod(dims))
-    payload = len(data) - header_len
-    if payload < expected:
-        raise IdxError(
-            f"{path}: truncated payload: header promises {expected} bytes "
-            f"for shape {dims}, file holds {payload}"
+    ndim = head[3]  # 1 or 3: the magic number was checked
+    dims = f.read(4 * ndim)
+    if len(dims) < 4 * ndim:
+        raise IdxError(f"{path}: truncated header ({4 + len(dims)} of {4 + 4 * ndim} bytes)")
+    return tuple(int.from_bytes(dims[i : i + 4], "big") for i in range(0, 4 * ndim, 4))
+
+
+def _payload_error(path: str, dims: tuple[int, ...], declared: int, held: int) -> IdxError:
+    """The error for a payload of `held` bytes where the header declares `declared`."""
+    if held < declared:
+        return IdxError(
+            f"{path}: truncated payload: header promises {declared:,} bytes "
+            f"for shape {dims}, file holds {held:,}"
         )
-    if payload > expected:
+    return IdxError(
+        f"{path}: oversized payload: {held - declared:,} bytes beyond the "
+        f"{declared:,} the header declares for shape {dims}"
+    )
+
+
+def _parse(path: str, expected_magic: int) -> np.ndarray:
+    """Reads an IDX file, checking every declared size before reading the payload.
+
+    A plain file's payload size is known from the file system; a gzipped payload is
+    decompressed up to the declared size plus one byte, so a gzip bomb costs no more
+    memory than the file claims to hold, and memory follows the data actually read.
+    """
+    with _open_file(path) as f:
+        gzipped = f.read(2) == b"\x1f\x8b"
+        f.seek(0)
+        stream = gzip.GzipFile(fileobj=f) if gzipped else f
+        file_size = os.fstat(f.fileno()).st_size
+        try:
+            dims = _read_header(path, stream, expected_magic)
+            declared = math.prod(dims)  # Python integers: no overflow
+            if not gzipped and file_size - 4 - 4 * len(dims) != declared:
+                raise _payload_error(path, dims, declared, file_size - 4 - 4 * len(dims))
+            if gzipped and declared > _DEFLATE_MAX_RATIO * file_size:
+                raise IdxError(
+                    f"{path}: truncated payload: header promises {declared:,} bytes for "
+                    f"shape {dims}, more than a gzip file of {file_size:,} bytes can hold"
+                )
+            payload = bytearray()
+            while len(payload) <= declared:
+                chunk = stream.read(min(_CHUNK, declared + 1 - len(payload)))
+                if not chunk:
+                    break
+                payload += chunk
+        except (OSError, EOFError, zlib.error) as e:
+            problem = "corrupt gzip data" if gzipped else "read error"
+            raise IdxError(f"{path}: {problem} ({e})") from None
+    if len(payload) > declared:
         raise IdxError(
-            f"{path}: oversized payload: {payload - expected} bytes beyond the "
-            f"{expected} the header declares for shape {dims}"
+            f"{path}: oversized payload: the gzip data holds more than the {declared:,} "
+            f"bytes the header declares for shape {dims}"
         )
-    return np.frombuffer(data, dtype=np.uint8, offset=header_len).reshape(dims)
+    if len(payload) < declared:
+        raise _payload_error(path, dims, declared, len(payload))
+    return np.frombuffer(payload, dtype=np.uint8).reshape(dims)
 
 
 def read_images(path: str) -> np.ndarray:

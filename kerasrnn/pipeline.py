@@ -5,9 +5,12 @@ from __future__ import annotations
 import logging
 import os
 
+from kerasrnn import data
 from kerasrnn._io import write_json
 from kerasrnn.config import DataConfig, ModelConfig, TrainConfig
-from kerasrnn.export.config import ExportConfig
+from kerasrnn.errors import FirmwareError
+from kerasrnn.export.config import ExportConfig, FirmwareConfig
+from kerasrnn.export.firmware import build_firmware, check_tools
 from kerasrnn.export.workflow import export_model
 from kerasrnn.training_run import train
 
@@ -20,13 +23,16 @@ def run(
     train_config: TrainConfig,
     out_dir: str,
     resume: bool = False,
+    firmware: FirmwareConfig | None = None,
 ) -> dict:
     """Trains into `out_dir`, then exports and verifies `model.tflite` (float32) and
-    `model_int8.tflite` (full integer, with its streaming model and C array).
+    `model_int8.tflite` (full integer, with its streaming model and C array), and with
+    `firmware` builds and runs the int8 file as firmware (`out_dir/firmware-TARGET`).
 
     Returns:
-        The summary also written to `out_dir/pipeline.json`: test accuracy, and per
-        exported file its size, operators, parity, accuracy and TFLM arena.
+        The summary also written to `out_dir/pipeline.json`: test accuracy, per exported
+        file its size, operators, parity, accuracy and TFLM arena, and the firmware's
+        result (None when its toolchain is missing, which a warning names).
     """
     result = train(model_config, data_config, train_config, out_dir, resume=resume)
     summary = {
@@ -55,6 +61,13 @@ def run(
             "micro": report.micro,
             **extras,
         }
+    if firmware is not None:
+        summary["firmware"] = _firmware(
+            os.path.join(result.run_dir, "model_int8.tflite"),
+            result.run_dir,
+            firmware,
+            data_config,
+        )
     sizes = {name: e["size_bytes"] for name, e in summary["exports"].items()}
     if sizes["model_int8.tflite"] > sizes["model.tflite"]:
         log.warning(
@@ -66,6 +79,20 @@ def run(
         )
     write_json(os.path.join(result.run_dir, "pipeline.json"), summary)
     return summary
+
+
+def _firmware(
+    tflite_path: str, run_dir: str, config: FirmwareConfig, data_config: DataConfig
+) -> dict | None:
+    """Builds (and runs) the int8 file as firmware; None, with a warning, without tools."""
+    try:
+        check_tools(config)
+    except FirmwareError as e:
+        log.warning("no firmware row: %s", e)
+        return None
+    images, _ = data.load_arrays(data_config, "test")
+    project = os.path.join(run_dir, f"firmware-{config.target}")
+    return build_firmware(tflite_path, project, config, images).as_dict()
 
 
 def summary_table(summary: dict) -> str:
@@ -88,6 +115,16 @@ def summary_table(summary: dict) -> str:
             f"{e['accuracy']:>9.2%} {e['top1_agreement']:>12.2%} "
             f"{e['max_abs_logit_diff']:>10.3g} {micro.get('arena_bytes', 0):>11,} "
             f"{micro.get('top1_agreement', 0):>11.2%}"
+        )
+    firmware = summary.get("firmware")
+    if firmware:
+        exact = {a["reference"]: f"{a['exact']}/{a['digits']}" for a in firmware["agreement"]}
+        flash = f"{firmware['flash_bytes']:,}" if firmware["flash_bytes"] is not None else "-"
+        ram = f"{firmware['ram_bytes']:,}" if firmware["ram_bytes"] is not None else "-"
+        lines.append(
+            f"firmware {firmware['target']}: flash {flash} bytes, RAM {ram} bytes, arena "
+            f"{firmware['arena_bytes']:,}; output bytes identical to "
+            + ", ".join(f"{ref} on {n} digits" for ref, n in exact.items())
         )
     lines.append(f"run folder: {summary['run_dir']}")
     return "\n".join(lines)

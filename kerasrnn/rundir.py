@@ -3,7 +3,8 @@
 RUN/config.json        how the run was made (model, data and training configs)
 RUN/metrics.csv|json   one row per finished epoch
 RUN/checkpoints/       the latest epoch (model, optimizer, epoch counter)
-RUN/best/              the weights of the epoch with the lowest validation loss
+RUN/best/              the weights of the epoch with the lowest validation loss (written
+                       into RUN/.tmp-best/, then renamed into place: a kill leaves one copy)
 RUN/logs/              TensorBoard scalars
 RUN/model.keras        the final model; RUN/summary.json its test scores
 RUN/curves.png, RUN/confusion.png
@@ -14,14 +15,18 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
+import shutil
 import time
 
 import keras
 import tensorflow as tf
 
-from kerasrnn._io import atomic_write, write_json
+from kerasrnn._io import TEMPORARY_PREFIX, atomic_write, remove_temporaries, write_json
 from kerasrnn.errors import RunExistsError
+
+log = logging.getLogger(__name__)
 
 METRIC_COLUMNS = (
     "epoch",
@@ -47,7 +52,11 @@ class RunDirectory:
         self.metrics_json = os.path.join(self.path, "metrics.json")
         self.metrics_csv = os.path.join(self.path, "metrics.csv")
         self.checkpoint_dir = os.path.join(self.path, "checkpoints")
-        self.best_prefix = os.path.join(self.path, "best", "weights")
+        self.best_dir = os.path.join(self.path, "best")
+        self.best_prefix = os.path.join(self.best_dir, "weights")
+        # `write_best` writes here, then moves the old copy aside and this one into place.
+        self.best_staging = os.path.join(self.path, TEMPORARY_PREFIX + "best")
+        self._best_aside = os.path.join(self.path, TEMPORARY_PREFIX + "best-previous")
         self.log_dir = os.path.join(self.path, "logs")
         self.model_path = os.path.join(self.path, "model.keras")
         self.summary_path = os.path.join(self.path, "summary.json")
@@ -55,7 +64,8 @@ class RunDirectory:
         self.confusion_path = os.path.join(self.path, "confusion.png")
 
     def begin(self, config: dict, resume: bool) -> None:
-        """Claims the folder for a run with `config`, refusing to clobber another run.
+        """Claims the folder for a run with `config`, refusing to clobber another run, and
+        undoes what a kill of an earlier attempt left half-done (see `recover`).
 
         Raises:
             RunExistsError: the folder holds a run and `resume` is false, or it holds a
@@ -73,10 +83,33 @@ class RunDirectory:
             if saved != config:
                 raise RunExistsError(
                     f"{self.path} holds a run with a different configuration "
-                    f"({', '.join(_differences(saved, config))}): resume it with the same "
+                    f"({', '.join(differences(saved, config))}): resume it with the same "
                     f"settings or choose another output folder"
                 )
+        self.recover()
         write_json(self.config_path, config)
+
+    def recover(self) -> None:
+        """Undoes what a kill left half-done: puts the previous best weights back when the
+        kill fell between the two renames of `write_best`, then removes the temporaries
+        of interrupted writes (`.tmp-*`)."""
+        if not os.path.exists(self.best_dir) and os.path.isdir(self._best_aside):
+            os.replace(self._best_aside, self.best_dir)
+        removed = remove_temporaries(self.path)
+        if removed:
+            log.info("removed %d leftovers of an interrupted run: %s", len(removed), removed)
+
+    def write_best(self, checkpoint: tf.train.Checkpoint) -> None:
+        """Writes `checkpoint` as the best weights, so that a kill leaves the old or the new
+        copy whole (TensorFlow rewrites a checkpoint's index in place, so overwriting
+        `best/` could tear it)."""
+        if os.path.exists(self.best_staging):
+            shutil.rmtree(self.best_staging)
+        checkpoint.write(os.path.join(self.best_staging, "weights"))
+        if os.path.exists(self.best_dir):
+            os.replace(self.best_dir, self._best_aside)
+        os.replace(self.best_staging, self.best_dir)
+        shutil.rmtree(self._best_aside, ignore_errors=True)
 
     def read_history(self) -> list[dict]:
         """The rows of the finished epochs (empty for a new run)."""
@@ -95,13 +128,13 @@ class RunDirectory:
         atomic_write(self.metrics_csv, buffer.getvalue())
 
 
-def _differences(saved: dict, new: dict, prefix: str = "") -> list[str]:
+def differences(saved: dict, new: dict, prefix: str = "") -> list[str]:
     """Names the settings that differ between two nested configs, e.g. 'model.units 8 -> 9'."""
     out = []
     for key in sorted(set(saved) | set(new)):
         old, value = saved.get(key), new.get(key)
         if isinstance(old, dict) and isinstance(value, dict):
-            out += _differences(old, value, f"{prefix}{key}.")
+            out += differences(old, value, f"{prefix}{key}.")
         elif old != value:
             out.append(f"{prefix}{key} {old!r} -> {value!r}")
     return out
@@ -166,7 +199,7 @@ class RunRecorder(keras.callbacks.Callback):
         row.update({k: float(logs[k]) for k in METRIC_COLUMNS[1:5]})
         self.history.append(row)
         if self.best_epoch() == row["epoch"]:
-            self.best.write(self.run.best_prefix)
+            self.run.write_best(self.best)
         # Metrics first, then the checkpoint: a kill between the two re-runs this epoch on
         # resume (the history is cut back to the checkpoint), so no epoch is lost or doubled.
         self.run.write_history(self.history)

@@ -12,6 +12,7 @@ import tensorflow as tf
 from kerasrnn import data, plots
 from kerasrnn._io import atomic_write, write_json
 from kerasrnn.config import DataConfig, ModelConfig, TrainConfig
+from kerasrnn.errors import DataError
 from kerasrnn.evaluation import predict_logits, scores
 from kerasrnn.models import build_classifier
 from kerasrnn.rundir import RunDirectory, RunRecorder
@@ -59,10 +60,14 @@ def train(
         A `TrainResult`; the model holds the best epoch's weights.
 
     Raises:
+        DataError: a split holds no examples (nothing is written then).
         RunExistsError: `out_dir` holds a run and `resume` is false, or a different run.
     """
     data_config = dataclasses.replace(data_config, source=data.resolve_source(data_config))
     model_config = dataclasses.replace(model_config, view=data_config.view)
+    keras.utils.set_random_seed(config.seed)
+    splits = {split: data.pipeline(data_config, split) for split in ("train", "validation", "test")}
+    num_samples = _check_splits(data_config, splits)
     run = RunDirectory(out_dir)
     run.begin(
         {
@@ -72,10 +77,9 @@ def train(
         },
         resume,
     )
-    keras.utils.set_random_seed(config.seed)
     model = compile_model(build_classifier(model_config), config)
-    train_ds = data.pipeline(data_config, "train")
-    val_ds = data.pipeline(data_config, "validation")
+    if config.verbose:  # the layers and parameter counts, as Keras users expect to see first
+        model.summary()
     checkpoint = tf.train.Checkpoint(
         model=model, optimizer=model.optimizer, epoch=tf.Variable(0, dtype=tf.int64)
     )
@@ -86,22 +90,54 @@ def train(
         checkpoint.restore(latest).assert_existing_objects_matched()
         initial_epoch = int(checkpoint.epoch.numpy())
         log.info("resuming %s after epoch %d", out_dir, initial_epoch)
-    num_samples = int(train_ds.unbatch().reduce(0, lambda n, _: n + 1))
     recorder = RunRecorder(
         run, checkpoint, run.read_history()[:initial_epoch], num_samples, config.patience
     )
     if initial_epoch < config.epochs and not recorder.should_stop():
-        fit(model, train_ds, val_ds, config, [recorder, *callbacks], initial_epoch)
+        fit(
+            model,
+            splits["train"],
+            splits["validation"],
+            config,
+            [recorder, *callbacks],
+            initial_epoch,
+        )
     recorder.restore_best()
-    return _finish(run, model, data_config, recorder.history)
+    return _finish(run, model, splits["test"], recorder)
+
+
+def _check_splits(data_config: DataConfig, splits: dict[str, tf.data.Dataset]) -> int:
+    """Counts the examples of each split, refusing an empty one.
+
+    Returns:
+        The number of training examples.
+
+    Raises:
+        DataError: a split holds no examples; names the data and every split's count.
+    """
+    counts = {
+        split: int(ds.reduce(0, lambda n, batch: n + tf.shape(batch[1])[0]))
+        for split, ds in splits.items()
+    }
+    empty = [split for split, count in counts.items() if count == 0]
+    if empty:
+        where = f" in {data_config.data_dir}" if data_config.data_dir else ""
+        sizes = ", ".join(f"{count} {split}" for split, count in counts.items())
+        raise DataError(
+            f"data {data_config.source!r}{where}: no {' or '.join(empty)} examples ({sizes}; "
+            f"validation takes {data_config.validation_fraction:.0%} of the training "
+            f"images, at least one): training needs at least one example in every split"
+        )
+    return counts["train"]
 
 
 def _finish(
-    run: RunDirectory, model: keras.Model, data_config: DataConfig, history: list[dict]
+    run: RunDirectory, model: keras.Model, test_ds: tf.data.Dataset, recorder: RunRecorder
 ) -> TrainResult:
     """Saves the model, scores it on the test split and draws the figures."""
+    history = recorder.history
     atomic_write(run.model_path, model.save)
-    labels, logits = predict_logits(model, data.pipeline(data_config, "test"))
+    labels, logits = predict_logits(model, test_ds)
     test = {f"test_{k}": v for k, v in scores(labels, logits).items()}
     test.update(
         {
@@ -111,7 +147,7 @@ def _finish(
         }
     )
     write_json(run.summary_path, test)
-    plots.training_curves(history, run.curves_path)
+    plots.training_curves(history, run.curves_path, recorder.best_epoch())
     counts = plots.confusion_matrix(labels, logits.argmax(-1), logits.shape[-1])
     plots.confusion_matrix_png(
         counts, run.confusion_path, f"test accuracy {test['test_accuracy']:.2%}"

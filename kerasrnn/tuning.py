@@ -4,22 +4,34 @@ Keras Tuner's own chief/worker mode for searches across processes and machines.
 Distributed tuning: every process runs the same search with `KERASTUNER_ORACLE_IP` and
 `KERASTUNER_ORACLE_PORT` set, the chief with `KERASTUNER_TUNER_ID=chief` (it serves the
 oracle and writes the results), each worker with its own id.
+
+A search folder survives kills: OUT/search.json records what defines the search (a rerun
+with other settings is refused), Keras Tuner's state files are written atomically, and a
+kill between its two writes for one trial (trial.json, then oracle.json) is completed on
+the next run (`_reconcile`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
+import json
 import logging
 import os
+import re
+import shutil
 import time
 
 import keras_tuner as kt
+from keras_tuner.src import utils as kt_utils
 
 from kerasrnn import data, tuning_results
+from kerasrnn._io import atomic_write, remove_temporaries, write_json
 from kerasrnn.config import DataConfig, TuneConfig
-from kerasrnn.errors import ConfigError, KerasRnnError
+from kerasrnn.errors import ConfigError, KerasRnnError, RunExistsError, SearchSpaceError
 from kerasrnn.hypermodel import RNNHyperModel, objective
+from kerasrnn.rundir import differences
 from kerasrnn.search_space import SearchSpace
 
 log = logging.getLogger(__name__)
@@ -28,13 +40,17 @@ _TUNERS = {
     "bayesian": kt.BayesianOptimization,
     "hyperband": kt.Hyperband,
 }
+PROJECT = "search"  # the sub-folder of the search folder that Keras Tuner keeps its state in
+_WORKER_ID = re.compile(r"[A-Za-z0-9._-]+")
 
 
 class _OutOfTime(Exception):
     """Raised between trials when the wall-clock budget is spent."""
 
 
-def _with_deadline(base: type[kt.Tuner]) -> type[kt.Tuner]:
+def _resumable(base: type[kt.Tuner]) -> type[kt.Tuner]:
+    """`base` with a wall-clock deadline and a reload that completes interrupted writes."""
+
     class Tuner(base):
         deadline: float | None = None
 
@@ -43,12 +59,81 @@ def _with_deadline(base: type[kt.Tuner]) -> type[kt.Tuner]:
             if self.deadline is not None and time.time() >= self.deadline:
                 raise _OutOfTime
 
+        def reload(self):
+            super().reload()
+            if not self._is_worker():  # a worker's oracle is the chief's
+                _reconcile(self.oracle)
+
     Tuner.__name__ = base.__name__
     return Tuner
 
 
+def _reconcile(oracle: kt.Oracle) -> None:
+    """Completes the record of a trial that a kill left between Keras Tuner's writes.
+
+    The oracle writes a trial's trial.json first and oracle.json second, so oracle.json
+    says what happened: a trial it has not seen start was never run (its folder is
+    removed; the same trial is created again). A trial it holds as running was killed:
+    it is run again, unless its results were recorded (training had finished), in which
+    case it is ended with them instead of being trained twice.
+    """
+    for trial_id in [t for t in oracle.trials if t not in oracle.start_order]:
+        del oracle.trials[trial_id]
+        shutil.rmtree(os.path.join(oracle._project_dir, f"trial_{trial_id}"))
+    # Keras Tuner keeps the trials to run again in private fields; reload filled them.
+    for trial_id in list(oracle._retry_queue):
+        trial = oracle.trials[trial_id]
+        if trial.metrics.exists(oracle.objective.name):
+            oracle._retry_queue.remove(trial_id)
+            trial.status = "COMPLETED"
+            oracle.score_trial(trial)
+            oracle.end_order.append(trial_id)
+            oracle._run_times[trial_id] += 1
+            oracle._save_trial(trial)
+
+
+@contextlib.contextmanager
+def _atomic_state_writes():
+    """Makes Keras Tuner write its state files (oracle.json, trial.json, tuner0.json)
+    atomically within a block: it writes them in place, so a kill could leave an empty
+    oracle.json that no rerun can read."""
+
+    def save_json(path, obj):
+        text = json.dumps(obj)
+        atomic_write(path, text)
+        return text
+
+    saved = kt_utils.save_json
+    kt_utils.save_json = save_json
+    try:
+        yield
+    finally:
+        kt_utils.save_json = saved
+
+
+def _check_state_files(directory: str, project_name: str) -> None:
+    """Reads Keras Tuner's state files before it does, to name a damaged one.
+
+    Raises:
+        SearchSpaceError: a state file is not valid JSON (names it and what to do).
+    """
+    project = os.path.join(directory, project_name)
+    for path in sorted(
+        glob.glob(os.path.join(project, "*.json"))
+        + glob.glob(os.path.join(project, "trial_*", "trial.json"))
+    ):
+        try:
+            with open(path) as f:
+                json.load(f)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise SearchSpaceError(
+                f"{path}: damaged search state ({e}): restore it from a backup, or start "
+                f"the search again in another folder (or after deleting {directory})"
+            ) from None
+
+
 def make_tuner(
-    hypermodel: RNNHyperModel, config: TuneConfig, directory: str, project_name: str = "search"
+    hypermodel: RNNHyperModel, config: TuneConfig, directory: str, project_name: str = PROJECT
 ) -> kt.Tuner:
     """A Keras Tuner tuner that resumes the search stored in `directory` when there is one.
 
@@ -60,6 +145,7 @@ def make_tuner(
 
     Raises:
         ImportError: the bayesian tuner without scipy and scikit-learn.
+        SearchSpaceError: a state file of the stored search is damaged.
     """
     budget = (
         {"max_epochs": config.max_epochs, "factor": 3}
@@ -75,7 +161,8 @@ def make_tuner(
                 f"the bayesian tuner needs scipy and scikit-learn "
                 f"(pip install 'kerasrnn[tuning]'): {e}"
             ) from None
-    return _with_deadline(_TUNERS[config.tuner])(
+    _check_state_files(directory, project_name)
+    tuner = _resumable(_TUNERS[config.tuner])(
         hypermodel,
         objective=objective(config),
         directory=directory,
@@ -85,6 +172,10 @@ def make_tuner(
         max_consecutive_failed_trials=1,
         **budget,
     )
+    # Keras Tuner writes its own state first at the end of the first trial, and reloads a
+    # search only when that state exists: record the search from its start.
+    tuner.save()
+    return tuner
 
 
 def search(tuner: kt.Tuner, config: TuneConfig) -> bool:
@@ -102,6 +193,41 @@ def search(tuner: kt.Tuner, config: TuneConfig) -> bool:
         )
         return False
     return True
+
+
+def _search_definition(space: SearchSpace, data_config: DataConfig, config: TuneConfig) -> dict:
+    """What defines a search, as JSON: its space, data and settings, less its budgets
+    (max_trials, time_budget_s), which a rerun may change to search longer or shorter."""
+    settings = dataclasses.asdict(config)
+    del settings["max_trials"], settings["time_budget_s"]
+    domains = {
+        name: dataclasses.asdict(domain) if dataclasses.is_dataclass(domain) else domain
+        for name, domain in space.domains
+    }
+    return {"space": domains, "data": dataclasses.asdict(data_config), "tune": settings}
+
+
+def _begin_search(out_dir: str, definition: dict) -> None:
+    """Records the search's definition in OUT/search.json, or checks it against the stored
+    one when the search is resumed.
+
+    Raises:
+        RunExistsError: the stored search was defined otherwise.
+    """
+    path = os.path.join(out_dir, "search.json")
+    definition = json.loads(json.dumps(definition))  # compare as stored
+    if os.path.exists(path):
+        with open(path) as f:
+            saved = json.load(f)
+        changed = differences(saved, definition)
+        if changed:
+            raise RunExistsError(
+                f"{out_dir} holds a search with other settings ({', '.join(changed)}): rerun "
+                f"it with the same settings (max_trials and time_budget_s may change), or "
+                f"choose another output folder"
+            )
+    else:
+        write_json(path, definition)
 
 
 @dataclasses.dataclass
@@ -128,12 +254,18 @@ def distributed_environment(
     """The KERASTUNER_* variables for a chief or worker (empty when not distributed).
 
     Raises:
-        ConfigError: a role without an oracle address, or a malformed address.
+        ConfigError: a role without an oracle address, a malformed address, or a worker
+            id that is not a plain name (Keras Tuner makes a file name of it).
     """
     if role is None:
         return {}
     if not oracle or oracle.count(":") != 1 or not oracle.split(":")[1].isdigit():
         raise ConfigError(f"--role {role} needs --oracle HOST:PORT, got {oracle!r}")
+    if worker_id is not None and not _WORKER_ID.fullmatch(worker_id):
+        raise ConfigError(
+            f"--worker-id must be letters, digits, '-', '_' or '.' (it names the worker's "
+            f"state file), got {worker_id!r}"
+        )
     host, port = oracle.split(":")
     tuner_id = "chief" if role == "chief" else (worker_id or f"worker-{os.getpid()}")
     return {
@@ -141,6 +273,15 @@ def distributed_environment(
         "KERASTUNER_ORACLE_IP": host,
         "KERASTUNER_ORACLE_PORT": port,
     }
+
+
+def _is_worker(variables: dict[str, str]) -> bool:
+    """Whether the process is a distributed search's worker, by `variables` or as the
+    environment says."""
+    environment = {**os.environ, **variables}
+    return (
+        "KERASTUNER_ORACLE_IP" in environment and environment.get("KERASTUNER_TUNER_ID") != "chief"
+    )
 
 
 @contextlib.contextmanager
@@ -185,10 +326,17 @@ def tune(
         chief, whose oracle holds every worker's trials.
 
     Raises:
+        RunExistsError: `out_dir` holds a search with other settings.
+        SearchSpaceError: the stored search's state is damaged.
         KerasRnnError: a trial failed (Keras Tuner records failures and goes on).
     """
     data_config = dataclasses.replace(data_config, source=data.resolve_source(data_config))
-    with _environment(distributed_environment(role, oracle, worker_id)):
+    variables = distributed_environment(role, oracle, worker_id)
+    _begin_search(out_dir, _search_definition(space, data_config, config))
+    if not _is_worker(variables):  # a worker shares the folder with a running chief
+        project = os.path.join(out_dir, PROJECT)
+        remove_temporaries(out_dir, project, *glob.glob(os.path.join(project, "trial_*")))
+    with _environment(variables), _atomic_state_writes():
         tuner = make_tuner(RNNHyperModel(space, data_config, config), config, out_dir)
         finished = search(tuner, config)
         distributed = "KERASTUNER_ORACLE_IP" in os.environ

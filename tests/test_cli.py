@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -223,3 +225,61 @@ def test_predict_with_a_bad_model_is_one_line(tmp_path, content, message):
     assert result.returncode == 1
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("kerasrnn: error: ") and message in line
+
+
+def _train_args(out: str, epochs: int) -> list[str]:
+    return [
+        "train",
+        "--data",
+        "sample",
+        "--max-examples",
+        "256",
+        "--units",
+        "8",
+        "--epochs",
+        str(epochs),
+        "--patience",
+        "0",
+        "--quiet",
+        "--out",
+        out,
+    ]
+
+
+def _start(*args) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "kerasrnn", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_ctrl_c_during_training_exits_130_and_the_run_resumes(tmp_path):
+    out = str(tmp_path / "run")
+    process = _start(*_train_args(out, 15))
+    metrics = os.path.join(out, "metrics.json")
+    while process.poll() is None and not os.path.exists(metrics):
+        time.sleep(0.05)  # polls for the first finished epoch; asserts no timing
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert stdout == "" and stderr.strip().splitlines() == ["kerasrnn: interrupted"]
+    result = kerasrnn(*_train_args(out, 15), "--resume")
+    assert "test accuracy" in result.stdout
+    with open(metrics) as f:
+        assert [row["epoch"] for row in json.load(f)] == list(range(1, 16))
+
+
+def test_ctrl_c_as_training_ends_never_kills_the_process_or_prints_a_traceback(tmp_path):
+    process = _start(*_train_args(str(tmp_path / "run"), 1))
+    for line in process.stdout:
+        if line.startswith("run folder:"):  # the last line of success: Ctrl-C until it exits
+            while process.poll() is None:
+                process.send_signal(signal.SIGINT)
+                time.sleep(0.01)
+    _, stderr = process.communicate(timeout=120)
+    # Finished (0), or interrupted as it finished (130, in one line); never a death by
+    # SIGINT or a traceback from the interpreter's exit.
+    assert process.returncode in (0, 130), stderr
+    assert stderr in ("", "kerasrnn: interrupted\n")

@@ -5,6 +5,7 @@ Needs Debian's gcc-arm-none-eabi, libnewlib-arm-none-eabi and qemu-system-arm, a
 tree in ../shared/tflm; skips, saying which is missing, without them.
 """
 
+import dataclasses
 import os
 
 import numpy as np
@@ -127,3 +128,20 @@ def test_missing_toolchain_names_the_debian_packages(monkeypatch, tmp_path):
         match="apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm",
     ):
         check_tools(FirmwareConfig(tflm_dir=str(tmp_path), target="cortex-m33"))
+
+
+def test_run_adds_the_firmware_row_to_its_summary(object_cache, tmp_path):
+    from kerasrnn.pipeline import run, summary_table
+
+    firmware = dataclasses.replace(config("cortex-m3", object_cache), digits=5)
+    summary = run(
+        kerasrnn.ModelConfig(cell="elman", units=16),
+        kerasrnn.DataConfig(source="sample", max_examples=600),
+        kerasrnn.TrainConfig(epochs=2, verbose=0),
+        str(tmp_path / "run"),
+        firmware=firmware,
+    )
+    micro = summary["firmware"]["agreement"][0]
+    assert (micro["reference"], micro["exact"], micro["digits"]) == ("TFLM (Python)", 5, 5)
+    assert "firmware cortex-m3: flash" in summary_table(summary)
+    assert os.path.isdir(tmp_path / "run" / "firmware-cortex-m3")

@@ -1,4 +1,9 @@
 import gzip
+import os
+import stat
+import subprocess
+import sys
+import zlib
 
 import numpy as np
 import pytest
@@ -118,3 +123,102 @@ def test_missing_file(tmp_path):
 def test_write_rejects_non_uint8(tmp_path):
     with pytest.raises(ValueError, match="must be uint8, got float32"):
         idx.write(str(tmp_path / "x"), np.zeros((1, 28, 28), np.float32))
+
+
+_READ_IN_CHILD = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))  # 2 GiB: a runaway read fails
+from kerasrnn import idx
+from kerasrnn.errors import IdxError
+try:
+    idx.read_images(sys.argv[1])
+except IdxError as e:
+    print(e)
+    with open("/proc/self/status") as f:  # VmHWM: this process's peak resident memory
+        print(next(line.split()[1] for line in f if line.startswith("VmHWM")))
+    sys.exit(3)
+"""
+
+
+def _read_in_child(path: str) -> tuple[str, int]:
+    """Reads `path` as images in a child process with 2 GiB of address space and 60 s.
+
+    Returns:
+        (the IdxError message, the child's peak resident memory in MiB).
+    """
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    child = subprocess.run(
+        [sys.executable, "-c", _READ_IN_CHILD, path],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    assert child.returncode == 3, child.stderr[-2000:]
+    message, peak_kib = child.stdout.splitlines()
+    return message, int(peak_kib) // 1024
+
+
+def test_fifo_is_refused_unread(tmp_path):
+    path = str(tmp_path / "train-images-idx3-ubyte")
+    os.mkfifo(path)  # reading it would wait for a writer forever
+    message, _ = _read_in_child(path)
+    assert (
+        message
+        == f"{path}: not a regular file (a FIFO, device or socket); give the path of an IDX file"
+    )
+
+
+def test_symlink_to_dev_zero_is_refused_unread(tmp_path):
+    path = tmp_path / "train-images-idx3-ubyte"
+    path.symlink_to("/dev/zero")  # endless zeros: reading them grew past 6 GB
+    message, _ = _read_in_child(str(path))
+    assert "not a regular file" in message
+
+
+def test_folder_is_refused(tmp_path):
+    with pytest.raises(IdxError, match="not a regular file \\(a folder\\)"):
+        idx.read_images(str(tmp_path))
+
+
+def test_gzip_bomb_fails_fast_with_bounded_memory(tmp_path):
+    # A valid header for one image, then 512 MiB of zeros: about 0.5 MB gzipped.
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
+    path = tmp_path / "bomb.gz"
+    with open(path, "wb") as f:
+        f.write(compressor.compress(idx.encode(_images(1))))
+        zeros = bytes(1 << 24)
+        for _ in range(32):
+            f.write(compressor.compress(zeros))
+        f.write(compressor.flush())
+    assert path.stat().st_size < 1 << 20
+    message, peak_mib = _read_in_child(str(path))
+    assert "oversized payload: the gzip data holds more than the 784 bytes" in message
+    assert peak_mib < 256  # the bomb inflates to 512 MiB
+
+
+def test_overflowing_dimensions_report_the_true_sizes(tmp_path):
+    big = 2**32 - 1
+    header = bytes([0, 0, 8, 3]) + np.array([big, big, big], ">u4").tobytes()
+    path = _write_raw(tmp_path, header + bytes(784), "huge")
+    with pytest.raises(
+        IdxError, match=f"huge: truncated payload: header promises {big**3:,} bytes"
+    ):
+        idx.read_images(path)
+
+
+def test_gzip_declaring_more_than_it_can_hold_is_refused_before_inflating(tmp_path):
+    header = bytes([0, 0, 8, 3]) + np.array([2**31, 28, 28], ">u4").tobytes()
+    path = _write_raw(tmp_path, gzip.compress(header + bytes(784)), "lie.gz")
+    with pytest.raises(IdxError, match="more than a gzip file of [0-9,]+ bytes can hold"):
+        idx.read_images(path)
+
+
+def test_written_files_respect_the_umask(tmp_path):
+    previous = os.umask(0o077)
+    try:
+        idx.write(str(tmp_path / "l"), np.zeros(3, np.uint8))
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(os.stat(tmp_path / "l").st_mode) == 0o600

@@ -14,8 +14,8 @@ from ai_edge_litert import schema_py_generated as schema
 
 from kerasrnn.errors import InputError, ModelFileError
 from kerasrnn.export import convert, flatbuffer, runtime
-from kerasrnn.export.micro import write_c_array
 from kerasrnn.export.integrity import DIGEST_METADATA, verify_digest
+from kerasrnn.export.micro import write_c_array
 from kerasrnn.export.runtime import Classifier, Stream
 
 # Run code where `import tensorflow` (or keras) raises, as on a device with LiteRT only.

@@ -8,9 +8,9 @@ import textwrap
 import numpy as np
 import pytest
 
-from kerasrnn import data, training
+from kerasrnn import data, idx, training
 from kerasrnn.config import LOOPS, DataConfig, ModelConfig, TrainConfig
-from kerasrnn.errors import ConfigError, RunExistsError
+from kerasrnn.errors import ConfigError, DataError, RunExistsError
 from kerasrnn.evaluation import evaluate, evaluate_file
 from kerasrnn.models import build_classifier
 from kerasrnn.training_run import train
@@ -214,3 +214,62 @@ def test_full_mnist_through_tfds_prepared_offline(tmp_path, mnist_dir):
     )
     assert result.test["test_examples"] == 10000
     assert result.test["test_accuracy"] >= 0.95
+
+
+def _idx_folder(folder, train_count: int, test_count: int = 5) -> str:
+    """An IDX folder with `train_count` training and `test_count` test digits."""
+    images = np.random.default_rng(0).integers(0, 256, (max(train_count, test_count), 28, 28))
+    for prefix, count in (("train", train_count), ("t10k", test_count)):
+        idx.write(f"{folder}/{prefix}-images-idx3-ubyte", images[:count].astype(np.uint8))
+        idx.write(f"{folder}/{prefix}-labels-idx1-ubyte", np.arange(count, dtype=np.uint8) % 10)
+    return str(folder)
+
+
+@pytest.mark.parametrize(
+    "train_count,message",
+    [
+        (1, r"no train examples \(0 train, 1 validation, 5 test;"),
+        (0, r"no train or validation examples \(0 train, 0 validation, 5 test;"),
+    ],
+)
+def test_degenerate_data_is_refused_before_the_run_folder_is_made(tmp_path, train_count, message):
+    folder = _idx_folder(tmp_path, train_count)
+    out = tmp_path / "run"
+    with pytest.raises(DataError, match=f"data 'idx' in {folder}: {message}"):
+        train(
+            ModelConfig(units=8),
+            DataConfig(source="idx", data_dir=folder),
+            TrainConfig(epochs=1, verbose=0),
+            str(out),
+        )
+    assert not out.exists()
+
+
+def test_resume_removes_the_leftovers_of_killed_writes(tmp_path):
+    config = TrainConfig(epochs=1, patience=None, verbose=0)
+    train(ModelConfig(units=8), SMALL, config, str(tmp_path))
+    leftovers = [tmp_path / ".tmp-metrics.json", tmp_path / ".tmp-0123abcd-model.keras"]
+    for path in leftovers:
+        path.write_text("half")
+    (tmp_path / ".tmp-best").mkdir()
+    (tmp_path / ".tmp-best" / "weights.index").write_text("half")
+    train(ModelConfig(units=8), SMALL, config, str(tmp_path), resume=True)
+    assert not [name for name in os.listdir(tmp_path) if name.startswith(".tmp-")]
+
+
+def test_kill_between_the_renames_of_best_keeps_the_previous_best(tmp_path):
+    config = TrainConfig(epochs=2, patience=None, verbose=0)
+    first = train(ModelConfig(units=8), SMALL, config, str(tmp_path))
+    # What a kill inside `RunDirectory.write_best` leaves: best/ moved aside, the new copy
+    # still in its staging folder, half-written.
+    os.replace(tmp_path / "best", tmp_path / ".tmp-best-previous")
+    (tmp_path / ".tmp-best").mkdir()
+    (tmp_path / ".tmp-best" / "weights.index").write_text("half")
+    (tmp_path / "model.keras").unlink()
+    again = train(ModelConfig(units=8), SMALL, config, str(tmp_path), resume=True)
+    assert again.history == first.history
+    assert again.test == first.test
+    assert sorted(os.listdir(tmp_path / "best")) == [
+        "weights.data-00000-of-00001",
+        "weights.index",
+    ]

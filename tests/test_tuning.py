@@ -1,7 +1,10 @@
 """Keras Tuner searches: artefacts, resume after kill -9, chief/worker, bad spaces."""
 
+import dataclasses
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -13,7 +16,7 @@ import pytest
 
 from kerasrnn import data, tuning
 from kerasrnn.config import DataConfig, TuneConfig
-from kerasrnn.errors import ConfigError, SearchSpaceError
+from kerasrnn.errors import ConfigError, RunExistsError, SearchSpaceError
 from kerasrnn.hypermodel import RNNHyperModel, budget_score
 from kerasrnn.search_space import Choice, Range, SearchSpace
 
@@ -138,7 +141,7 @@ def test_search_killed_mid_trial_resumes_without_training_a_trial_twice(tmp_path
                 break
         time.sleep(0.2)
     os.kill(first.pid, signal.SIGKILL)
-    first.wait(timeout=60)
+    first.communicate(timeout=60)  # reaps it and closes its pipes
     before = {tid: t for tid, t in _trials(out).items() if t["status"] == "COMPLETED"}
     assert len(before) >= 2
     second = _kerasrnn(*args)
@@ -299,3 +302,68 @@ def test_time_budget_stops_after_the_running_trial(tmp_path):
         space, SMALL, TuneConfig(max_trials=2, max_epochs=1), str(tmp_path), retrain=False
     )
     assert resumed.finished and len(resumed.rows) == 2
+
+
+def test_worker_id_that_is_a_path_is_rejected():
+    with pytest.raises(ConfigError, match="--worker-id must be letters, digits.*got '/abs/path'"):
+        tuning.distributed_environment("worker", "127.0.0.1:8000", "/abs/path")
+
+
+@pytest.fixture(scope="module")
+def finished_search(tmp_path_factory):
+    """A finished one-trial search: (folder, space, config)."""
+    space = SearchSpace.parse(["cell=elman", "units=16", "batch_size=64"])
+    config = TuneConfig(max_trials=1, max_epochs=1)
+    out = tmp_path_factory.mktemp("search")
+    outcome = tuning.tune(space, SMALL, config, str(out), retrain=False)
+    assert [r["status"] for r in outcome.rows] == ["COMPLETED"]
+    return out, space, config
+
+
+@pytest.mark.parametrize(
+    "sets,ranges,changes,message",
+    [
+        (["cell=elman", "units=32", "batch_size=64"], [], {}, "space.units 16 -> 32"),
+        (
+            ["cell=elman", "batch_size=64"],
+            ["units=16:32"],
+            {},
+            "space.units 16 -> {'low': 16, 'high': 32",
+        ),
+        (["cell=gru", "units=16", "batch_size=64"], [], {}, "space.cell 'elman' -> 'gru'"),
+        (["cell=elman", "units=16", "batch_size=64"], [], {"max_epochs": 2}, "max_epochs 1 -> 2"),
+        (["cell=elman", "units=16", "batch_size=64"], [], {"tuner": "hyperband"}, "tune.tuner"),
+    ],
+)
+def test_resuming_a_search_with_other_settings_is_refused(
+    finished_search, sets, ranges, changes, message
+):
+    out, _, config = finished_search
+    before = sorted(os.listdir(out / "search"))
+    changed = dataclasses.replace(config, **changes)
+    with pytest.raises(
+        RunExistsError, match=f"holds a search with other settings .*{re.escape(message)}"
+    ):
+        tuning.tune(SearchSpace.parse(sets, ranges), SMALL, changed, str(out), retrain=False)
+    assert sorted(os.listdir(out / "search")) == before
+
+
+def test_resuming_a_search_with_more_trials_runs_only_the_new_ones(finished_search, tmp_path):
+    out, space, config = finished_search
+    out = shutil.copytree(out, tmp_path / "search")
+    [(trial_id, first)] = _trials(str(out)).items()
+    grown = dataclasses.replace(config, max_trials=2)
+    outcome = tuning.tune(space, SMALL, grown, str(out), retrain=False)
+    assert [r["status"] for r in outcome.rows] == ["COMPLETED"] * 2
+    assert _trials(str(out))[trial_id]["metrics"] == first["metrics"]
+
+
+def test_damaged_search_state_names_the_file_and_what_to_do(finished_search, tmp_path):
+    out, space, config = finished_search
+    out = shutil.copytree(out, tmp_path / "search")
+    (out / "search" / "oracle.json").write_bytes(b"")  # what a kill left before the fix
+    with pytest.raises(
+        SearchSpaceError,
+        match=r"search/oracle.json: damaged search state \(Expecting value.*\): restore it",
+    ):
+        tuning.tune(space, SMALL, config, str(out), retrain=False)
