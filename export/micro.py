@@ -100,14 +100,14 @@ def _detail(tflm_detail: dict) -> dict:
     return {"dtype": tflm_detail["dtype"], "quantization": (scale, zero_point)}
 
 
-def _allocate(content: bytes) -> tflm.Interpreter:
-    """An interpreter whose arena fits the model: 16 x the file + 64 KB, doubled while
-    TFLM fails to allocate (784-step models need more than the first guess).
+def _allocate(content: bytes, arena: int | None = None) -> tflm.Interpreter:
+    """An interpreter whose arena fits the model: `arena` (default 16 x the file + 64 KB),
+    doubled while TFLM fails to allocate (784-step models need more than that guess).
 
     Raises:
         RuntimeError: it does not fit in `_LARGEST_ARENA`.
     """
-    arena = 16 * len(content) + 65536
+    arena = arena or 16 * len(content) + 65536
     while True:
         try:
             return tflm.Interpreter.from_bytes(content, arena_size=arena)

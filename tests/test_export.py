@@ -360,3 +360,14 @@ def test_int8_interface_refuses_a_model_without_int16_activations(exported):
         int8_interface(content, ["sequence"], ["logits"])
     with pytest.raises(ValueError, match="names given"):
         int8_interface(content, ["sequence", "state"], ["logits"])
+
+
+def test_micro_arena_grows_until_a_784_step_model_fits(tmp_path):
+    from kerasrnn.export import micro
+
+    model = build_classifier(cell="elman", units=8, view="pixels")
+    path = convert.to_tflite(model, str(tmp_path / "p.tflite"), form="unrolled").path
+    with open(path, "rb") as f:
+        content = f.read()
+    interpreter = micro._allocate(content, arena=1024)  # far too small a first guess
+    assert micro._arena_used(interpreter) > 1024
