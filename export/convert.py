@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import subprocess
 import sys
 import tempfile
 
@@ -23,6 +22,7 @@ from kerasrnn.config import check_choice, check_positive
 from kerasrnn.errors import ConfigError, ConversionError
 from kerasrnn.evaluation import load_model
 from kerasrnn.export import flatbuffer, graph, integer_io
+from kerasrnn.export.child_process import child_main, run_child
 from kerasrnn.export.config import FORMS, INT8_ACTIVATIONS, QUANTIZATIONS
 from kerasrnn.export.runtime import INITIAL_STATE_METADATA, check_loads
 
@@ -183,39 +183,24 @@ def _representative(data) -> np.ndarray:
 
 
 def _run_child(job: dict) -> dict:
-    """Runs `_convert(job)` in a child process; returns the JSON it sends on a pipe.
+    """Runs `_convert(job)` in a child process (see `child_process`); returns its result.
 
     Raises:
         ConversionError: the child crashed or reported an error.
     """
-    read_end, write_end = os.pipe()
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    try:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "kerasrnn.export.convert", json.dumps(job), str(write_end)],
-            pass_fds=(write_end,),
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-    finally:
-        os.close(write_end)
-    with os.fdopen(read_end) as pipe:
-        message = pipe.read()
-    _, stderr = child.communicate()
-    if child.returncode < 0:
+    status, result = run_child("kerasrnn.export.convert", [json.dumps(job)], env)
+    if status < 0:
         raise ConversionError(
             f"the TFLite converter or LiteRT's check of its output crashed (signal "
-            f"{-child.returncode}); no file was written. For int8 this happens when "
+            f"{-status}); no file was written. For int8 this happens when "
             f"calibration sees a tensor that never varies (an untrained model on MNIST's "
             f"blank first rows, say): train the model or calibrate on more varied data"
         )
-    if not message:
+    if result is None:
         raise ConversionError(
-            f"the conversion process ended (status {child.returncode}) "
-            f"without a result; no file was written"
+            f"the conversion process ended (status {status}) without a result; no file was written"
         )
-    result = json.loads(message)
     if "error" in result:
         raise ConversionError(
             f"the TFLite converter failed ({result['error']}); no file was written"
@@ -298,20 +283,5 @@ def _calibration(weights, function, images: np.ndarray, job: dict):
     return steps if job["stream"] else sequences
 
 
-def _child_main(job_json: str, result_fd: int) -> int:
-    """Entry point of the child: converts, and sends {"parameters", "form"} or
-    {"error": "..."} as JSON on `result_fd`."""
-    try:
-        result = _convert(json.loads(job_json))
-        status = 0
-    except Exception as e:  # noqa: BLE001 - every failure goes back to the parent as data
-        detail = str(e).strip().splitlines()
-        result = {"error": f"{type(e).__name__}: {detail[-1] if detail else ''}".rstrip(": ")}
-        status = 1
-    with os.fdopen(result_fd, "w") as pipe:
-        json.dump(result, pipe)
-    return status
-
-
 if __name__ == "__main__":
-    sys.exit(_child_main(sys.argv[1], int(sys.argv[2])))
+    sys.exit(child_main(lambda job: _convert(json.loads(job)), sys.argv[1:]))

@@ -31,7 +31,8 @@ import numpy as np
 
 from kerasrnn._io import atomic_write, write_json
 from kerasrnn.errors import FirmwareError
-from kerasrnn.export import firmware_build, flatbuffer
+from kerasrnn.export import firmware_build, flatbuffer, micro
+from kerasrnn.export.child_process import child_main, run_child
 from kerasrnn.export.config import FirmwareConfig
 from kerasrnn.export.micro import write_c_array
 from kerasrnn.export.runtime import INITIAL_STATE_METADATA, Classifier, Stream, dequantize, quantize
@@ -360,9 +361,6 @@ def _reference_outputs(tflite_path: str, model: _ModelIO, images: np.ndarray) ->
     )
 
 
-_ARENA_RE = re.compile(r"Arena allocation total (\d+) bytes")
-
-
 def _run_micro(tflite_path: str, images: np.ndarray) -> tuple[int, np.ndarray]:
     """(arena bytes, logits [n, classes]) of the model in the Python TFLM interpreter, run in
     a child process (TFLM aborts the process on some errors).
@@ -371,32 +369,23 @@ def _run_micro(tflite_path: str, images: np.ndarray) -> tuple[int, np.ndarray]:
     """
     with tempfile.TemporaryDirectory(prefix="kerasrnn-firmware-") as tmp:
         np.save(os.path.join(tmp, "images.npy"), images)
-        result = subprocess.run(
-            [sys.executable, "-m", "kerasrnn.export.firmware", os.path.abspath(tflite_path), tmp],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        arena = _ARENA_RE.search(result.stdout + result.stderr)
-        if result.returncode != 0 or arena is None:
-            lines = (result.stderr.strip() or result.stdout.strip()).splitlines() or ["no output"]
+        status, result = run_child("kerasrnn.export.firmware", [os.path.abspath(tflite_path), tmp])
+        if result is None or "error" in result:
             raise FirmwareError(
-                f"TensorFlow Lite Micro (Python) failed on {tflite_path}: {lines[-1]}"
+                f"TensorFlow Lite Micro (Python) failed on {tflite_path}: "
+                + (result["error"] if result else f"it crashed (status {status})")
             )
-        return int(arena.group(1)), np.load(os.path.join(tmp, "logits.npy"))
+        return result["arena_bytes"], np.load(os.path.join(tmp, "logits.npy"))
 
 
-def _micro_child(model_path: str, folder: str) -> None:
+def _micro_child(model_path: str, folder: str) -> dict:
     """The child process: every image through TFLM, the whole image at once after a reset
     of the variable tensors, or one row at a time carrying the state as `runtime.Stream`
     does (dequantized, then quantized for the next row)."""
-    from tflite_micro.python.tflite_micro import runtime
-
     with open(model_path, "rb") as f:
         content = f.read()
     model = _ModelIO.read(content)
-    interpreter = runtime.Interpreter.from_bytes(content, arena_size=16 * len(content) + 65536)
-    interpreter.print_allocations()  # read by the parent
+    interpreter = micro.allocate(content)
     logits = model.outputs["logits"]
     results = []
     for image in np.load(os.path.join(folder, "images.npy")):
@@ -408,6 +397,7 @@ def _micro_child(model_path: str, folder: str) -> None:
             interpreter.invoke()
         results.append(dequantize(interpreter.get_output(logits["position"]), logits)[0])
     np.save(os.path.join(folder, "logits.npy"), np.array(results))
+    return {"arena_bytes": micro.arena_used(interpreter)}
 
 
 def _stream_micro(interpreter, model: _ModelIO, image: np.ndarray) -> None:
@@ -629,4 +619,4 @@ def _agreement(name: str, outputs: np.ndarray, expected: np.ndarray, dtype) -> A
 
 
 if __name__ == "__main__":
-    _micro_child(sys.argv[1], sys.argv[2])
+    sys.exit(child_main(_micro_child, sys.argv[1:]))

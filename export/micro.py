@@ -9,10 +9,8 @@ child process, which sends its result back as JSON on a pipe.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
 
@@ -21,6 +19,7 @@ from tflite_micro.python.tflite_micro import runtime as tflm
 
 from kerasrnn._io import atomic_write
 from kerasrnn.errors import MicroError
+from kerasrnn.export.child_process import child_main, run_child
 from kerasrnn.export.integrity import verify_digest
 from kerasrnn.export.runtime import dequantize, quantize
 
@@ -60,32 +59,12 @@ def run_micro(tflite_path: str, images: np.ndarray) -> MicroResult:
     images = np.asarray(images, np.float32)
     with tempfile.TemporaryDirectory(prefix="kerasrnn-micro-") as tmp:
         np.save(os.path.join(tmp, "images.npy"), images)
-        read_end, write_end = os.pipe()
-        try:
-            child = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "kerasrnn.export.micro",
-                    os.path.abspath(tflite_path),
-                    tmp,
-                    str(write_end),
-                ],
-                pass_fds=(write_end,),
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        finally:
-            os.close(write_end)
-        with os.fdopen(read_end) as pipe:
-            message = pipe.read()
-        child.wait()
-        if child.returncode < 0 or not message:
+        status, result = run_child("kerasrnn.export.micro", [os.path.abspath(tflite_path), tmp])
+        if result is None:
             raise MicroError(
                 f"TensorFlow Lite Micro crashed on {tflite_path} (status "
-                f"{child.returncode}): an operator it lacks, or a damaged file"
+                f"{status}): an operator it lacks, or a damaged file"
             )
-        result = json.loads(message)
         if "error" in result:
             raise MicroError(f"TensorFlow Lite Micro failed on {tflite_path}: {result['error']}")
         logits = np.load(os.path.join(tmp, "logits.npy"))
@@ -100,7 +79,7 @@ def _detail(tflm_detail: dict) -> dict:
     return {"dtype": tflm_detail["dtype"], "quantization": (scale, zero_point)}
 
 
-def _allocate(content: bytes, arena: int | None = None) -> tflm.Interpreter:
+def allocate(content: bytes, arena: int | None = None) -> tflm.Interpreter:
     """An interpreter whose arena fits the model: `arena` (default 16 x the file + 64 KB),
     doubled while TFLM fails to allocate (784-step models need more than that guess).
 
@@ -119,7 +98,7 @@ def _allocate(content: bytes, arena: int | None = None) -> tflm.Interpreter:
             arena *= 2
 
 
-def _arena_used(interpreter: tflm.Interpreter) -> int:
+def arena_used(interpreter: tflm.Interpreter) -> int:
     """The bytes of arena TFLM allocated, read from its allocation report (which the
     interpreter writes to this process's stdout or stderr)."""
     with tempfile.TemporaryFile() as report:
@@ -144,8 +123,8 @@ def _child(model_path: str, folder: str) -> dict:
     """The child process: allocate, measure the arena, then run every image in TFLM."""
     with open(model_path, "rb") as f:
         content = f.read()
-    interpreter = _allocate(content)
-    arena = _arena_used(interpreter)
+    interpreter = allocate(content)
+    arena = arena_used(interpreter)
     inp, out = (
         _detail(interpreter.get_input_details(0)),
         _detail(interpreter.get_output_details(0)),
@@ -205,17 +184,5 @@ def write_c_array(tflite_path: str, out_dir: str, name: str = "g_model") -> tupl
     return paths
 
 
-def _child_main(model_path: str, folder: str, result_fd: int) -> int:
-    """Entry point of the child: runs `_child` and sends its result, or {"error": ...},
-    as JSON on `result_fd`."""
-    try:
-        result, status = _child(model_path, folder), 0
-    except Exception as e:  # noqa: BLE001 - every failure goes back to the parent as data
-        result, status = {"error": f"{type(e).__name__}: {e}"}, 1
-    with os.fdopen(result_fd, "w") as pipe:
-        json.dump(result, pipe)
-    return status
-
-
 if __name__ == "__main__":
-    sys.exit(_child_main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
+    sys.exit(child_main(_child, sys.argv[1:]))

@@ -331,7 +331,7 @@ def test_unexportable_model_is_refused_before_the_converter_starts(tmp_path, mon
     def no_child(*args, **kwargs):
         raise AssertionError("the conversion child was started for a model it cannot convert")
 
-    monkeypatch.setattr(convert.subprocess, "Popen", no_child)
+    monkeypatch.setattr(convert, "run_child", no_child)
     inputs = keras.Input((28, 28))
     model = keras.Model(inputs, keras.layers.Dense(10)(keras.layers.Flatten()(inputs)))
     with pytest.raises(ConversionError, match=r"cannot export layer flatten.* \(Flatten\)"):
@@ -369,5 +369,5 @@ def test_micro_arena_grows_until_a_784_step_model_fits(tmp_path):
     path = convert.to_tflite(model, str(tmp_path / "p.tflite"), form="unrolled").path
     with open(path, "rb") as f:
         content = f.read()
-    interpreter = micro._allocate(content, arena=1024)  # far too small a first guess
-    assert micro._arena_used(interpreter) > 1024
+    interpreter = micro.allocate(content, arena=1024)  # far too small a first guess
+    assert micro.arena_used(interpreter) > 1024
