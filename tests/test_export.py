@@ -366,7 +366,7 @@ def test_micro_arena_grows_until_a_784_step_model_fits(tmp_path):
     from kerasrnn.export import micro
 
     model = build_classifier(cell="elman", units=8, view="pixels")
-    path = convert.to_tflite(model, str(tmp_path / "p.tflite"), form="unrolled").path
+    path = convert.to_tflite(model, str(tmp_path / "p.tflite")).path
     with open(path, "rb") as f:
         content = f.read()
     interpreter = micro.allocate(content, arena=1024)  # far too small a first guess

@@ -130,6 +130,7 @@ def test_missing_toolchain_names_the_debian_packages(monkeypatch, tmp_path):
         check_tools(FirmwareConfig(tflm_dir=str(tmp_path), target="cortex-m33"))
 
 
+@pytest.mark.slow  # trains and exports a model of its own (26 s); the firmware tests above
 def test_run_adds_the_firmware_row_to_its_summary(object_cache, tmp_path):
     from kerasrnn.pipeline import run, summary_table
 
