@@ -1,4 +1,5 @@
-"""The vocabulary of exports: quantizations, int8 activations, graph forms, `ExportConfig`.
+"""The vocabulary of exports: formats, quantizations, int8 activations, graph forms,
+`ExportConfig`.
 
 Imports neither TensorFlow nor the LiteRT runtime, so the CLI reads its choices here.
 """
@@ -10,6 +11,9 @@ import dataclasses
 from kerasrnn.config import check_choice, check_positive
 from kerasrnn.errors import ConfigError
 
+# What `kerasrnn export` writes: a .tflite file (with its extras), or a TensorFlow
+# SavedModel folder for serving (the float32 Keras model, any batch size).
+FORMATS = ("tflite", "saved_model")
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
 # Activations inside an int8 file: int16 (int8 weights, int8 images and logits; see
 # `kerasrnn.export.integer_io`) or int8 throughout.
@@ -35,7 +39,12 @@ class ExportConfig:
             (dynamic; LiteRT only).
         stream: also write the streaming step model next to the file (`NAME.step.tflite`).
         micro: check the file in TensorFlow Lite Micro (batch-1 float32 and int8 files).
-        c_array: also write `model_data.cc/.h` next to the file.
+        c_array: also write the file as a C array, `NAME.h` and `NAME.cc` next to it (and
+            with `stream` the step model's, `NAME.step.h/.cc`; see `micro.write_c_array`).
+            It needs a file TFLM runs: batch size 1, quantization "none" or "int8".
+        format: one of `FORMATS`: "tflite", or "saved_model" (the float32 Keras model as a
+            SavedModel folder; quantization, stream and c_array do not apply, the batch
+            size is dynamic).
     """
 
     quantization: str = "none"
@@ -44,11 +53,34 @@ class ExportConfig:
     stream: bool = False
     micro: bool = True
     c_array: bool = False
+    format: str = "tflite"
 
     def __post_init__(self):
         check_choice("quantization", self.quantization, QUANTIZATIONS)
         check_choice("activations", self.activations, INT8_ACTIVATIONS)
         check_positive("batch_size", self.batch_size, optional=True, integer=True)
+        check_choice("format", self.format, FORMATS)
+        if self.format == "saved_model":
+            tflite_only = [
+                f"{field}={value!r}"
+                for field, value, default in (
+                    ("quantization", self.quantization, "none"),
+                    ("stream", self.stream, False),
+                    ("c_array", self.c_array, False),
+                )
+                if value != default
+            ]
+            if tflite_only:
+                raise ConfigError(
+                    f"format 'saved_model' serves the float32 Keras model: "
+                    f"{', '.join(tflite_only)} applies to the tflite format only"
+                )
+        if self.c_array and (self.batch_size != 1 or self.quantization not in MICRO_QUANTIZATIONS):
+            raise ConfigError(
+                f"c_array needs a file TensorFlow Lite Micro runs (batch size 1, "
+                f"quantization {' or '.join(MICRO_QUANTIZATIONS)}), got batch size "
+                f"{self.batch_size} and quantization {self.quantization!r}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)

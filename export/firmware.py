@@ -420,7 +420,10 @@ def _write_project(
 ) -> list[str]:
     """Writes the firmware's sources but the arena's into `out_dir`; returns their paths."""
     methods = firmware_build.resolver_methods(config.tflm_dir)
-    _, model_source = write_c_array(tflite_path, out_dir, "g_model")
+    # main.cc includes model_data.h and runs g_model; a project's files are its own to replace
+    _, model_source = write_c_array(
+        tflite_path, out_dir, "g_model", stem="model_data", overwrite=True
+    )
     atomic_write(os.path.join(out_dir, "test_data.h"), _test_data(model, images))
     run_digit = _template("run_stream.inc" if model.streaming else "run_sequence.inc")
     main = string.Template(_template("main.cc.in")).substitute(

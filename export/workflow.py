@@ -1,20 +1,23 @@
-"""Export in one call: convert, verify against Keras and TFLM, write the C array."""
+"""Export in one call: convert, verify against Keras and TFLM, write the C arrays; or write
+a SavedModel for serving."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
 import os
+import tempfile
 
 import tensorflow as tf
 
 from kerasrnn import data
+from kerasrnn._io import TEMPORARY_PREFIX
 from kerasrnn.config import DataConfig
 from kerasrnn.errors import ConfigError, MicroError
 from kerasrnn.evaluation import load_model, model_view
 from kerasrnn.export.config import MICRO_QUANTIZATIONS, ExportConfig
 from kerasrnn.export.convert import TfliteFile, to_tflite
-from kerasrnn.export.micro import write_c_array
+from kerasrnn.export.micro import c_array_paths, check_c_array_replaceable, write_c_array
 from kerasrnn.export.verification import Report, verify
 
 # int8 calibration: the training split, up to this many images. Measured on the sample,
@@ -41,13 +44,25 @@ def export_model(
             view, see `evaluation.model_view`).
 
     Returns:
-        (the written file, the verification report, {"stream": path, "c_array": [paths]}).
+        (the written file, the verification report, the extras asked for: {"stream": path,
+        "c_array": [header, source], "stream_c_array": [header, source]}).
 
     Raises:
-        ConfigError: a file the export writes is the model itself.
+        ConfigError: a file the export writes is the model itself, or a C array's path
+            holds something other than this file's C array (see
+            `micro.check_c_array_replaceable`); or `config.format` is not "tflite" (see
+            `export_saved_model`).
         MicroError: the file was written but fails the TensorFlow Lite Micro check.
     """
+    if config.format != "tflite":
+        raise ConfigError(
+            f"export_model writes .tflite files; format {config.format!r} is export_saved_model's"
+        )
     _refuse_overwriting_the_model(model_path, out_path, config)
+    if config.c_array:  # before converting: a refusal leaves every file as it was
+        check_c_array_replaceable(out_path)
+        if config.stream:
+            check_c_array_replaceable(_outputs(out_path, config)["stream"])
     model = load_model(model_path)
     data_config = dataclasses.replace(data_config, view=model_view(model, data_config.view))
     calibration = None
@@ -106,21 +121,58 @@ def export_model(
             activations=config.activations,
         )
     if config.c_array:
-        extras["c_array"] = list(
-            write_c_array(out_path, os.path.dirname(os.path.abspath(out_path)))
-        )
+        arena = report.micro["arena_bytes"] if report.micro else None
+        extras["c_array"] = list(write_c_array(out_path, arena_bytes=arena))
+        if config.stream:
+            extras["stream_c_array"] = list(write_c_array(extras["stream"]))
     return written, report, extras
+
+
+def export_saved_model(model_path: str, out_path: str) -> str:
+    """Writes a saved classifier as a TensorFlow SavedModel folder, for serving.
+
+    Its "serving_default" signature takes float32 [batch, steps, features] in [0, 1] (any
+    batch size) and gives the float32 logits [batch, classes] of the Keras model.
+
+    Args:
+        model_path: the .keras file.
+        out_path: the folder to create; it is written whole or not at all.
+
+    Returns:
+        `out_path`.
+
+    Raises:
+        ConfigError: `out_path` exists (a file or folder is never replaced).
+        ModelFileError: `model_path` is missing or not a .keras model.
+    """
+    if os.path.lexists(out_path):
+        raise ConfigError(
+            f"{out_path} exists: a SavedModel is never written over a file or folder; "
+            f"remove it or choose another --out"
+        )
+    model = load_model(model_path)
+    parent = os.path.dirname(os.path.abspath(out_path))
+    os.makedirs(parent, exist_ok=True)
+    log.info("writing %s as the SavedModel %s", model_path, out_path)
+    with tempfile.TemporaryDirectory(prefix=TEMPORARY_PREFIX, dir=parent) as tmp:
+        staged = os.path.join(tmp, "saved_model")
+        model.export(staged, format="tf_saved_model", verbose=False)
+        os.rename(staged, out_path)  # whole or not at all
+    return out_path
 
 
 def _outputs(out_path: str, config: ExportConfig) -> dict[str, str]:
     """Every file an export writes: the .tflite, its report, and the extras asked for."""
-    stem, folder = os.path.splitext(out_path)[0], os.path.dirname(os.path.abspath(out_path))
+    stem = os.path.splitext(out_path)[0]
     outputs = {"tflite": out_path, "report": stem + ".verify.json"}
     if config.stream:
         outputs["stream"] = stem + ".step.tflite"
     if config.c_array:
-        outputs["c_header"] = os.path.join(folder, "model_data.h")
-        outputs["c_source"] = os.path.join(folder, "model_data.cc")
+        outputs["c_header"], outputs["c_source"] = c_array_paths(out_path)
+        if config.stream:
+            outputs["stream_c_header"], outputs["stream_c_source"] = c_array_paths(
+                outputs["stream"]
+            )
     return outputs
 
 
