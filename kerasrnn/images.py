@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from kerasrnn.errors import InputError
+from kerasrnn.errors import DataError, InputError
 
 
 def load_images(path: str) -> np.ndarray:
@@ -19,6 +19,10 @@ def load_images(path: str) -> np.ndarray:
 
     Returns:
         The images, [n, 28, 28].
+
+    Raises:
+        InputError: the file is missing, or neither a readable .npy array nor an image.
+        DataError: an image file, where Pillow is not installed.
     """
     if not os.path.isfile(path):
         raise InputError(f"image file {path} does not exist")
@@ -28,8 +32,13 @@ def load_images(path: str) -> np.ndarray:
         except ValueError as e:
             raise InputError(f"{path} is not a readable .npy array: {e}") from None
         return images[None] if images.ndim == 2 else images
-    # Pillow is only needed for image files (and is not in the device runtime's extras).
-    from PIL import Image, UnidentifiedImageError
+    try:  # Pillow reads image files only: a .npy needs nothing beyond NumPy
+        from PIL import Image, UnidentifiedImageError
+    except ModuleNotFoundError:
+        raise DataError(
+            f"reading the image file {path} needs Pillow, which is not installed: "
+            "pip install pillow (or pass the digits as a .npy array)"
+        ) from None
 
     try:
         image = Image.open(path).convert("L")
