@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import importlib.util
 import json
 import logging
 import os
@@ -49,7 +50,7 @@ def _add_data_flags(parser: argparse.ArgumentParser) -> None:
         dest="source",
         default=_default(DataConfig, "source"),
         choices=config.SOURCES,
-        help="where the digits come from (auto: TFDS if prepared or "
+        help="where the images come from (auto: TFDS if prepared or "
         "downloadable, else the bundled sample)",
     )
     group.add_argument(
@@ -132,7 +133,20 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
         "--learning-rate",
         type=float,
         default=_default(TrainConfig, "learning_rate"),
-        help="Adam's step size",
+        help="Adam's step size (the peak of a schedule)",
+    )
+    train.add_argument(
+        "--schedule",
+        default=_default(TrainConfig, "schedule"),
+        choices=config.SCHEDULES,
+        help="learning rate over the steps: constant; cosine (5%% linear warm-up, then "
+        "cosine decay to 0); onecycle (30%% warm-up from rate/25, then down to rate/25e4)",
+    )
+    train.add_argument(
+        "--weight-decay",
+        type=float,
+        default=_default(TrainConfig, "weight_decay"),
+        help="AdamW's decoupled weight decay; 0: plain Adam",
     )
     train.add_argument(
         "--clipnorm",
@@ -159,6 +173,11 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
         default=_default(TrainConfig, "seed"),
         help="seeds weights, dropout and shuffling",
     )
+    train.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="deterministic TensorFlow ops too (slower): bit-exact repeats and resumes",
+    )
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -175,11 +194,14 @@ def _train_configs(args) -> tuple[ModelConfig, TrainConfig]:
     train = TrainConfig(
         epochs=args.epochs,
         learning_rate=args.learning_rate,
+        schedule=args.schedule,
+        weight_decay=args.weight_decay,
         clipnorm=args.clipnorm or None,
         loop=args.loop,
         jit_compile=args.xla,
         patience=args.patience or None,
         seed=args.seed,
+        deterministic=args.deterministic,
         verbose=0 if args.quiet else 1,
     )
     return model, train
@@ -193,10 +215,17 @@ def cmd_train(args) -> None:
     from kerasrnn.training_run import train
 
     model_config, train_config = _train_configs(args)
-    result = train(model_config, _data_config(args), train_config, args.out, resume=args.resume)
+    result = train(
+        model_config,
+        _data_config(args),
+        train_config,
+        args.out,
+        resume=args.resume,
+        histograms=args.histograms,
+    )
     print(
         f"test loss {result.test['test_loss']:.4f}, test accuracy "
-        f"{result.test['test_accuracy']:.2%} on {result.test['test_examples']} digits "
+        f"{result.test['test_accuracy']:.2%} on {result.test['test_examples']} test images "
         f"({result.test['epochs']} epochs, {result.test['parameters']} parameters)"
     )
     print(f"run folder: {result.run_dir}")
@@ -210,7 +239,7 @@ def cmd_evaluate(args) -> None:
         json.dumps(scores)
         if args.json
         else f"test loss {scores['loss']:.4f}, test accuracy {scores['accuracy']:.2%} "
-        f"on {scores['examples']} digits"
+        f"on {scores['examples']} test images"
     )
 
 
@@ -233,7 +262,7 @@ def cmd_run(args) -> None:
 
 
 def cmd_export(args) -> None:
-    from kerasrnn.export.workflow import export_model
+    from kerasrnn.export.workflow import export_model, export_saved_model
 
     export_config = ExportConfig(
         quantization=args.quantize,
@@ -242,15 +271,20 @@ def cmd_export(args) -> None:
         stream=args.stream,
         micro=not args.no_micro,
         c_array=args.c_array,
+        format=args.format,
     )
+    if export_config.format == "saved_model":
+        path = export_saved_model(args.model, args.out)
+        print(f'wrote {path}: a SavedModel, signature "serving_default" (float32 logits)')
+        return
     written, report, extras = export_model(args.model, args.out, export_config, _data_config(args))
     print(
         f"wrote {written.path}: {written.size_bytes:,} bytes, {written.size_ratio:.2f}x the "
         f"{written.parameter_bytes:,} bytes of float32 parameters ({written.form})"
     )
     print(report.table())
-    for kind, path in extras.items():
-        print(f"{kind}: {path}")
+    for kind, paths in extras.items():
+        print(f"{kind}: {paths if isinstance(paths, str) else ', '.join(paths)}")
 
 
 def cmd_firmware(args) -> None:
@@ -265,7 +299,15 @@ def cmd_firmware(args) -> None:
 
 
 def cmd_predict(args) -> None:
-    from kerasrnn.export.runtime import Classifier
+    try:
+        from kerasrnn.export.runtime import Classifier
+    except ModuleNotFoundError as e:
+        if e.name != "ai_edge_litert":
+            raise
+        raise KerasRnnError(
+            "kerasrnn predict needs the LiteRT runtime, which is not installed: "
+            "pip install ai-edge-litert"
+        ) from None
 
     classifier = Classifier(args.model)
     logits = classifier.predict(load_images(args.images))
@@ -279,6 +321,8 @@ def cmd_tune(args) -> None:
     from kerasrnn.tuning import tune
     from kerasrnn.tuning_results import report
 
+    if args.quiet:  # the search logs a line per finished trial (kerasrnn.tuning)
+        logging.getLogger("kerasrnn.tuning").setLevel(logging.WARNING)
     space = SearchSpace.parse(args.set or [], args.range or [])
     tune_config = TuneConfig(
         tuner=args.tuner,
@@ -327,6 +371,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_flags(p)
     _add_data_flags(p)
     p.add_argument("--out", required=True, help="the run folder, e.g. runs/elman64")
+    p.add_argument(
+        "--histograms",
+        action="store_true",
+        help="also log a TensorBoard histogram of every trainable variable each epoch",
+    )
     p.set_defaults(func=cmd_train)
 
     p = commands.add_parser("evaluate", help="print a saved model's test loss and accuracy")
@@ -363,9 +412,20 @@ def build_parser() -> argparse.ArgumentParser:
         "export",
         help="convert a .keras model to builtin-only TFLite",
         description="Convert to a .tflite that runs on LiteRT and "
-        "TensorFlow Lite Micro, then verify it.",
+        "TensorFlow Lite Micro, then verify it; or write a SavedModel for serving "
+        "(--format saved_model).",
     )
     p.add_argument("model", help="a .keras file from `kerasrnn train`")
+    from kerasrnn.export.config import FORMATS
+
+    p.add_argument(
+        "--format",
+        default=_default(ExportConfig, "format"),
+        choices=FORMATS,
+        help="tflite: a .tflite file, verified, with the extras below; saved_model: a "
+        "TensorFlow SavedModel folder for serving (float32, any batch size; never "
+        "written over an existing path)",
+    )
     p.add_argument(
         "--quantize",
         default=_default(ExportConfig, "quantization"),
@@ -379,14 +439,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="int8 only: activations inside the graph (int16: LiteRT and TFLM agree; "
         "int8: every tensor int8)",
     )
-    p.add_argument("--out", required=True, help="the .tflite file to write")
+    p.add_argument(
+        "--out", required=True, help="the .tflite file to write (saved_model: the folder)"
+    )
     p.add_argument(
         "--dynamic-batch",
         action="store_true",
         help="dynamic batch size (LiteRT only; default: batch 1, runs on MCUs)",
     )
     p.add_argument("--stream", action="store_true", help="also write NAME.step.tflite")
-    p.add_argument("--c-array", action="store_true", help="also write model_data.cc/.h")
+    p.add_argument(
+        "--c-array",
+        action="store_true",
+        help="also write NAME.h/.cc, the file as a C array for TFLM firmware (with "
+        "--stream also NAME.step.h/.cc); never over another file's",
+    )
     p.add_argument("--no-micro", action="store_true", help="skip the TFLM check")
     _add_data_flags(p)
     p.set_defaults(func=cmd_export)
@@ -507,6 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip retraining the best model on train+validation",
     )
+    p.add_argument("--quiet", action="store_true", help="no line per finished trial")
     _add_data_flags(p)
     p.set_defaults(func=cmd_tune)
 
@@ -553,8 +621,15 @@ def main(argv: list[str] | None = None) -> int:
     if not args.debug:
         logging.getLogger("tensorflow").setLevel(logging.ERROR)
     try:
-        if not args.debug and getattr(args, "tensorflow", True):
-            _import_tensorflow_quietly()
+        if getattr(args, "tensorflow", True):
+            if importlib.util.find_spec("tensorflow") is None:  # a device (runtime-only) install
+                raise KerasRnnError(
+                    f"kerasrnn {args.command} needs TensorFlow, which is not installed here "
+                    "(a runtime-only install runs `kerasrnn predict`): install the full "
+                    "package with its dependencies, e.g. pip install . in the checkout"
+                )
+            if not args.debug:
+                _import_tensorflow_quietly()
         args.func(args)
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -8,12 +8,29 @@ defaults from here. This module imports neither TensorFlow nor Keras.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from kerasrnn.cell_kinds import CELLS
 from kerasrnn.errors import ConfigError
 
 SOURCES = ("auto", "sample", "idx", "tfds")
 DATASETS = ("mnist", "fashion_mnist")
+# Each dataset's class names, by label (figures and messages use them).
+CLASS_NAMES = {
+    "mnist": tuple(str(digit) for digit in range(10)),
+    "fashion_mnist": (
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
+    ),
+}
 VIEWS = ("rows", "pixels", "permuted")
 SPLITS = ("train", "validation", "train+validation", "test")
 # Debian's `dataset-fashion-mnist` package installs the IDX files here.
@@ -21,6 +38,9 @@ FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 ACTIVATIONS = ("tanh", "relu")
 RECURRENT_INITIALIZERS = ("orthogonal", "identity")
 LOOPS = ("bptt", "fit")
+# constant: a fixed rate; cosine: linear warm-up, then cosine decay; onecycle: warm-up
+# from rate/25, then decay to nearly zero (see `training.learning_rate`).
+SCHEDULES = ("constant", "cosine", "onecycle")
 TUNERS = ("random", "bayesian", "hyperband")
 ROLES = ("chief", "worker")
 SIZE_MEASURES = ("float32_params", "int8_params", "int8_tflite")
@@ -88,7 +108,8 @@ class DataConfig:
         if self.source == "sample" and self.dataset != "mnist":
             raise ConfigError(
                 f"the bundled sample holds MNIST only, not {self.dataset!r}: use "
-                f"source='idx' (Fashion-MNIST: {FASHION_MNIST_DIR}) or source='tfds'"
+                f"source='idx' (--data idx; Fashion-MNIST: {FASHION_MNIST_DIR}) or "
+                f"source='tfds' (--data tfds)"
             )
 
     @property
@@ -146,29 +167,40 @@ class TrainConfig:
 
     Attributes:
         epochs: the most epochs to run.
-        learning_rate: Adam's step size.
+        learning_rate: Adam's step size (the peak of a schedule).
+        schedule: one of `SCHEDULES`: how the step size changes over the training steps.
+        weight_decay: AdamW's decoupled weight decay (0: plain Adam).
         clipnorm: global-norm gradient clipping threshold (None: no clipping).
         loop: "bptt" (the explicit GradientTape loop) or "fit" (Keras `model.fit`).
         jit_compile: compile the steps with XLA.
         patience: early stopping after this many epochs without a lower validation
             loss (None: train all epochs). The best epoch's weights are kept.
         seed: seeds weights, dropout and shuffling.
+        deterministic: make TensorFlow's ops deterministic too (slower), so that a run
+            repeats bit for bit, resumed or not, on the same machine and software.
         verbose: 1 shows a progress bar, 0 is silent.
     """
 
     epochs: int = 10
     learning_rate: float = 2e-3
+    schedule: str = "constant"
+    weight_decay: float = 0.0
     clipnorm: float | None = 1.0
     loop: str = "bptt"
     jit_compile: bool = False
     patience: int | None = 3
     seed: int = 0
+    deterministic: bool = False
     verbose: int = 1
 
     def __post_init__(self):
         check_choice("loop", self.loop, LOOPS)
         check_positive("epochs", self.epochs, integer=True)
         check_positive("learning_rate", self.learning_rate)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        wd = self.weight_decay
+        if isinstance(wd, bool) or not isinstance(wd, (int, float)) or not 0 <= wd < math.inf:
+            raise ConfigError(f"weight_decay must be >= 0 (0: plain Adam), got {wd!r}")
         check_positive("clipnorm", self.clipnorm, optional=True)
         check_positive("patience", self.patience, optional=True, integer=True)
 

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 SAMPLE_DIR = os.path.join(os.path.dirname(__file__), "sample")
 _PERMUTATION_SEED = 92916
+_SHUFFLE_BUFFER = 16384
 _TFDS_HOST = ("storage.googleapis.com", 443)
 
 
@@ -85,8 +86,8 @@ def resolve_source(config: DataConfig) -> str:
         return "tfds"
     if config.data_dir:
         raise DataUnavailableError(
-            f"{config.data_dir} holds neither the four IDX files nor a prepared TFDS "
-            f"{config.dataset!r}, and there is no network to download it"
+            f"data_dir (--data-dir) {config.data_dir} holds neither the four IDX files nor "
+            f"a prepared TFDS {config.dataset!r}, and there is no network to download it"
         )
     if config.dataset == "mnist":
         log.warning(
@@ -100,7 +101,8 @@ def resolve_source(config: DataConfig) -> str:
         return "idx"
     raise DataUnavailableError(
         f"no source for {config.dataset!r}: TFDS is not prepared and there is no network; "
-        f"install Debian's dataset-fashion-mnist or pass data_dir with the IDX files"
+        f"install Debian's dataset-fashion-mnist, or pass data_dir (--data-dir), a folder "
+        f"with the four IDX files"
     )
 
 
@@ -135,9 +137,16 @@ def _idx_folder(config: DataConfig) -> str:
     elif config.dataset == "fashion_mnist":
         folder = FASHION_MNIST_DIR
     else:
-        raise DataUnavailableError("source 'idx' needs data_dir, a folder with the four IDX files")
+        raise DataUnavailableError(
+            "source 'idx' needs data_dir (--data-dir), a folder with the four IDX files"
+        )
     if not os.path.isdir(folder):
-        raise DataUnavailableError(f"IDX folder {folder} does not exist")
+        how = (
+            "data_dir (--data-dir)"
+            if config.data_dir
+            else "Debian's dataset-fashion-mnist installs it; or pass data_dir (--data-dir)"
+        )
+        raise DataUnavailableError(f"IDX folder {folder} does not exist ({how})")
     return folder
 
 
@@ -201,8 +210,9 @@ def _tfds_split(config: DataConfig, split: str) -> tf.data.Dataset:
     else:
         raise DataUnavailableError(
             f"TFDS {config.dataset!r} is not prepared in {builder.data_dir} and there is no "
-            f"network: pass manual_dir (a folder with the original IDX files), or use "
-            f"source='idx' with data_dir, or source='sample'"
+            f"network: pass manual_dir (--manual-dir), a folder with the original IDX "
+            f"files; or use source='idx' (--data idx) with data_dir (--data-dir); or "
+            f"source='sample' (--data sample)"
         )
     return builder.as_dataset(split=tfds_split, as_supervised=True, shuffle_files=False)
 
@@ -240,16 +250,50 @@ def pipeline(
     check_choice("split", split, SPLITS)
     if shuffle is None:
         shuffle = split in ("train", "train+validation")
+    ds = _examples(config, split)
+    if shuffle:
+        ds = ds.shuffle(_SHUFFLE_BUFFER, seed=config.seed, reshuffle_each_iteration=True)
+    return ds.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def epochs(config: DataConfig, split: str = "train"):
+    """The batches of one split epoch by epoch, for training (see `training.fit`).
+
+    A dataset that reshuffles itself draws each epoch's order from a generator that
+    advances whenever an iterator is made, so the order of an epoch depends on how many
+    iterators came before it: a resumed run, or Keras `fit` (which makes one more per
+    epoch), would see other batches. Here the order depends only on the seeds (this
+    config's and TensorFlow's global seed, which training sets) and the epoch.
+
+    Args:
+        config: see `DataConfig`.
+        split: one of `SPLITS`.
+
+    Returns:
+        A function of the epoch (an int, 0-based) giving that epoch's shuffled
+        `(float32 [batch, steps, features], int32 [batch])` batches; every epoch reads
+        the same cached examples.
+    """
+    check_choice("split", split, SPLITS)
+    examples = _examples(config, split)
+
+    def batches(epoch: int) -> tf.data.Dataset:
+        seed = int(np.random.SeedSequence([config.seed, epoch]).generate_state(1)[0])
+        shuffled = examples.shuffle(_SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=False)
+        return shuffled.batch(config.batch_size)
+
+    return batches
+
+
+def _examples(config: DataConfig, split: str) -> tf.data.Dataset:
+    """The examples of one split, converted to the view and cached, in file order."""
     if resolve_source(config) == "tfds":
         ds = _tfds_split(config, split)
         if config.max_examples:
             ds = ds.take(config.max_examples)
     else:
         ds = tf.data.Dataset.from_tensor_slices(load_arrays(config, split))
-    ds = ds.map(view_function(config.view), num_parallel_calls=tf.data.AUTOTUNE).cache()
-    if shuffle:
-        ds = ds.shuffle(16384, seed=config.seed, reshuffle_each_iteration=True)
-    return ds.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
+    return ds.map(view_function(config.view), num_parallel_calls=tf.data.AUTOTUNE).cache()
 
 
 def mnist(split: str = "train", shuffle: bool | None = None, **options) -> tf.data.Dataset:

@@ -74,7 +74,8 @@ def model_view(model: keras.Model, requested: str = "rows") -> str:
     if stored in VIEWS:
         if requested not in ("rows", stored):
             raise ConfigError(
-                f"the model reads {stored} sequences, not {requested}: pass --view {stored} or none"
+                f"the model reads {stored} sequences, not {requested}: pass "
+                f"view={stored!r} (--view {stored}), or none"
             )
         return stored
     shape = tuple(model.input_shape[1:])

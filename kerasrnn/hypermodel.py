@@ -16,7 +16,7 @@ from kerasrnn import data
 from kerasrnn.config import DataConfig, ModelConfig, TrainConfig, TuneConfig
 from kerasrnn.models import build_classifier
 from kerasrnn.search_space import SearchSpace
-from kerasrnn.training import compile_model, fit
+from kerasrnn.training import compile_model, fit, steps_per_epoch
 
 BUDGET_OBJECTIVE = "val_accuracy_within_budget"
 # int8 .tflite size measure: calibrate on this many training images.
@@ -73,7 +73,11 @@ class RNNHyperModel(kt.HyperModel):
             activation=values["activation"],
             view=self.data_config.view,
         )
-        model = compile_model(build_classifier(model_config), self.train_config(values, 1))
+        config = self.train_config(values, self.config.max_epochs)
+        # A learning-rate schedule spans the most epochs a trial may train.
+        model = compile_model(
+            build_classifier(model_config), config, self._steps_per_epoch(config, values, "train")
+        )
         # Hyperband continues trials from checkpoints that hold the optimizer's state: the
         # optimizer must have its variables to load them.
         model.optimizer.build(model.trainable_variables)
@@ -85,6 +89,8 @@ class RNNHyperModel(kt.HyperModel):
             epochs=epochs,
             learning_rate=values["learning_rate"],
             clipnorm=values["clipnorm"],
+            schedule=values["schedule"],
+            weight_decay=values["weight_decay"],
             loop=self.config.loop,
             patience=None,
             seed=self.config.seed,
@@ -109,8 +115,9 @@ class RNNHyperModel(kt.HyperModel):
             self.data_config, batch_size=values["batch_size"], seed=self.config.seed
         )
         start = time.perf_counter()
-        if final:
-            fit(model, data.pipeline(data_config, "train+validation"), None, config)
+        if final:  # a fresh model: compiled again, for a schedule spanning these epochs
+            compile_model(model, config, self._steps_per_epoch(config, values, "train+validation"))
+            fit(model, data.epochs(data_config, "train+validation"), None, config)
             return {"seconds": time.perf_counter() - start}
         history = keras.callbacks.History()
         callbacks = [history, *callbacks]
@@ -118,7 +125,7 @@ class RNNHyperModel(kt.HyperModel):
             callbacks.append(keras.callbacks.EarlyStopping(patience=self.config.patience))
         fit(
             model,
-            data.pipeline(data_config, "train"),
+            data.epochs(data_config, "train"),
             data.pipeline(data_config, "validation"),
             config,
             callbacks,
@@ -138,6 +145,14 @@ class RNNHyperModel(kt.HyperModel):
         if self.config.max_bytes:
             result[BUDGET_OBJECTIVE] = budget_score(accuracy, size, self.config.max_bytes)
         return result
+
+    def _steps_per_epoch(self, config: TrainConfig, values: dict, split: str) -> int | None:
+        """Batches per epoch of `split` at the trial's batch size, when a learning-rate
+        schedule needs them (None otherwise)."""
+        if config.schedule == "constant":
+            return None
+        batches = dataclasses.replace(self.data_config, batch_size=values["batch_size"])
+        return steps_per_epoch(data.epochs(batches, split))
 
     def _calibration_images(self) -> np.ndarray | None:
         if self.config.size_measure != "int8_tflite":

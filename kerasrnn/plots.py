@@ -55,20 +55,50 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, classes: int =
     return counts
 
 
-def confusion_matrix_png(counts: np.ndarray, path: str, title: str = "confusion matrix") -> None:
-    """Draws a confusion matrix (rows: true class, columns: prediction) into a PNG."""
+def confusion_matrix_figure(
+    counts: np.ndarray, title: str = "confusion matrix", class_names: tuple[str, ...] | None = None
+):
+    """Draws a confusion matrix (rows: true class, columns: prediction).
+
+    Args:
+        counts: int [classes, classes], from `confusion_matrix`.
+        title: the figure's title.
+        class_names: the classes' names by label (see `config.CLASS_NAMES`); None: labels.
+
+    Returns:
+        The matplotlib Figure (close it with `pyplot().close(fig)`).
+    """
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 5.5))
+    names = [str(label) for label in range(len(counts))] if class_names is None else class_names
+    if len(names) != len(counts):
+        raise ValueError(f"{len(counts)} classes, but {len(names)} class names: {names}")
+    # Names longer than a digit are slanted so that neighbours do not overlap.
+    wide = max(len(name) for name in names) > 2
+    fig, ax = plt.subplots(figsize=(7, 6.5) if wide else (6, 5.5))
     image = ax.imshow(counts, cmap="Blues")
     fig.colorbar(image, ax=ax)
     for (i, j), n in np.ndenumerate(counts):
         color = "white" if n > counts.max() / 2 else "black"
         ax.text(j, i, str(n), ha="center", va="center", fontsize=7, color=color)
-    ax.set_xticks(range(len(counts)))
-    ax.set_yticks(range(len(counts)))
+    ax.set_xticks(
+        range(len(counts)), names, rotation=45 if wide else 0, ha="right" if wide else "center"
+    )
+    ax.set_yticks(range(len(counts)), names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
     fig.tight_layout()
+    return fig
+
+
+def confusion_matrix_png(
+    counts: np.ndarray,
+    path: str,
+    title: str = "confusion matrix",
+    class_names: tuple[str, ...] | None = None,
+) -> None:
+    """Draws a confusion matrix into a PNG (see `confusion_matrix_figure`)."""
+    plt = pyplot()
+    fig = confusion_matrix_figure(counts, title, class_names)
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)

@@ -6,7 +6,7 @@ import dataclasses
 import math
 
 from kerasrnn.cell_kinds import CELLS
-from kerasrnn.config import ACTIVATIONS
+from kerasrnn.config import ACTIVATIONS, SCHEDULES
 from kerasrnn.errors import SearchSpaceError
 
 
@@ -49,8 +49,16 @@ _SPACE = {
     ),
     "clipnorm": (Choice((1.0,)), float, lambda v: None if v > 0 else "must be positive"),
     "batch_size": (Choice((32, 64, 128)), int, lambda v: None if v >= 1 else "must be >= 1"),
+    "schedule": (
+        Choice(("constant",)),
+        str,
+        lambda v: None if v in SCHEDULES else f"must be one of {SCHEDULES}",
+    ),
+    "weight_decay": (Choice((0.0,)), float, lambda v: None if v >= 0.0 else "must be >= 0"),
 }
 NAMES = tuple(_SPACE)
+# Ranges of these are sampled on a log scale (when they exclude 0).
+_LOG_SCALE = ("learning_rate", "weight_decay")
 
 
 def _value(name: str, text: str):
@@ -86,7 +94,8 @@ class SearchSpace:
     @classmethod
     def parse(cls, assignments: list[str] = (), ranges: list[str] = ()) -> SearchSpace:
         """Builds a space from CLI text: `--set cell=elman`, `--range units=32:256`,
-        `--range cell=elman,gru` (a choice), `--range learning_rate=1e-4:1e-2` (log scale).
+        `--range cell=elman,gru` (a choice), `--range learning_rate=1e-4:1e-2` (log scale;
+        weight_decay too, when its range excludes 0).
 
         Raises:
             SearchSpaceError: an unknown name, a value of the wrong type or out of bounds,
@@ -117,11 +126,10 @@ class SearchSpace:
             low, high = (_value(name, part) for part in spec.split(":", 1))
             if low > high:
                 raise SearchSpaceError(f"{name}={spec}: empty range, low {low} > high {high}")
-            log = name == "learning_rate"
             return Range(
                 low,
                 high,
-                log=log,
+                log=name in _LOG_SCALE and low > 0,
                 step=16 if name == "units" and low % 16 == 0 and high % 16 == 0 else None,
             )
         values = tuple(_value(name, part) for part in spec.split(",") if part.strip())

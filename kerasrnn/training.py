@@ -1,7 +1,12 @@
 """Training: `fit`, the one place a model is trained, with the explicit GradientTape
-backpropagation-through-time loop (or Keras `fit`, for comparison)."""
+backpropagation-through-time loop (or Keras `fit`, for comparison); the optimizer and its
+learning-rate schedule; and what makes a run repeat: seeds, deterministic ops, and the
+random state a resumed run restores."""
 
 from __future__ import annotations
+
+import logging
+from collections.abc import Callable
 
 import keras
 import tensorflow as tf
@@ -9,19 +14,95 @@ import tensorflow as tf
 from kerasrnn.config import TrainConfig
 from kerasrnn.evaluation import evaluate
 
+log = logging.getLogger(__name__)
 
-def compile_model(model: keras.Model, config: TrainConfig) -> keras.Model:
-    """Attaches Adam, the logits cross-entropy and accuracy to `model`.
+# The schedules (`TrainConfig.schedule`) as (share of the steps spent warming up, first
+# rate / peak, last rate / peak): a linear warm-up to `learning_rate`, then a cosine decay.
+# "onecycle" is Smith and Topin's one-cycle policy with the settings of fastai and
+# PyTorch's OneCycleLR (30% warm-up from peak/25, down to peak/25/1e4), without the
+# momentum cycle.
+SCHEDULE_SHAPES = {
+    "cosine": (0.05, 0.0, 0.0),
+    "onecycle": (0.3, 1 / 25, 1 / 25 / 1e4),
+}
+
+# A function of the epoch giving that epoch's batches (see `data.epochs`).
+EpochBatches = Callable[[int], tf.data.Dataset]
+
+
+def make_reproducible(config: TrainConfig) -> None:
+    """Seeds Python, NumPy, TensorFlow and Keras with `config.seed` (call it before the
+    model is built) and, with `config.deterministic`, makes TensorFlow's ops deterministic
+    too, for the rest of the process."""
+    keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+        log.info(
+            "deterministic: TensorFlow ops run deterministically (slower); the same seed "
+            "gives the same weights on this machine and software, resumed or not"
+        )
+
+
+def learning_rate(
+    config: TrainConfig, steps_per_epoch: int | None = None
+) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """The learning rate `config` asks for: a float, or a schedule over the optimizer's
+    steps (see `SCHEDULE_SHAPES`) spanning `config.epochs` epochs.
+
+    Args:
+        config: see `TrainConfig`.
+        steps_per_epoch: batches per epoch (a schedule needs it; see `steps_per_epoch`).
+
+    Raises:
+        ValueError: a schedule without `steps_per_epoch`.
+    """
+    if config.schedule == "constant":
+        return config.learning_rate
+    if not steps_per_epoch:
+        raise ValueError(
+            f"the {config.schedule!r} schedule needs steps_per_epoch (batches per epoch) to "
+            f"span the training, got {steps_per_epoch!r}"
+        )
+    warmup_share, first, last = SCHEDULE_SHAPES[config.schedule]
+    total = steps_per_epoch * config.epochs
+    warmup = round(total * warmup_share)
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=config.learning_rate * first,
+        decay_steps=max(1, total - warmup),
+        alpha=last,
+        warmup_target=config.learning_rate,
+        warmup_steps=warmup,
+    )
+
+
+def compile_model(
+    model: keras.Model, config: TrainConfig, steps_per_epoch: int | None = None
+) -> keras.Model:
+    """Attaches Adam (AdamW with `config.weight_decay`), the logits cross-entropy and
+    accuracy to `model`.
 
     With `loop="fit"` the optimizer clips by global norm itself; the BPTT loop clips
     explicitly in its train step, so its optimizer does not.
 
+    Args:
+        model: a classifier.
+        config: see `TrainConfig`.
+        steps_per_epoch: batches per epoch, which a learning-rate schedule needs.
+
     Returns:
         The same model, compiled.
     """
+    rate = learning_rate(config, steps_per_epoch)
     clip = config.clipnorm if config.loop == "fit" else None
+    if config.weight_decay:
+        # Decoupled decay (w -= rate * weight_decay * w each step) of every variable.
+        optimizer = keras.optimizers.AdamW(
+            rate, weight_decay=config.weight_decay, global_clipnorm=clip
+        )
+    else:
+        optimizer = keras.optimizers.Adam(rate, global_clipnorm=clip)
     model.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate, global_clipnorm=clip),
+        optimizer=optimizer,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         jit_compile=config.jit_compile,
@@ -29,9 +110,34 @@ def compile_model(model: keras.Model, config: TrainConfig) -> keras.Model:
     return model
 
 
+def steps_per_epoch(train: tf.data.Dataset | EpochBatches) -> int:
+    """Batches per epoch of `train` (see `fit`), counted by reading one epoch when
+    TensorFlow cannot tell.
+
+    Raises:
+        ValueError: `train` repeats forever.
+    """
+    ds = train(0) if callable(train) else train
+    steps = int(ds.cardinality())
+    if steps == tf.data.INFINITE_CARDINALITY:
+        raise ValueError("the training batches repeat forever: pass the batches of one epoch")
+    if steps == tf.data.UNKNOWN_CARDINALITY:
+        steps = int(ds.reduce(0, lambda n, _: n + 1))
+    return steps
+
+
+def random_states(model: keras.Model) -> list:
+    """The states of the model's random generators (its dropout layers' seeds), which
+    advance at every training step. Keras keeps them out of `model.weights` and out of a
+    checkpoint of the model: a resumable run checkpoints them beside it, or the epochs
+    after a resume would draw the first epochs' dropout masks again."""
+    weights = {id(w) for w in model.weights}
+    return [v for v in model.variables if id(v) not in weights]
+
+
 def fit(
     model: keras.Model,
-    train_ds: tf.data.Dataset,
+    train_ds: tf.data.Dataset | EpochBatches,
     val_ds: tf.data.Dataset | None,
     config: TrainConfig,
     callbacks=(),
@@ -40,32 +146,56 @@ def fit(
     """Trains a compiled model with the loop `config.loop` names.
 
     Keras callbacks run as under `model.fit` (epoch logs: loss, accuracy, val_loss,
-    val_accuracy), and `model.stop_training` ends training early.
+    val_accuracy), and `model.stop_training` ends training early. Both loops read the
+    same batches in the same order: the epochs are one dataset, read by one iterator.
 
     Args:
         model: a model compiled by `compile_model`.
-        train_ds: batches of (x [batch, steps, features], y [batch]).
+        train_ds: batches of (x [batch, steps, features], y [batch]): a function of the
+            epoch giving its batches (`data.epochs`: the order depends on the epoch
+            alone, so a resumed run sees the batches an uninterrupted one would), or one
+            dataset read once per epoch (its own reshuffling decides the order).
         val_ds: validation batches alike, or None (no validation, e.g. a final fit on
             train+validation).
-        config: see `TrainConfig`.
+        config: see `TrainConfig` (`make_reproducible` applies its seed and
+            `deterministic`, before the model is built).
         callbacks: Keras callbacks.
         initial_epoch: the first epoch to run (0-based; later when resuming).
     """
+    if initial_epoch >= config.epochs:
+        return
+    steps = steps_per_epoch(train_ds)
+    batches = _epoch_stream(train_ds, initial_epoch, config.epochs)
     if config.loop == "fit":
         model.fit(
-            train_ds,
+            batches,
+            steps_per_epoch=steps,
             validation_data=val_ds,
             epochs=config.epochs,
             initial_epoch=initial_epoch,
             callbacks=list(callbacks),
             verbose=config.verbose,
             shuffle=False,
-        )  # the dataset reshuffles itself every epoch
+        )
     else:
-        _fit_bptt(model, train_ds, val_ds, config, list(callbacks), initial_epoch)
+        _fit_bptt(model, batches, steps, val_ds, config, list(callbacks), initial_epoch)
 
 
-def _fit_bptt(model, train_ds, val_ds, config: TrainConfig, callbacks, initial_epoch) -> None:
+def _epoch_stream(train_ds, first: int, last: int) -> tf.data.Dataset:
+    """The batches of epochs `first` to `last - 1`, one after the other, as one dataset.
+
+    Keras `fit` makes a fresh iterator of a dataset at each epoch and one more at each
+    epoch's end; read through one iterator (with `steps_per_epoch`), the epochs cannot
+    depend on how many iterators were made.
+    """
+    datasets = [train_ds(epoch) if callable(train_ds) else train_ds for epoch in range(first, last)]
+    while len(datasets) > 1:  # pairwise: a batch passes log2(epochs) concatenations
+        pairs = [a.concatenate(b) for a, b in zip(datasets[::2], datasets[1::2])]
+        datasets = pairs + datasets[len(pairs) * 2 :]
+    return datasets[0].prefetch(tf.data.AUTOTUNE)
+
+
+def _fit_bptt(model, batches, steps, val_ds, config: TrainConfig, callbacks, initial_epoch):
     """The explicit backpropagation-through-time loop (see `fit`)."""
     optimizer, loss_fn = model.optimizer, model.loss
     loss_mean = keras.metrics.Mean(name="loss")
@@ -87,25 +217,26 @@ def _fit_bptt(model, train_ds, val_ds, config: TrainConfig, callbacks, initial_e
         # it redraws (every 50 ms), so the step never waits for a display.
         return {"loss": loss_mean.result(), "accuracy": accuracy.result()}
 
-    steps = int(train_ds.cardinality())
     callbacks = keras.callbacks.CallbackList(
         callbacks,
         add_progbar=config.verbose != 0,
         model=model,
         verbose=config.verbose,
         epochs=config.epochs,
-        steps=steps if steps >= 0 else None,
+        steps=steps,
     )
     model.stop_training = False
     callbacks.on_train_begin()
     logs = {}
+    batches = iter(batches)
     for epoch in range(initial_epoch, config.epochs):
         callbacks.on_epoch_begin(epoch)
         loss_mean.reset_state()
         accuracy.reset_state()
         step_logs = {"loss": loss_mean.result(), "accuracy": accuracy.result()}
-        for step, (x, y) in enumerate(train_ds):
+        for step in range(steps):
             callbacks.on_train_batch_begin(step)
+            x, y = next(batches)
             step_logs = train_step(x, y)
             callbacks.on_train_batch_end(step, step_logs)
         logs = {key: float(value) for key, value in step_logs.items()}

@@ -11,12 +11,18 @@ import tensorflow as tf
 
 from kerasrnn import data, plots
 from kerasrnn._io import atomic_write, write_json
-from kerasrnn.config import DataConfig, ModelConfig, TrainConfig
+from kerasrnn.config import CLASS_NAMES, DataConfig, ModelConfig, TrainConfig
 from kerasrnn.errors import DataError
 from kerasrnn.evaluation import predict_logits, scores
 from kerasrnn.models import build_classifier
 from kerasrnn.rundir import RunDirectory, RunRecorder
-from kerasrnn.training import compile_model, fit
+from kerasrnn.training import (
+    compile_model,
+    fit,
+    make_reproducible,
+    random_states,
+    steps_per_epoch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +51,7 @@ def train(
     out_dir: str,
     resume: bool = False,
     callbacks=(),
+    histograms: bool = False,
 ) -> TrainResult:
     """Trains a classifier into a run folder (see `kerasrnn.rundir`), resumable.
 
@@ -55,6 +62,8 @@ def train(
         out_dir: the run folder.
         resume: continue the run in `out_dir` from its last finished epoch.
         callbacks: extra Keras callbacks.
+        histograms: also write a TensorBoard histogram of every trainable variable each
+            epoch (RUN/logs/train; see `rundir.EventLog`).
 
     Returns:
         A `TrainResult`; the model holds the best epoch's weights.
@@ -65,23 +74,22 @@ def train(
     """
     data_config = dataclasses.replace(data_config, source=data.resolve_source(data_config))
     model_config = dataclasses.replace(model_config, view=data_config.view)
-    keras.utils.set_random_seed(config.seed)
+    make_reproducible(config)
     splits = {split: data.pipeline(data_config, split) for split in ("train", "validation", "test")}
     num_samples = _check_splits(data_config, splits)
     run = RunDirectory(out_dir)
-    run.begin(
-        {
-            "model": dataclasses.asdict(model_config),
-            "data": dataclasses.asdict(data_config),
-            "train": {k: v for k, v in dataclasses.asdict(config).items() if k != "verbose"},
-        },
-        resume,
-    )
-    model = compile_model(build_classifier(model_config), config)
+    run.begin(_settings(model_config, data_config, config), resume, _settings())
+    # Each epoch's batches in an order fixed by the seeds and the epoch, so that a resumed
+    # run reads what an uninterrupted one would (see `data.epochs`).
+    train_batches = data.epochs(data_config, "train")
+    model = compile_model(build_classifier(model_config), config, steps_per_epoch(train_batches))
     if config.verbose:  # the layers and parameter counts, as Keras users expect to see first
         model.summary()
     checkpoint = tf.train.Checkpoint(
-        model=model, optimizer=model.optimizer, epoch=tf.Variable(0, dtype=tf.int64)
+        model=model,
+        optimizer=model.optimizer,
+        epoch=tf.Variable(0, dtype=tf.int64),
+        random=random_states(model),
     )
     initial_epoch = 0
     latest = tf.train.latest_checkpoint(run.checkpoint_dir) if resume else None
@@ -90,20 +98,45 @@ def train(
         checkpoint.restore(latest).assert_existing_objects_matched()
         initial_epoch = int(checkpoint.epoch.numpy())
         log.info("resuming %s after epoch %d", out_dir, initial_epoch)
+        if not config.deterministic and initial_epoch < config.epochs:
+            log.info(
+                "resumed without --deterministic: bit-exact only where TensorFlow's kernels "
+                "happen to be deterministic (usually on CPUs, not on GPUs)"
+            )
     recorder = RunRecorder(
-        run, checkpoint, run.read_history()[:initial_epoch], num_samples, config.patience
+        run,
+        checkpoint,
+        run.read_history()[:initial_epoch],
+        num_samples,
+        config.patience,
+        histograms=histograms,
     )
     if initial_epoch < config.epochs and not recorder.should_stop():
         fit(
             model,
-            splits["train"],
+            train_batches,
             splits["validation"],
             config,
             [recorder, *callbacks],
             initial_epoch,
         )
     recorder.restore_best()
-    return _finish(run, model, splits["test"], recorder)
+    return _finish(run, model, splits["test"], recorder, CLASS_NAMES[data_config.dataset])
+
+
+def _settings(
+    model_config: ModelConfig | None = None,
+    data_config: DataConfig | None = None,
+    config: TrainConfig | None = None,
+) -> dict:
+    """A run's settings as `config.json` holds them (by default, the defaults')."""
+    return {
+        "model": dataclasses.asdict(model_config or ModelConfig()),
+        "data": dataclasses.asdict(data_config or DataConfig()),
+        "train": {
+            k: v for k, v in dataclasses.asdict(config or TrainConfig()).items() if k != "verbose"
+        },
+    }
 
 
 def _check_splits(data_config: DataConfig, splits: dict[str, tf.data.Dataset]) -> int:
@@ -132,9 +165,14 @@ def _check_splits(data_config: DataConfig, splits: dict[str, tf.data.Dataset]) -
 
 
 def _finish(
-    run: RunDirectory, model: keras.Model, test_ds: tf.data.Dataset, recorder: RunRecorder
+    run: RunDirectory,
+    model: keras.Model,
+    test_ds: tf.data.Dataset,
+    recorder: RunRecorder,
+    class_names: tuple[str, ...],
 ) -> TrainResult:
-    """Saves the model, scores it on the test split and draws the figures."""
+    """Saves the model, scores it on the test split and draws the figures (the confusion
+    matrix names the dataset's classes)."""
     history = recorder.history
     atomic_write(run.model_path, model.save)
     labels, logits = predict_logits(model, test_ds)
@@ -150,6 +188,9 @@ def _finish(
     plots.training_curves(history, run.curves_path, recorder.best_epoch())
     counts = plots.confusion_matrix(labels, logits.argmax(-1), logits.shape[-1])
     plots.confusion_matrix_png(
-        counts, run.confusion_path, f"test accuracy {test['test_accuracy']:.2%}"
+        counts,
+        run.confusion_path,
+        f"test accuracy {test['test_accuracy']:.2%}",
+        class_names if len(class_names) == len(counts) else None,  # a model of other classes
     )
     return TrainResult(model, history, test, run.path)

@@ -32,7 +32,7 @@ from kerasrnn.config import DataConfig, TuneConfig
 from kerasrnn.errors import ConfigError, KerasRnnError, RunExistsError, SearchSpaceError
 from kerasrnn.hypermodel import RNNHyperModel, objective
 from kerasrnn.rundir import differences
-from kerasrnn.search_space import SearchSpace
+from kerasrnn.search_space import NAMES, SearchSpace
 
 log = logging.getLogger(__name__)
 _TUNERS = {
@@ -49,13 +49,15 @@ class _OutOfTime(Exception):
 
 
 def _resumable(base: type[kt.Tuner]) -> type[kt.Tuner]:
-    """`base` with a wall-clock deadline and a reload that completes interrupted writes."""
+    """`base` with a line logged per finished trial, a wall-clock deadline and a reload
+    that completes interrupted writes."""
 
     class Tuner(base):
         deadline: float | None = None
 
         def on_trial_end(self, trial):
             super().on_trial_end(trial)  # records and saves the finished trial first
+            _log_trial(self.oracle.get_trial(trial.trial_id), self.hypermodel.config)
             if self.deadline is not None and time.time() >= self.deadline:
                 raise _OutOfTime
 
@@ -66,6 +68,53 @@ def _resumable(base: type[kt.Tuner]) -> type[kt.Tuner]:
 
     Tuner.__name__ = base.__name__
     return Tuner
+
+
+# What `model_bytes` counts, in the per-trial line (see `TuneConfig.size_measure`).
+_SIZE_LABELS = {
+    "float32_params": "bytes of float32 parameters",
+    "int8_params": "bytes of int8 parameters",
+    "int8_tflite": "bytes of int8 .tflite",
+}
+
+
+def _log_trial(trial: kt.engine.trial.Trial, config: TuneConfig) -> None:
+    """Logs one line for a finished trial (numbered as in trials.csv): the hyperparameters
+    searched (those not fixed), validation accuracy, size, epochs and seconds."""
+    hp = trial.hyperparameters
+    searched = " ".join(
+        f"{p.name}={_format(hp.get(p.name))}"
+        for p in hp.space
+        if p.name in NAMES and not isinstance(p, kt.engine.hyperparameters.Fixed)
+    )
+    if trial.status != "COMPLETED":
+        message = (trial.message or "").strip().splitlines()
+        log.warning(
+            "trial %s %s: %s%s",
+            trial.trial_id,
+            str(trial.status).lower(),
+            searched,
+            f": {message[-1]}" if message else "",
+        )
+        return
+
+    def metric(name):
+        return trial.metrics.get_best_value(name) if trial.metrics.exists(name) else None
+
+    formats = {
+        "val_accuracy": lambda v: f"val_accuracy {v:.4f}",
+        "model_bytes": lambda v: f"{v:,.0f} {_SIZE_LABELS[config.size_measure]}",
+        "epochs": lambda v: f"{v:.0f} epoch{'' if v == 1 else 's'}",
+        "seconds": lambda v: f"{v:.1f} s",
+    }
+    results = [text(metric(name)) for name, text in formats.items() if metric(name) is not None]
+    if "tuner/trial_id" in hp.values:  # Hyperband trains on from an earlier trial
+        results.append(f"continued from trial {hp.values['tuner/trial_id']}")
+    log.info("trial %s: %s -> %s", trial.trial_id, searched or "-", ", ".join(results))
+
+
+def _format(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _reconcile(oracle: kt.Oracle) -> None:
@@ -132,6 +181,13 @@ def _check_state_files(directory: str, project_name: str) -> None:
             ) from None
 
 
+def oracle_seed(seed: int) -> int:
+    """The seed the oracle gets for the search's `seed`: Keras Tuner reads 0 as "no seed"
+    (`seed or random.randint(...)`), so a search with seed 0 would differ from run to run.
+    0 becomes 2**32 - 1 (the largest seed NumPy takes), every other seed is itself."""
+    return seed if seed else 2**32 - 1
+
+
 def make_tuner(
     hypermodel: RNNHyperModel, config: TuneConfig, directory: str, project_name: str = PROJECT
 ) -> kt.Tuner:
@@ -168,7 +224,7 @@ def make_tuner(
         directory=directory,
         project_name=project_name,
         overwrite=False,
-        seed=config.seed,
+        seed=oracle_seed(config.seed),
         max_consecutive_failed_trials=1,
         **budget,
     )
@@ -223,8 +279,8 @@ def _begin_search(out_dir: str, definition: dict) -> None:
         if changed:
             raise RunExistsError(
                 f"{out_dir} holds a search with other settings ({', '.join(changed)}): rerun "
-                f"it with the same settings (max_trials and time_budget_s may change), or "
-                f"choose another output folder"
+                f"it with the same settings (only max_trials/--max-trials and "
+                f"time_budget_s/--time-budget may change), or choose another output folder"
             )
     else:
         write_json(path, definition)

@@ -186,6 +186,26 @@ def test_resuming_a_finished_run_trains_nothing(tmp_path):
     assert again.test == first.test
 
 
+def test_a_run_made_before_a_setting_existed_resumes_with_its_default(tmp_path):
+    """A run folder from an older kerasrnn lacks the settings added since (here
+    `schedule`): it resumes when they are at their defaults, and is refused otherwise."""
+    config = TrainConfig(epochs=1, patience=None, verbose=0)
+    train(ModelConfig(units=8), SMALL, config, str(tmp_path))
+    with open(tmp_path / "config.json") as f:
+        saved = json.load(f)
+    del saved["train"]["schedule"]
+    with open(tmp_path / "config.json", "w") as f:
+        json.dump(saved, f)
+    longer = TrainConfig(epochs=2, patience=None, verbose=0)
+    with pytest.raises(RunExistsError, match="train.epochs 1 -> 2"):
+        train(ModelConfig(units=8), SMALL, longer, str(tmp_path), resume=True)
+    with pytest.raises(RunExistsError, match="train.schedule 'constant' -> 'cosine'"):
+        cosine = TrainConfig(epochs=1, patience=None, verbose=0, schedule="cosine")
+        train(ModelConfig(units=8), SMALL, cosine, str(tmp_path), resume=True)
+    again = train(ModelConfig(units=8), SMALL, config, str(tmp_path), resume=True)
+    assert [row["epoch"] for row in again.history] == [1]
+
+
 @pytest.mark.parametrize(
     "kwargs,message",
     [
