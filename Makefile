@@ -16,7 +16,7 @@ run: $(STAMP)
 	$(BIN)/kerasrnn run --data sample --out runs/quickstart --resume --quiet
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q --durations=25
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=25
 
 ci: lint test
 

@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import tempfile
+import threading
 
 import numpy as np
 import tensorflow as tf
@@ -27,6 +28,9 @@ from kerasrnn.export.config import FORMS, INT8_ACTIVATIONS, QUANTIZATIONS
 from kerasrnn.export.runtime import INITIAL_STATE_METADATA, check_loads
 
 _FORM_NAMES = {"loop": "WHILE loop", "unrolled": "unrolled", "fused": "fused LSTM"}
+# Keras models are not saved from two threads at once; the conversions themselves (child
+# processes) run in parallel.
+_SAVING = threading.Lock()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +100,8 @@ def to_tflite(
 ) -> TfliteFile:
     """Converts a classifier to a builtin-only .tflite file.
 
+    Safe to call from several threads: the conversions run in parallel child processes.
+
     Args:
         model: a `keras.Model` from `build_classifier`, or the path of its .keras file.
         path: the .tflite file to write (atomically).
@@ -126,9 +132,6 @@ def to_tflite(
     """
     _check_arguments(quantization, representative_data, batch_size, activations)
     choose_form(quantization, form)  # checks the argument; the child resolves "auto"
-    if isinstance(model, str):
-        model = load_model(model)
-    graph.classifier_weights(model)  # a model we cannot rebuild fails here, not in the child
     calibration = None if representative_data is None else _representative(representative_data)
     with tempfile.TemporaryDirectory(prefix="kerasrnn-convert-") as tmp:
         job = {
@@ -141,7 +144,12 @@ def to_tflite(
             "out": os.path.join(tmp, "out.tflite"),
             "representative": None,
         }
-        model.save(job["model"])
+        with _SAVING:
+            if isinstance(model, str):
+                model = load_model(model)
+            # a model this package cannot rebuild fails here, not in the child
+            graph.classifier_weights(model)
+            model.save(job["model"])
         if calibration is not None:
             job["representative"] = os.path.join(tmp, "representative.npy")
             np.save(job["representative"], calibration)

@@ -25,6 +25,21 @@ KINDS = {
 }
 
 
+# The session fixtures that train and convert: the tests using them run in one
+# pytest-xdist worker (`make test` runs two), so that they are made once per run.
+SESSION_MODELS = {"sample_runs", "trained_models", "exported"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Groups the tests for `pytest -n 2 --dist loadgroup`: the tests that use the trained
+    session models share one worker (the models are made once per run), and each module's
+    other tests stay together (their module fixtures are made once)."""
+    for item in items:
+        uses_models = SESSION_MODELS & set(item.fixturenames)
+        group = "session-models" if uses_models else item.module.__name__
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     import keras
@@ -74,6 +89,42 @@ def sample_runs(tmp_path_factory):
 def trained_models(sample_runs):
     """name -> the trained `keras.Model` of each model in `KINDS`."""
     return {name: run.model for name, run in sample_runs.items()}
+
+
+# Files converted once per session besides every (kind, quantization) pair:
+# (kind, name) -> the `to_tflite` options ("int8" ones are calibrated on the sample).
+EXTRA_EXPORTS = {
+    **{(kind, "stream"): {"stream": True} for kind in KINDS},
+    ("elman", "int8 stream"): {"quantization": "int8", "stream": True},
+    ("elman", "dynamic batch"): {"batch_size": None},
+    ("gru", "dynamic batch"): {"batch_size": None},
+}
+
+
+@pytest.fixture(scope="session")
+def exported(trained_models, calibration, tmp_path_factory):
+    """(kind, quantization) -> `TfliteFile` for every model in `KINDS` and quantization, and
+    the `EXTRA_EXPORTS` (streaming, int8 streaming and dynamic-batch files). Converted once
+    per session, two at a time: each conversion is a child process, much of it spent
+    importing TensorFlow, and this machine has two cores."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from kerasrnn.export.config import QUANTIZATIONS
+    from kerasrnn.export.convert import to_tflite
+
+    folder = tmp_path_factory.mktemp("tflite")
+    jobs = {(kind, q): {"quantization": q} for kind in KINDS for q in QUANTIZATIONS}
+    jobs.update(EXTRA_EXPORTS)
+
+    def convert(key):
+        kind, name = key
+        options = jobs[key]
+        representative = calibration if options.get("quantization") == "int8" else None
+        path = str(folder / f"{kind}_{name.replace(' ', '-')}.tflite")
+        return to_tflite(trained_models[kind], path, representative_data=representative, **options)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return dict(zip(jobs, pool.map(convert, jobs)))
 
 
 @pytest.fixture(scope="session")

@@ -131,8 +131,10 @@ def test_run_prints_one_summary_and_writes_every_file(pipeline_run):
         "model.tflite",
         "model_int8.tflite",
         "model_int8.step.tflite",
-        "model_data.cc",
-        "model_data.h",
+        "model_int8.cc",
+        "model_int8.h",
+        "model_int8.step.cc",
+        "model_int8.step.h",
         "pipeline.json",
         "model_int8.verify.json",
     ):

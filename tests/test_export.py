@@ -9,7 +9,7 @@ from conftest import KINDS
 
 from kerasrnn.errors import ConfigError, ConversionError
 from kerasrnn.export import config, convert, flatbuffer, graph
-from kerasrnn.export.micro import run_micro, write_c_array
+from kerasrnn.export.micro import run_micro
 from kerasrnn.export.runtime import Classifier, Stream
 from kerasrnn.export.verification import verify
 from kerasrnn.models import build_classifier
@@ -25,19 +25,6 @@ def relative_difference(actual: np.ndarray, expected: np.ndarray) -> float:
     """max |actual - expected| over max |expected|: a bound that scales with the logits,
     so that it holds however large a retrained model's logits come out."""
     return float(np.abs(actual - expected).max() / np.abs(expected).max())
-
-
-@pytest.fixture(scope="session")
-def exported(trained_models, calibration, tmp_path_factory):
-    """(kind, quantization) -> TfliteFile, converted once for the whole session."""
-    folder = tmp_path_factory.mktemp("tflite")
-    return {
-        (kind, q): convert.to_tflite(
-            model, str(folder / f"{kind}_{q}.tflite"), q, calibration if q == "int8" else None
-        )
-        for kind, model in trained_models.items()
-        for q in QUANTIZATIONS
-    }
 
 
 @pytest.mark.parametrize("quantization", QUANTIZATIONS)
@@ -177,12 +164,10 @@ def test_float_file_is_close_to_its_parameter_bytes(exported, kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_streaming_equals_whole_sequence(trained_models, test_digits, tmp_path, kind):
+def test_streaming_equals_whole_sequence(exported, test_digits, kind):
     images, _ = test_digits
-    model = trained_models[kind]
-    path = convert.to_tflite(model, str(tmp_path / "step.tflite"), stream=True).path
-    stream = Stream(path)
-    expected = Classifier(convert.to_tflite(model, str(tmp_path / "whole.tflite")).path)
+    stream = Stream(exported[kind, "stream"].path)
+    expected = Classifier(exported[kind, "none"].path)
     for image in images[:20]:
         stream.reset()
         for row in image:
@@ -192,12 +177,10 @@ def test_streaming_equals_whole_sequence(trained_models, test_digits, tmp_path, 
     assert stream.steps == 28
 
 
-def test_int8_streaming_agrees_with_keras(trained_models, test_digits, calibration, tmp_path):
+def test_int8_streaming_agrees_with_keras(exported, trained_models, test_digits):
     images, _ = test_digits
     model = trained_models["elman"]
-    path = convert.to_tflite(
-        model, str(tmp_path / "s8.tflite"), "int8", calibration, stream=True
-    ).path
+    path = exported["elman", "int8 stream"].path
     types = _tensor_types(path)
     assert types["inputs"] == ["INT8", "INT16"]  # row, state: the state keeps 16 bits
     assert sorted(types["outputs"]) == ["INT16", "INT8"]
@@ -241,11 +224,9 @@ def test_graph_forms_agree_with_keras(trained_models, test_digits):
             assert relative_difference(logits.numpy(), expected) < 1e-5, (kind, form)
 
 
-def test_dynamic_batch_file_takes_any_batch(trained_models, test_digits, tmp_path):
+def test_dynamic_batch_file_takes_any_batch(exported, test_digits):
     images, _ = test_digits
-    path = convert.to_tflite(
-        trained_models["gru"], str(tmp_path / "d.tflite"), batch_size=None
-    ).path
+    path = exported["gru", "dynamic batch"].path
     classifier = Classifier(path)
     assert classifier.batch_size == -1
     for n in (1, 7, 64):
@@ -287,20 +268,6 @@ def test_verify_report_has_every_number(exported, trained_models, test_digits, t
     for line in ("operators", "top-1 agreement", "TFLM arena", "quantization steps"):
         assert line in report.table()
     assert os.path.getsize(tmp_path / "r.json") > 0
-
-
-def test_c_array_compiles_back_to_the_same_bytes(exported, tmp_path):
-    path = exported["elman", "int8"].path
-    header, source = write_c_array(path, str(tmp_path))
-    with open(source) as f:
-        text = f.read()
-    body = text[text.index("{") + 1 : text.index("}")]
-    data_bytes = bytes(int(v, 16) for v in body.replace("\n", "").split(",") if v.strip())
-    with open(path, "rb") as f:
-        assert data_bytes == f.read()
-    assert "alignas(16)" in text and f"g_model_len = {len(data_bytes)}" in text
-    with open(header) as f:
-        assert "extern const unsigned char g_model[]" in f.read()
 
 
 @pytest.mark.parametrize(

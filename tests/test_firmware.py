@@ -28,14 +28,16 @@ LITERT_STEPS = {"elman": 1, "lstm": 3}
 
 
 @pytest.fixture(scope="module")
-def object_cache(tmp_path_factory):
-    """One TFLM object cache for the module (each target's TFLM build is paid for once);
-    skips when the toolchain, QEMU or the TFLM tree is missing, before any training."""
+def object_cache():
+    """The user's TFLM object cache (None: ~/.cache/kerasrnn/tflm, as `kerasrnn firmware`
+    uses it), so that each target's TFLM build is paid for once per machine, not once per
+    test run; skips when the toolchain, QEMU or the TFLM tree is missing, before any
+    training."""
     try:
         check_tools(FirmwareConfig(tflm_dir=TFLM_DIR))
     except FirmwareError as e:
         pytest.skip(str(e))
-    return str(tmp_path_factory.mktemp("tflm-objects"))
+    return None
 
 
 def config(target: str, cache: str) -> FirmwareConfig:

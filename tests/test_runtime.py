@@ -13,9 +13,8 @@ import pytest
 from ai_edge_litert import schema_py_generated as schema
 
 from kerasrnn.errors import InputError, ModelFileError
-from kerasrnn.export import convert, flatbuffer, runtime
+from kerasrnn.export import flatbuffer, runtime
 from kerasrnn.export.integrity import DIGEST_METADATA, verify_digest
-from kerasrnn.export.micro import write_c_array
 from kerasrnn.export.runtime import Classifier, Stream
 
 # Run code where `import tensorflow` (or keras) raises, as on a device with LiteRT only.
@@ -37,17 +36,16 @@ def run_without_tensorflow(code: str, *args: str) -> subprocess.CompletedProcess
 
 
 @pytest.fixture(scope="module")
-def files(trained_models, test_digits, calibration, tmp_path_factory):
+def files(exported, trained_models, test_digits):
     """The session's elman-64 as float32, int8, streaming and dynamic-batch files, with
     Keras's logits."""
-    folder = tmp_path_factory.mktemp("runtime")
     model = trained_models["elman"]
     images = (test_digits[0][:64] * 255).round().astype(np.uint8)
     return {
-        "float": convert.to_tflite(model, str(folder / "f.tflite")).path,
-        "int8": convert.to_tflite(model, str(folder / "q.tflite"), "int8", calibration).path,
-        "stream": convert.to_tflite(model, str(folder / "s.tflite"), stream=True).path,
-        "dynamic": convert.to_tflite(model, str(folder / "d.tflite"), batch_size=None).path,
+        "float": exported["elman", "none"].path,
+        "int8": exported["elman", "int8"].path,
+        "stream": exported["elman", "stream"].path,
+        "dynamic": exported["elman", "dynamic batch"].path,
         "keras_logits": model.predict(images.astype(np.float32) / 255, verbose=0),
         "images": images,
     }
@@ -383,13 +381,3 @@ def test_non_finite_logits_are_an_error_not_a_prediction(files, tmp_path):
 def test_an_empty_batch_gives_an_empty_result(files, kind):
     logits = Classifier(files[kind]).predict(np.zeros((0, 28, 28), np.uint8))
     assert logits.shape == (0, 10) and logits.dtype == np.float32
-
-
-def test_the_c_header_carries_the_files_digest(files, tmp_path):
-    with open(files["int8"], "rb") as f:
-        digest = verify_digest(f.read(), files["int8"])
-    header, _ = write_c_array(files["int8"], str(tmp_path))
-    with open(header) as f:
-        text = f.read()
-    assert f"// SHA-256: {digest}\n" in text
-    assert f'#define G_MODEL_SHA256 "{digest}"\n' in text

@@ -46,7 +46,9 @@ def _trials(folder: str) -> dict[str, dict]:
     return trials
 
 
-@pytest.mark.parametrize("tuner", ["random", "hyperband"])
+# Hyperband's own behaviour (continued trials) is the default run's
+# test_hyperband_continues_trials_with_their_optimizer_state_and_no_warning.
+@pytest.mark.parametrize("tuner", ["random", pytest.param("hyperband", marks=pytest.mark.slow)])
 def test_search_writes_every_artefact_and_learns(tmp_path, tuner):
     space = SearchSpace.parse(["cell=elman", "batch_size=32"], ["units=16:32"])
     config = TuneConfig(tuner=tuner, max_trials=3, max_epochs=3, seed=1)
@@ -62,14 +64,16 @@ def test_search_writes_every_artefact_and_learns(tmp_path, tuner):
         "score_by_trial.png",
     ):
         assert os.path.getsize(tmp_path / name) > 0, name
-    assert outcome.summary["test_accuracy"] > 0.3  # well above chance (0.1)
+    # 3 epochs on 1,000 digits: measured 0.58 and 0.62 (seeds 0 and 1), chance is 0.1
+    assert outcome.summary["test_accuracy"] > 0.45
     with open(tmp_path / "trials.csv") as f:
         assert len(f.read().strip().splitlines()) == len(outcome.rows) + 1
 
 
 def test_size_budget_objective_prefers_models_that_fit(tmp_path):
     space = SearchSpace.parse(["cell=elman", "batch_size=64"], ["units=16,64"])
-    config = TuneConfig(max_trials=2, max_epochs=1, max_bytes=8 * 1024)
+    # Seed 1 draws both sizes (seeded searches repeat their trials; seed 0 draws 16 twice).
+    config = TuneConfig(max_trials=2, max_epochs=1, max_bytes=8 * 1024, seed=1)
     outcome = tuning.tune(space, SMALL, config, str(tmp_path), retrain=False)
     by_units = {r["units"]: r for r in outcome.rows}
     assert by_units[64]["model_bytes"] > 8 * 1024 >= by_units[16]["model_bytes"]
@@ -169,12 +173,12 @@ def test_chief_and_two_workers_share_one_search(tmp_path):
         "--data",
         "sample",
         "--max-examples",
-        "600",
+        "300",
         *SPACE,
         "--max-trials",
         "4",
         "--max-epochs",
-        "2",
+        "1",
         "--no-retrain",
         "--oracle",
         oracle,
@@ -367,3 +371,27 @@ def test_damaged_search_state_names_the_file_and_what_to_do(finished_search, tmp
         match=r"search/oracle.json: damaged search state \(Expecting value.*\): restore it",
     ):
         tuning.tune(space, SMALL, config, str(out), retrain=False)
+
+
+def test_hyperband_continues_trials_with_their_optimizer_state_and_no_warning(
+    tmp_path, recwarn, caplog
+):
+    # Hyperband trains a promising trial on from an earlier bracket's checkpoint, which
+    # holds the optimizer's variables too: Keras skips them, with a warning, when the
+    # optimizer it loads into is not built yet.
+    space = SearchSpace.parse(["cell=elman", "units=8", "batch_size=64"], ["dropout=0.0,0.1"])
+    config = TuneConfig(tuner="hyperband", max_epochs=3, seed=1)
+    tiny = DataConfig(source="sample", max_examples=64)
+    outcome = tuning.tune(space, tiny, config, str(tmp_path), retrain=False)
+    assert {r["status"] for r in outcome.rows} == {"COMPLETED"}
+    tuner = tuning.make_tuner(RNNHyperModel(space, tiny, config), config, str(tmp_path))
+    continued = [
+        trial
+        for trial in tuner.oracle.trials.values()
+        if "tuner/trial_id" in trial.hyperparameters.values
+    ]
+    assert continued  # a trial went on from an earlier one
+    model = tuner.load_model(continued[0])  # loads the earlier trial's, then its own
+    assert int(model.optimizer.iterations) > 0  # the optimizer's state was loaded
+    messages = [str(w.message) for w in recwarn] + [r.getMessage() for r in caplog.records]
+    assert not [m for m in messages if "Skipping variable loading" in m]
