@@ -1,5 +1,6 @@
 """What a search leaves behind: the trials table (CSV and text), best hyperparameters, the
-best model retrained on train+validation, a plot of score by trial, and the report."""
+best model retrained on train+validation, plots of score by trial and of accuracy against
+size (the Pareto front), and the report."""
 
 from __future__ import annotations
 
@@ -60,8 +61,9 @@ def table(rows: list[dict]) -> str:
 def write_results(
     tuner: kt.Tuner, data_config: DataConfig, out_dir: str, retrain: bool = True
 ) -> dict:
-    """Writes trials.csv, best_hyperparameters.json, score_by_trial.png and (with
-    `retrain`) best_model.keras trained on train+validation and scored on the test split.
+    """Writes trials.csv, best_hyperparameters.json, score_by_trial.png,
+    accuracy_vs_size.png and (with `retrain`) best_model.keras trained on train+validation
+    and scored on the test split.
 
     With a size budget that no trial met, nothing is crowned: "best" is None, and the
     summary names the smallest size reached (a warning says so too).
@@ -79,6 +81,7 @@ def write_results(
     atomic_write(os.path.join(out_dir, "trials.csv"), buffer.getvalue())
     max_bytes = tuner.hypermodel.config.max_bytes
     _plot(rows, os.path.join(out_dir, "score_by_trial.png"), max_bytes)
+    _plot_sizes(rows, os.path.join(out_dir, "accuracy_vs_size.png"), max_bytes)
     summary = {"trials": len(rows), "test_accuracy": None, "max_bytes": max_bytes}
     sized = [r for r in rows if r["model_bytes"] is not None]
     if max_bytes and sized and all(r["model_bytes"] > max_bytes for r in sized):
@@ -183,6 +186,59 @@ def _plot(rows: list[dict], path: str, max_bytes: int | None) -> None:
         ax.legend()
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial")
+    ax.set_ylabel("validation accuracy")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
+
+
+def pareto_front(rows: list[dict]) -> list[dict]:
+    """The trials no other trial beats on both size and validation accuracy.
+
+    Args:
+        rows: `trial_rows`; trials without a size or an accuracy are left out.
+
+    Returns:
+        The front from the smallest model to the most accurate: each row is larger and
+        more accurate than the one before.
+    """
+    measured = [r for r in rows if r["model_bytes"] is not None and r["val_accuracy"] is not None]
+    front: list[dict] = []
+    for row in sorted(measured, key=lambda r: (r["model_bytes"], -r["val_accuracy"])):
+        if not front or row["val_accuracy"] > front[-1]["val_accuracy"]:
+            front.append(row)
+    return front
+
+
+def _plot_sizes(rows: list[dict], path: str, max_bytes: int | None) -> None:
+    """Validation accuracy against model bytes: every trial, the Pareto front (the best
+    accuracy each size buys) and the size budget."""
+    plt = pyplot()
+    measured = [r for r in rows if r["model_bytes"] is not None and r["val_accuracy"] is not None]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if measured:
+        ax.plot(
+            [r["model_bytes"] for r in measured],
+            [r["val_accuracy"] for r in measured],
+            "o",
+            alpha=0.5,
+            label="trial",
+        )
+        front = pareto_front(rows)
+        ax.step(
+            [r["model_bytes"] for r in front],
+            [r["val_accuracy"] for r in front],
+            "-",
+            where="post",
+            label="Pareto front",
+        )
+        for r in front:
+            ax.annotate(str(int(r["trial"])), (r["model_bytes"], r["val_accuracy"]), fontsize=8)
+        if max_bytes:
+            ax.axvline(max_bytes, color="red", linestyle="--", label=f"budget {max_bytes:,} bytes")
+        ax.legend()
+    ax.set_xlabel("model bytes")
     ax.set_ylabel("validation accuracy")
     ax.grid(alpha=0.3)
     fig.tight_layout()

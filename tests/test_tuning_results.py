@@ -26,6 +26,7 @@ def test_impossible_size_budget_crowns_no_model_and_says_so(tmp_path, caplog):
     )
     assert "no trial met the size budget" in caplog.text
     assert os.path.getsize(tmp_path / "score_by_trial.png") > 0
+    assert os.path.getsize(tmp_path / "accuracy_vs_size.png") > 0
 
 
 def test_trials_table_shows_every_hyperparameter_and_integer_bytes():
@@ -49,3 +50,21 @@ def test_trials_table_shows_every_hyperparameter_and_integer_bytes():
         assert name in header.split()
     assert "10,980" in line.split() and "1.098e+04" not in line
     assert {"relu", "0.1", "0.5"} <= set(line.split())
+
+
+def test_pareto_front_keeps_the_trials_no_other_beats_on_size_and_accuracy():
+    from kerasrnn.tuning_results import pareto_front
+
+    def row(trial, size, accuracy):
+        return {"trial": trial, "model_bytes": size, "val_accuracy": accuracy}
+
+    rows = [
+        row("0", 4000, 0.90),
+        row("1", 1000, 0.80),
+        row("2", 2000, 0.70),  # larger and worse than trial 1
+        row("3", 8000, 0.85),  # larger and worse than trial 0
+        row("4", 1000, 0.75),  # as small as trial 1, worse
+        row("5", 9000, 0.95),
+        row("6", None, 0.99),  # not measured
+    ]
+    assert [r["trial"] for r in pareto_front(rows)] == ["1", "0", "5"]

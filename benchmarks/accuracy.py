@@ -1,0 +1,145 @@
+"""Test accuracy of each cell with the default recipe, mean and spread over seeds.
+
+    python benchmarks/accuracy.py --data mnist [--cells elman,lstm] [--units 128]
+        [--seeds 0,1,2] [--json accuracy.json]
+    python benchmarks/accuracy.py --quick        # the bundled sample: a few minutes
+
+Each run is `kerasrnn train` with no other flags than the cell, the units, the data and the
+seed (the defaults are the recipe), scored on the 10,000 t10k digits (or the sample's
+1,000 test digits). The table gives, per cell: parameters, epochs run (early stopping
+keeps the best), wall time, test accuracy as mean ± standard deviation over the seeds, and
+the training time until the validation accuracy first reached `--target` (validation, so
+that the test split decides nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import kerasrnn
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FOLDERS = {
+    "mnist": os.path.join(os.path.dirname(REPO), "shared", "mnist"),
+    "fashion": "/usr/share/datasets/fashion-mnist",
+}
+
+
+@dataclasses.dataclass
+class Run:
+    """One training run: its cell, seed and what it measured."""
+
+    cell: str
+    seed: int
+    parameters: int
+    epochs: int
+    wall_s: float
+    test_accuracy: float
+    seconds_to_target: float | None
+
+
+def data_config(args) -> kerasrnn.DataConfig:
+    """The data the runs read: the sample, or full MNIST/Fashion-MNIST from IDX files."""
+    if args.quick or args.data == "sample":
+        return kerasrnn.DataConfig(source="sample")
+    folder = args.data_dir or FOLDERS[args.data]
+    if not os.path.exists(os.path.join(folder, "t10k-images-idx3-ubyte.gz")):
+        sys.exit(f"{args.data}: no IDX files in {folder} (pass --data-dir)")
+    dataset = "fashion_mnist" if args.data == "fashion" else "mnist"
+    return kerasrnn.DataConfig(source="idx", data_dir=folder, dataset=dataset)
+
+
+def seconds_to(history: list[dict], target: float) -> float | None:
+    """Training seconds until the validation accuracy first reached `target` (None: never)."""
+    elapsed = 0.0
+    for row in history:
+        elapsed += row["seconds"]
+        if row["val_accuracy"] >= target:
+            return elapsed
+    return None
+
+
+def train_once(cell: str, seed: int, args, data: kerasrnn.DataConfig) -> Run:
+    """Trains one model with the default recipe and scores it on the test split."""
+    model = kerasrnn.ModelConfig(cell=cell, units=args.units)
+    config = kerasrnn.TrainConfig(seed=seed, verbose=0)
+    if args.quick:
+        config = dataclasses.replace(config, epochs=2)
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        result = kerasrnn.train(model, dataclasses.replace(data, seed=seed), config, out)
+        wall = time.perf_counter() - start
+    return Run(
+        cell,
+        seed,
+        int(result.test["parameters"]),
+        len(result.history),
+        wall,
+        float(result.test["test_accuracy"]),
+        seconds_to(result.history, args.target),
+    )
+
+
+def table(runs: list[Run], target: float) -> str:
+    """One row per cell: parameters, epochs, wall time, accuracy mean ± std, time to target."""
+    lines = [
+        f"{'cell':<7} {'params':>8} {'epochs':>7} {'wall s':>8} {'test accuracy':>17} "
+        f"{f'to {target:.0%} (val)':>14}"
+    ]
+    for cell in dict.fromkeys(r.cell for r in runs):
+        rows = [r for r in runs if r.cell == cell]
+        accuracies = [r.test_accuracy for r in rows]
+        spread = statistics.stdev(accuracies) if len(rows) > 1 else 0.0
+        reached = [r.seconds_to_target for r in rows if r.seconds_to_target is not None]
+        to_target = "never"
+        if reached:
+            to_target = f"{statistics.median(reached):.0f} s ({len(reached)}/{len(rows)})"
+        lines.append(
+            f"{cell:<7} {rows[0].parameters:>8,} "
+            f"{statistics.mean(r.epochs for r in rows):>7.1f} "
+            f"{statistics.mean(r.wall_s for r in rows):>8.0f} "
+            f"{statistics.mean(accuracies):>9.2%} ± {spread:.2%} {to_target:>14}"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", choices=("mnist", "fashion", "sample"), default="mnist")
+    parser.add_argument("--data-dir", help="the IDX folder (default: ../shared/mnist, Debian's)")
+    parser.add_argument("--cells", default="elman,simple,lstm,gru")
+    parser.add_argument("--units", type=int, default=128)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--target", type=float, default=0.98)
+    parser.add_argument("--json", help="also write the runs here")
+    parser.add_argument("--quick", action="store_true", help="sample, 2 epochs, 1 seed, 32 units")
+    args = parser.parse_args()
+    if args.quick:
+        args.seeds, args.units = "0", 32
+    data = data_config(args)
+    runs = []
+    for cell in args.cells.split(","):
+        for seed in (int(s) for s in args.seeds.split(",")):
+            runs.append(train_once(cell, seed, args, data))
+            print(
+                f"{cell}-{args.units} seed {seed}: {runs[-1].test_accuracy:.2%} "
+                f"in {runs[-1].epochs} epochs, {runs[-1].wall_s:.0f} s",
+                flush=True,
+            )
+    name = "the sample" if data.source == "sample" else f"full {data.dataset} ({data.data_dir})"
+    print(f"\n{args.units} units, defaults of TrainConfig, {name}, seeds {args.seeds}")
+    print(table(runs, args.target))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([dataclasses.asdict(r) for r in runs], f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
