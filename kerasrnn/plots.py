@@ -8,14 +8,18 @@ from matplotlib.ticker import MaxNLocator
 from kerasrnn._io import atomic_write
 
 
-def pyplot():
-    """matplotlib.pyplot on the file-only Agg backend."""
-    import matplotlib
+def figure(rows: int = 1, columns: int = 1, figsize: tuple[float, float] = (7, 4)):
+    """A matplotlib Figure and its axes, made without pyplot: no backend is chosen or
+    changed (a notebook's inline backend stays), no display is needed, and no figure is
+    left registered anywhere (nothing to close).
 
-    matplotlib.use("Agg")  # files only; never needs a display
-    import matplotlib.pyplot as plt
+    Returns:
+        (Figure, Axes or an array of Axes, as `Figure.subplots` gives them).
+    """
+    from matplotlib.figure import Figure
 
-    return plt
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(rows, columns)
 
 
 def training_curves(history: list[dict], path: str, best_epoch: int | None = None) -> None:
@@ -26,9 +30,8 @@ def training_curves(history: list[dict], path: str, best_epoch: int | None = Non
         path: the PNG to write.
         best_epoch: the epoch whose weights the run kept, marked on both plots.
     """
-    plt = pyplot()
     epochs = [row["epoch"] for row in history]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = figure(1, 2, figsize=(10, 4))
     for ax, metric in zip(axes, ("loss", "accuracy")):
         ax.plot(epochs, [row[metric] for row in history], "o-", label="train")
         ax.plot(epochs, [row[f"val_{metric}"] for row in history], "o-", label="validation")
@@ -41,7 +44,6 @@ def training_curves(history: list[dict], path: str, best_epoch: int | None = Non
         ax.legend()
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, classes: int = 10) -> np.ndarray:
@@ -66,15 +68,14 @@ def confusion_matrix_figure(
         class_names: the classes' names by label (see `config.CLASS_NAMES`); None: labels.
 
     Returns:
-        The matplotlib Figure (close it with `pyplot().close(fig)`).
+        The matplotlib Figure (made without pyplot: see `figure`).
     """
-    plt = pyplot()
     names = [str(label) for label in range(len(counts))] if class_names is None else class_names
     if len(names) != len(counts):
         raise ValueError(f"{len(counts)} classes, but {len(names)} class names: {names}")
     # Names longer than a digit are slanted so that neighbours do not overlap.
     wide = max(len(name) for name in names) > 2
-    fig, ax = plt.subplots(figsize=(7, 6.5) if wide else (6, 5.5))
+    fig, ax = figure(figsize=(7, 6.5) if wide else (6, 5.5))
     image = ax.imshow(counts, cmap="Blues")
     fig.colorbar(image, ax=ax)
     for (i, j), n in np.ndenumerate(counts):
@@ -98,7 +99,5 @@ def confusion_matrix_png(
     class_names: tuple[str, ...] | None = None,
 ) -> None:
     """Draws a confusion matrix into a PNG (see `confusion_matrix_figure`)."""
-    plt = pyplot()
     fig = confusion_matrix_figure(counts, title, class_names)
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)

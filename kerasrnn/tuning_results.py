@@ -18,7 +18,7 @@ from kerasrnn import data
 from kerasrnn._io import atomic_write, write_json
 from kerasrnn.config import DataConfig
 from kerasrnn.evaluation import evaluate
-from kerasrnn.plots import pyplot
+from kerasrnn.plots import figure
 from kerasrnn.search_space import NAMES
 
 log = logging.getLogger(__name__)
@@ -161,9 +161,8 @@ def report(outcome) -> str:
 def _plot(rows: list[dict], path: str, max_bytes: int | None) -> None:
     """Validation accuracy by trial (numbered as in trials.csv), the best so far, and the
     trials over the size budget marked."""
-    plt = pyplot()
     done = [r for r in rows if r["val_accuracy"] is not None]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = figure()
     if done:
         numbers = [int(r["trial"]) for r in done]
         accuracies = [r["val_accuracy"] for r in done]
@@ -190,7 +189,6 @@ def _plot(rows: list[dict], path: str, max_bytes: int | None) -> None:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)
 
 
 def pareto_front(rows: list[dict]) -> list[dict]:
@@ -214,9 +212,8 @@ def pareto_front(rows: list[dict]) -> list[dict]:
 def _plot_sizes(rows: list[dict], path: str, max_bytes: int | None) -> None:
     """Validation accuracy against model bytes: every trial, the Pareto front (the best
     accuracy each size buys) and the size budget."""
-    plt = pyplot()
     measured = [r for r in rows if r["model_bytes"] is not None and r["val_accuracy"] is not None]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = figure()
     if measured:
         ax.plot(
             [r["model_bytes"] for r in measured],
@@ -243,4 +240,3 @@ def _plot_sizes(rows: list[dict], path: str, max_bytes: int | None) -> None:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)

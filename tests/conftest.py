@@ -30,6 +30,7 @@ KINDS = {
 SESSION_MODELS = {"sample_runs", "trained_models", "exported"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups in the same hook
 def pytest_collection_modifyitems(config, items):
     """Groups the tests for `pytest -n 2 --dist loadgroup`: the tests that use the trained
     session models share one worker (the models are made once per run), and each module's

@@ -134,7 +134,6 @@ def test_confusion_matrix_labels_digits_by_default():
     fig = plots.confusion_matrix_figure(np.eye(10, dtype=np.int64))
     [ax] = [a for a in fig.axes if a.get_xlabel() == "predicted"]
     assert [t.get_text() for t in ax.get_xticklabels()] == list(CLASS_NAMES["mnist"])
-    plots.pyplot().close(fig)
     with pytest.raises(ValueError, match="10 classes, but 2 class names"):
         plots.confusion_matrix_figure(np.eye(10, dtype=np.int64), class_names=("a", "b"))
 
