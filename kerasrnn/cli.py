@@ -207,6 +207,22 @@ def _train_configs(args) -> tuple[ModelConfig, TrainConfig]:
     return model, train
 
 
+def _add_strategy_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("several devices")
+    group.add_argument(
+        "--strategy",
+        default=_default(TrainConfig, "strategy"),
+        choices=config.STRATEGIES,
+        help="train under tf.distribute: mirrored (this machine's GPUs, or its CPU split "
+        "into --devices) or multi-worker (the workers TF_CONFIG names)",
+    )
+    group.add_argument(
+        "--devices",
+        type=int,
+        help="replicas of --strategy mirrored (default: every GPU, or the CPU)",
+    )
+
+
 # Each command imports what it needs when it runs: `kerasrnn --help` and `predict` (the
 # device side) start without TensorFlow.
 
@@ -215,6 +231,7 @@ def cmd_train(args) -> None:
     from kerasrnn.training_run import train
 
     model_config, train_config = _train_configs(args)
+    train_config = dataclasses.replace(train_config, strategy=args.strategy, devices=args.devices)
     result = train(
         model_config,
         _data_config(args),
@@ -223,6 +240,10 @@ def cmd_train(args) -> None:
         resume=args.resume,
         histograms=args.histograms,
     )
+    if not result.test:  # a multi-worker run's worker other than the chief
+        epochs = len(result.history)
+        print(f"worker done ({epochs} epochs); the chief writes the run folder {args.out}")
+        return
     print(
         f"test loss {result.test['test_loss']:.4f}, test accuracy "
         f"{result.test['test_accuracy']:.2%} on {result.test['test_examples']} test images "
@@ -369,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train an N-to-1 classifier and evaluate it on the test split.",
     )
     _add_train_flags(p)
+    _add_strategy_flags(p)
     _add_data_flags(p)
     p.add_argument("--out", required=True, help="the run folder, e.g. runs/elman64")
     p.add_argument(

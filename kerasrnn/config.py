@@ -41,6 +41,9 @@ LOOPS = ("bptt", "fit")
 # constant: a fixed rate; cosine: linear warm-up, then cosine decay; onecycle: warm-up
 # from rate/25, then decay to nearly zero (see `training.learning_rate`).
 SCHEDULES = ("constant", "cosine", "onecycle")
+# none: one device; mirrored: the devices of this machine (`TrainConfig.devices`);
+# multi-worker: the workers TF_CONFIG names (see `kerasrnn.distribute`).
+STRATEGIES = ("none", "mirrored", "multi-worker")
 TUNERS = ("random", "bayesian", "hyperband")
 ROLES = ("chief", "worker")
 SIZE_MEASURES = ("float32_params", "int8_params", "int8_tflite")
@@ -178,6 +181,13 @@ class TrainConfig:
         seed: seeds weights, dropout and shuffling.
         deterministic: make TensorFlow's ops deterministic too (slower), so that a run
             repeats bit for bit, resumed or not, on the same machine and software.
+        strategy: one of `STRATEGIES`: train the BPTT loop (or Keras `fit`) under a
+            `tf.distribute` strategy, each batch (the global batch, `batch_size`) split
+            between the replicas. How a run is trained, not what: a run resumes under
+            another strategy or number of devices.
+        devices: the replicas of strategy "mirrored": that many GPUs, or the CPU split
+            into that many logical devices where there is none (None: every GPU, or the
+            CPU as one device).
         verbose: 1 shows a progress bar, 0 is silent.
     """
 
@@ -191,6 +201,8 @@ class TrainConfig:
     patience: int | None = 3
     seed: int = 0
     deterministic: bool = False
+    strategy: str = "none"
+    devices: int | None = None
     verbose: int = 1
 
     def __post_init__(self):
@@ -203,6 +215,28 @@ class TrainConfig:
             raise ConfigError(f"weight_decay must be >= 0 (0: plain Adam), got {wd!r}")
         check_positive("clipnorm", self.clipnorm, optional=True)
         check_positive("patience", self.patience, optional=True, integer=True)
+        check_choice("strategy", self.strategy, STRATEGIES)
+        check_positive("devices", self.devices, optional=True, integer=True)
+        if self.devices is not None and self.strategy != "mirrored":
+            raise ConfigError(
+                f"devices (--devices) sets the replicas of strategy='mirrored' "
+                f"(--strategy mirrored), got devices={self.devices} with "
+                f"strategy={self.strategy!r} (multi-worker: each worker uses its GPUs, or "
+                f"its CPU)"
+            )
+        if self.strategy != "none" and self.jit_compile:
+            raise ConfigError(
+                f"jit_compile (--xla) does not run under strategy={self.strategy!r}: XLA "
+                f"cannot compile a step that reads variables mirrored on other devices "
+                f"(Keras turns it off under tf.distribute too)"
+            )
+        if self.strategy != "none" and self.loop == "fit" and self.clipnorm is not None:
+            raise ConfigError(
+                f"loop='fit' under strategy={self.strategy!r} clips each replica's share of "
+                f"the gradient by clipnorm={self.clipnorm}, not the batch's: use loop='bptt' "
+                f"(--loop bptt), which clips the whole batch's gradient, or clipnorm=None "
+                f"(--clipnorm 0)"
+            )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,6 +12,7 @@ import keras
 import tensorflow as tf
 
 from kerasrnn.config import TrainConfig
+from kerasrnn.distribute import local_copy, model_strategy, scope
 from kerasrnn.evaluation import evaluate
 
 log = logging.getLogger(__name__)
@@ -149,6 +150,10 @@ def fit(
     val_accuracy), and `model.stop_training` ends training early. Both loops read the
     same batches in the same order: the epochs are one dataset, read by one iterator.
 
+    A model made and compiled in a strategy's scope (see `kerasrnn.distribute`) trains
+    under that strategy: each batch is the global batch, split between the replicas.
+    Call `fit` outside the scope.
+
     Args:
         model: a model compiled by `compile_model`.
         train_ds: batches of (x [batch, steps, features], y [batch]): a function of the
@@ -166,6 +171,10 @@ def fit(
         return
     steps = steps_per_epoch(train_ds)
     batches = _epoch_stream(train_ds, initial_epoch, config.epochs)
+    if model_strategy(model) is not None:
+        batches = _sharded_by_data(batches)
+        if val_ds is not None:
+            val_ds = _sharded_by_data(val_ds)
     if config.loop == "fit":
         model.fit(
             batches,
@@ -195,11 +204,22 @@ def _epoch_stream(train_ds, first: int, last: int) -> tf.data.Dataset:
     return datasets[0].prefetch(tf.data.AUTOTUNE)
 
 
+def _sharded_by_data(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """`ds` for a strategy to split: every worker reads each batch and keeps its own
+    replicas' shares of it (TensorFlow's default shards by file, and these examples come
+    from memory)."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options)
+
+
 def _fit_bptt(model, batches, steps, val_ds, config: TrainConfig, callbacks, initial_epoch):
     """The explicit backpropagation-through-time loop (see `fit`)."""
     optimizer, loss_fn = model.optimizer, model.loss
-    loss_mean = keras.metrics.Mean(name="loss")
-    accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+    strategy = model_strategy(model)
+    with scope(strategy):  # under a strategy, the metrics' totals sum over the replicas
+        loss_mean = keras.metrics.Mean(name="loss")
+        accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
     clipnorm = config.clipnorm
 
     @tf.function(jit_compile=config.jit_compile)
@@ -216,6 +236,12 @@ def _fit_bptt(model, batches, steps, val_ds, config: TrainConfig, callbacks, ini
         # The running means, computed in the graph: the progress bar reads them only when
         # it redraws (every 50 ms), so the step never waits for a display.
         return {"loss": loss_mean.result(), "accuracy": accuracy.result()}
+
+    scored = model  # what validation reads
+    if strategy is not None:
+        batches = strategy.experimental_distribute_dataset(batches)
+        train_step = _replicated_step(model, batches, loss_mean, accuracy, config)
+        scored = local_copy(model)
 
     callbacks = keras.callbacks.CallbackList(
         callbacks,
@@ -241,8 +267,73 @@ def _fit_bptt(model, batches, steps, val_ds, config: TrainConfig, callbacks, ini
             callbacks.on_train_batch_end(step, step_logs)
         logs = {key: float(value) for key, value in step_logs.items()}
         if val_ds is not None:
-            logs.update({f"val_{k}": v for k, v in evaluate(model, val_ds).items()})
+            if scored is not model:
+                scored.set_weights(model.get_weights())
+            logs.update({f"val_{k}": v for k, v in evaluate(scored, val_ds).items()})
         callbacks.on_epoch_end(epoch, logs)
         if model.stop_training:
             break
     callbacks.on_train_end(logs)
+
+
+def _replicated_step(model, batches, loss_mean, accuracy, config: TrainConfig):
+    """`_fit_bptt`'s training step for the distributed `batches` of the model's strategy:
+    each replica runs BPTT on its share of the global batch (`replica_gradients`), the
+    optimizer sums the replicas' gradients and applies the sum on every replica, and the
+    metrics' totals sum over the replicas, so that the step computes what one device
+    computes on the whole batch."""
+    strategy, optimizer = model.distribute_strategy, model.optimizer
+    if not optimizer.built:  # its variables are made here, not inside the replicas
+        with strategy.scope():
+            optimizer.build(model.trainable_variables)
+
+    def replica_step(x, y):
+        _, per_example, logits, grads = replica_gradients(model, x, y, config.clipnorm)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))  # all-reduced
+        loss_mean.update_state(per_example)
+        accuracy.update_state(y, logits)
+
+    # One trace for every batch size (no XLA under a strategy, see `TrainConfig`): an
+    # epoch's last batch may leave a replica no example, and a trace for that static
+    # empty shape fails in Keras's LSTM cell.
+    @tf.function(input_signature=batches.element_spec)
+    def train_step(x, y):
+        strategy.run(replica_step, args=(x, y))
+        return {"loss": loss_mean.result(), "accuracy": accuracy.result()}
+
+    return train_step
+
+
+def replica_gradients(model: keras.Model, x, y, clipnorm: float | None):
+    """One replica's share of a training step on the global batch, in a strategy's
+    replica context (`strategy.run`).
+
+    The loss is the replica's per-example cross-entropies summed and divided by the
+    size of the global batch (`tf.nn.compute_average_loss`), so that the replicas' losses
+    and gradients sum to the mean loss of the whole batch and its gradient. With
+    `clipnorm`, each replica's gradient is scaled by the factor that clips the norm of
+    that sum, as one device clips the whole batch's gradient: it costs one more
+    all-reduce of the gradients, since the norm of a sum is not the sum of norms.
+
+    Args:
+        model: a classifier made in the strategy's scope.
+        x: this replica's sequences [local batch, steps, features].
+        y: their labels [local batch].
+        clipnorm: see `TrainConfig`.
+
+    Returns:
+        (this replica's share of the loss, per-example losses [local batch], logits
+        [local batch, classes], this replica's share of each gradient).
+    """
+    context = tf.distribute.get_replica_context()
+    # The global batch's size, summed: an epoch's last batch may split unevenly.
+    size = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(tf.shape(y)[0], tf.float32))
+    with tf.GradientTape() as tape:
+        logits = model(x, training=True)  # unrolls through all time steps
+        per_example = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
+        loss = tf.nn.compute_average_loss(per_example, global_batch_size=tf.cast(size, tf.int32))
+    grads = tape.gradient(loss, model.trainable_variables)  # backprop through time
+    if clipnorm is not None:
+        norm = tf.linalg.global_norm(context.all_reduce(tf.distribute.ReduceOp.SUM, grads))
+        grads = [g * (clipnorm / tf.maximum(norm, clipnorm)) for g in grads]
+    return loss, per_example, logits, grads

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 
 import keras
 import tensorflow as tf
 
-from kerasrnn import data, plots
+from kerasrnn import data, distribute, plots
 from kerasrnn._io import atomic_write, write_json
 from kerasrnn.config import CLASS_NAMES, DataConfig, ModelConfig, TrainConfig
 from kerasrnn.errors import DataError
@@ -55,6 +56,12 @@ def train(
 ) -> TrainResult:
     """Trains a classifier into a run folder (see `kerasrnn.rundir`), resumable.
 
+    Under `config.strategy` (see `kerasrnn.distribute`), the model and its optimizer are
+    made in the strategy's scope and each batch is split between the replicas. In a
+    multi-worker run, every worker calls `train` with the same arguments; the chief writes
+    `out_dir`, the other workers a temporary folder that is deleted at the end, and to
+    resume they read the chief's `out_dir` (which they must see: a shared file system).
+
     Args:
         model_config: the architecture; its view is `data_config.view`.
         data_config: the data; `validation` is carved from the training split.
@@ -66,23 +73,34 @@ def train(
             epoch (RUN/logs/train; see `rundir.EventLog`).
 
     Returns:
-        A `TrainResult`; the model holds the best epoch's weights.
+        A `TrainResult`; the model holds the best epoch's weights. On a multi-worker
+        run's workers other than the chief: the last epoch's weights, and no test scores.
 
     Raises:
+        ConfigError: the strategy cannot be made (see `distribute.make_strategy`).
         DataError: a split holds no examples (nothing is written then).
         RunExistsError: `out_dir` holds a run and `resume` is false, or a different run.
+        RunFolderError: the workers of a multi-worker run resume from different epochs.
     """
+    # First: a strategy may set up TensorFlow's devices, which must not have started.
+    strategy = distribute.make_strategy(config)
     data_config = dataclasses.replace(data_config, source=data.resolve_source(data_config))
     model_config = dataclasses.replace(model_config, view=data_config.view)
     make_reproducible(config)
     splits = {split: data.pipeline(data_config, split) for split in ("train", "validation", "test")}
     num_samples = _check_splits(data_config, splits)
     run = RunDirectory(out_dir)
-    run.begin(_settings(model_config, data_config, config), resume, _settings())
+    chief = distribute.is_chief(strategy)
+    if chief:
+        run.begin(_settings(model_config, data_config, config), resume, _settings())
     # Each epoch's batches in an order fixed by the seeds and the epoch, so that a resumed
     # run reads what an uninterrupted one would (see `data.epochs`).
     train_batches = data.epochs(data_config, "train")
-    model = compile_model(build_classifier(model_config), config, steps_per_epoch(train_batches))
+    steps = steps_per_epoch(train_batches)
+    with distribute.scope(strategy):
+        model = compile_model(build_classifier(model_config), config, steps)
+        if strategy is not None:  # now, on every worker alike: making variables is collective
+            model.optimizer.build(model.trainable_variables)
     if config.verbose:  # the layers and parameter counts, as Keras users expect to see first
         model.summary()
     checkpoint = tf.train.Checkpoint(
@@ -103,24 +121,36 @@ def train(
                 "resumed without --deterministic: bit-exact only where TensorFlow's kernels "
                 "happen to be deterministic (usually on CPUs, not on GPUs)"
             )
-    recorder = RunRecorder(
-        run,
-        checkpoint,
-        run.read_history()[:initial_epoch],
-        num_samples,
-        config.patience,
-        histograms=histograms,
-    )
-    if initial_epoch < config.epochs and not recorder.should_stop():
-        fit(
-            model,
-            train_batches,
-            splits["validation"],
-            config,
-            [recorder, *callbacks],
-            initial_epoch,
+    distribute.check_workers_agree(strategy, initial_epoch, run.path)
+    # Every worker runs the same recorder, so that all stop early at the same epoch and
+    # all save, as TensorFlow's multi-worker guide advises (a save may need every worker).
+    records = run if chief else RunDirectory(distribute.worker_folder())
+    try:
+        recorder = RunRecorder(
+            records,
+            checkpoint,
+            run.read_history()[:initial_epoch],
+            num_samples,
+            config.patience,
+            histograms=histograms,
         )
+        if initial_epoch < config.epochs and not recorder.should_stop():
+            fit(
+                model,
+                train_batches,
+                splits["validation"],
+                config,
+                [recorder, *callbacks],
+                initial_epoch,
+            )
+    finally:
+        if not chief:
+            shutil.rmtree(records.path, ignore_errors=True)
+    if not chief:  # the chief restores the best epoch, saves and scores the model
+        return TrainResult(distribute.local_copy(model), recorder.history, {}, run.path)
     recorder.restore_best()
+    if strategy is not None:  # saved and scored on one device (see `distribute.local_copy`)
+        model = compile_model(distribute.local_copy(model), config, steps)
     return _finish(run, model, splits["test"], recorder, CLASS_NAMES[data_config.dataset])
 
 
@@ -129,14 +159,21 @@ def _settings(
     data_config: DataConfig | None = None,
     config: TrainConfig | None = None,
 ) -> dict:
-    """A run's settings as `config.json` holds them (by default, the defaults')."""
+    """A run's settings as `config.json` holds them (by default, the defaults'). Not
+    `_HOW_TRAINED`: they say how a run is trained, not what, so a run resumes with others."""
     return {
         "model": dataclasses.asdict(model_config or ModelConfig()),
         "data": dataclasses.asdict(data_config or DataConfig()),
         "train": {
-            k: v for k, v in dataclasses.asdict(config or TrainConfig()).items() if k != "verbose"
+            k: v
+            for k, v in dataclasses.asdict(config or TrainConfig()).items()
+            if k not in _HOW_TRAINED
         },
     }
+
+
+# The training settings that config.json leaves out (see `_settings`).
+_HOW_TRAINED = ("verbose", "strategy", "devices")
 
 
 def _check_splits(data_config: DataConfig, splits: dict[str, tf.data.Dataset]) -> int:
