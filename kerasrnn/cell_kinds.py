@@ -78,7 +78,7 @@ CELL_KINDS: dict[str, CellKind] = {
         CellKind(
             "lstm",
             "Keras LSTM",
-            "keras.layers:LSTM",
+            "kerasrnn.cells:LSTM",  # Keras's, with a leaner unrolled step
             "keras.layers:LSTMCell",
             "lstm",
             _KERAS_WEIGHTS,
@@ -86,7 +86,7 @@ CELL_KINDS: dict[str, CellKind] = {
         CellKind(
             "gru",
             "Keras GRU (reset_after)",
-            "keras.layers:GRU",
+            "kerasrnn.cells:GRU",  # Keras's, with a leaner unrolled step
             "keras.layers:GRUCell",
             "gru",
             _KERAS_WEIGHTS,

@@ -5,20 +5,39 @@ from __future__ import annotations
 import dataclasses
 
 import keras
+import tensorflow as tf
 
 from kerasrnn.cell_kinds import CELL_KINDS
 from kerasrnn.cells import LearnableInitialState
 from kerasrnn.config import ModelConfig
 
+# The longest sequence a recurrent layer unrolls. Unrolled, the 28 steps of the rows view
+# are one graph of small ops instead of a while loop, and a training step runs about 1.3x
+# (LSTM, GRU) to 1.7x (simple, elman) as fast on a CPU (benchmarks/training_speed.py); the
+# 784 steps of the pixel views would make a graph too large to trace and compile.
+UNROLL_MAX_STEPS = 64
+
+
+def unrolls(config: ModelConfig) -> bool:
+    """Whether the recurrent layers of `config` unroll over time: for sequences of at
+    most `UNROLL_MAX_STEPS` steps, except LSTM and GRU when a GPU is visible (Keras runs
+    those as one cuDNN op there, which it does only for layers that do not unroll)."""
+    if config.input_shape[0] > UNROLL_MAX_STEPS:
+        return False
+    cudnn = issubclass(CELL_KINDS[config.cell].layer_class(), (keras.layers.LSTM, keras.layers.GRU))
+    return not (cudnn and tf.config.list_physical_devices("GPU"))
+
 
 def recurrent_layer(config: ModelConfig, return_sequences: bool, name: str) -> keras.layers.RNN:
-    """One recurrent layer of the kind `config.cell` names (see `cell_kinds.CELL_KINDS`).
+    """One recurrent layer of the kind `config.cell` names (see `cell_kinds.CELL_KINDS`),
+    unrolled over time when `unrolls(config)`.
 
     Returns:
         A Keras RNN layer mapping [batch, steps, features] to [batch, units] (or
         [batch, steps, units] with `return_sequences`).
     """
     kind = CELL_KINDS[config.cell]
+    unroll = unrolls(config)
     options = {}
     if kind.takes_activation:
         options = {
@@ -28,9 +47,14 @@ def recurrent_layer(config: ModelConfig, return_sequences: bool, name: str) -> k
     layer_class = kind.layer_class()
     if layer_class is keras.layers.RNN:
         return keras.layers.RNN(
-            kind.cell_class()(config.units, **options), return_sequences=return_sequences, name=name
+            kind.cell_class()(config.units, **options),
+            return_sequences=return_sequences,
+            unroll=unroll,
+            name=name,
         )
-    return layer_class(config.units, return_sequences=return_sequences, name=name, **options)
+    return layer_class(
+        config.units, return_sequences=return_sequences, unroll=unroll, name=name, **options
+    )
 
 
 def build_classifier(config: ModelConfig | None = None, **options) -> keras.Model:

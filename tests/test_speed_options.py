@@ -1,0 +1,129 @@
+"""The speed options of `models` and `cells`: the recurrent layers of short sequences unroll
+over time, and LSTM and GRU then run leaner steps; neither changes anything but the speed."""
+
+import dataclasses
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kerasrnn import models
+from kerasrnn.cell_kinds import CELL_KINDS, CELLS
+from kerasrnn.config import ModelConfig
+from kerasrnn.export.graph import classifier_weights, sequence_function
+from kerasrnn.models import build_classifier
+
+# The layers of LSTM and GRU before `kerasrnn.cells` gave them leaner unrolled steps.
+KERAS_LAYERS = {"lstm": "keras.layers:LSTM", "gru": "keras.layers:GRU"}
+
+
+def _x(batch=4):
+    return np.random.default_rng(1).random((batch, 28, 28)).astype("float32")
+
+
+def _looped(monkeypatch, **options) -> keras.Model:
+    """A classifier built as before unrolling: its layers run a while loop over time, and
+    LSTM and GRU are Keras's own classes."""
+    with monkeypatch.context() as patch:
+        patch.setattr(models, "UNROLL_MAX_STEPS", 0)
+        for cell, layer in KERAS_LAYERS.items():
+            patch.setitem(CELL_KINDS, cell, dataclasses.replace(CELL_KINDS[cell], layer=layer))
+        return build_classifier(**options)
+
+
+def _recurrent_layers(model: keras.Model) -> list:
+    return [layer for layer in model.layers if isinstance(layer, keras.layers.RNN)]
+
+
+def _logits_and_gradients(model: keras.Model, x) -> tuple[np.ndarray, list[np.ndarray]]:
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    with tf.GradientTape() as tape:
+        logits = model(x, training=True)
+        loss = loss_fn(np.arange(len(x)) % 10, logits)
+    grads = tape.gradient(loss, model.trainable_variables)
+    return logits.numpy(), [g.numpy() for g in grads]
+
+
+def _assert_close(actual, expected, rtol=1e-5):
+    """Equal up to float32 rounding, relative to the largest magnitude of `expected`."""
+    scale = max(float(np.abs(expected).max()), 1e-12)
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=rtol * scale)
+
+
+@pytest.mark.parametrize(
+    "cell,layers", [*((cell, 1) for cell in CELLS), ("elman", 2), ("lstm", 2), ("gru", 2)]
+)
+def test_unrolled_and_looped_layers_give_the_same_logits_and_gradients(monkeypatch, cell, layers):
+    unrolled = build_classifier(cell=cell, units=8, layers=layers)
+    looped = _looped(monkeypatch, cell=cell, units=8, layers=layers)
+    assert all(layer.unroll for layer in _recurrent_layers(unrolled))
+    assert not any(layer.unroll for layer in _recurrent_layers(looped))
+    weights = [
+        w + 0.1 * np.random.default_rng(2).standard_normal(w.shape).astype("float32")
+        for w in unrolled.get_weights()
+    ]  # a nonzero h0 and biases too
+    unrolled.set_weights(weights)
+    looped.set_weights(weights)
+    logits, grads = _logits_and_gradients(unrolled, _x())
+    looped_logits, looped_grads = _logits_and_gradients(looped, _x())
+    _assert_close(logits, looped_logits)
+    assert len(grads) == len(looped_grads)
+    for variable, grad, looped_grad in zip(unrolled.trainable_variables, grads, looped_grads):
+        assert np.abs(looped_grad).max() > 0, variable.path
+        _assert_close(grad, looped_grad)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_an_unrolled_model_round_trips_through_a_keras_file(tmp_path, cell):
+    model = build_classifier(cell=cell, units=8)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert all(layer.unroll for layer in _recurrent_layers(loaded))
+    np.testing.assert_array_equal(loaded(_x()).numpy(), model(_x()).numpy())
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_a_model_saved_before_unrolling_still_loads_and_agrees(tmp_path, monkeypatch, cell):
+    old = _looped(monkeypatch, cell=cell, units=8)
+    path = str(tmp_path / "old.keras")
+    old.save(path)
+    loaded = keras.models.load_model(path)
+    assert not any(layer.unroll for layer in _recurrent_layers(loaded))
+    assert type(_recurrent_layers(loaded)[0]) is type(_recurrent_layers(old)[0])
+    new = build_classifier(cell=cell, units=8)
+    new.set_weights(loaded.get_weights())
+    _assert_close(new(_x()).numpy(), loaded(_x()).numpy())
+
+
+@pytest.mark.parametrize("view", ["pixels", "permuted"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_the_784_step_views_are_not_unrolled(cell, view):
+    assert not models.unrolls(ModelConfig(cell=cell, view=view))
+    model = build_classifier(cell=cell, units=4, view=view)
+    assert not any(layer.unroll for layer in _recurrent_layers(model))
+
+
+def test_lstm_and_gru_keep_cudnn_where_a_gpu_is_visible(monkeypatch):
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: ["GPU:0"])
+    assert {cell: models.unrolls(ModelConfig(cell=cell)) for cell in CELLS} == {
+        "simple": True,
+        "elman": True,
+        "lstm": False,
+        "gru": False,
+    }
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_export_graph_agrees_with_an_unrolled_model(cell):
+    model = build_classifier(cell=cell, units=8)
+    model.set_weights(
+        [
+            w + 0.1 * np.random.default_rng(3).standard_normal(w.shape).astype("float32")
+            for w in model.get_weights()
+        ]
+    )
+    assert all(layer.unroll for layer in _recurrent_layers(model))
+    classify = sequence_function(classifier_weights(model), batch_size=None)
+    _assert_close(classify(tf.constant(_x())).numpy(), model(_x()).numpy())
