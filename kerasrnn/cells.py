@@ -119,9 +119,9 @@ class LSTM(keras.layers.LSTM):
         c = sigmoid(f) * c + sigmoid(i) * tanh(g)
         h = sigmoid(o) * tanh(c)
 
-    as Keras's cell does, without its per-step bookkeeping: a training step runs about
-    1.07x as fast on a CPU. A loop over time, cuDNN, dropout inside the cell or a mask
-    run Keras's code.
+    Keras's maths in plain ops, with no layer call around each step: a bare training step
+    runs about 1.07x as fast on a CPU. A loop over time, cuDNN, dropout inside the cell or
+    a mask run Keras's code.
     """
 
     def inner_loop(self, sequences, initial_state, mask, training=False):
@@ -152,8 +152,8 @@ class GRU(keras.layers.GRU):
         candidate = tanh(x_h + r * h_h)
         h = candidate + z * (h - candidate)        (= z * h + (1 - z) * candidate)
 
-    splitting each projection where Keras's cell slices it: a training step runs about
-    1.3x as fast on a CPU. A loop over time, cuDNN, dropout inside the cell, a mask or
+    splitting each projection where Keras's cell slices it: a bare training step runs
+    about 1.3x as fast on a CPU. A loop over time, cuDNN, dropout inside the cell, a mask or
     `reset_after=False` run Keras's code.
     """
 

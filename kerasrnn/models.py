@@ -12,9 +12,10 @@ from kerasrnn.cells import LearnableInitialState
 from kerasrnn.config import ModelConfig
 
 # The longest sequence a recurrent layer unrolls. Unrolled, the 28 steps of the rows view
-# are one graph of small ops instead of a while loop, and a training step runs about 1.3x
-# (LSTM, GRU) to 1.7x (simple, elman) as fast on a CPU (benchmarks/training_speed.py); the
-# 784 steps of the pixel views would make a graph too large to trace and compile.
+# are one graph of small ops instead of a while loop: `kerasrnn train` runs about 1.4x as
+# fast on a 2-core CPU (1.45x LSTM, 1.6x GRU with their leaner steps in `cells`; see
+# benchmarks/training_speed.py). The 784 steps of the pixel views would make a graph of
+# tens of thousands of ops, slow to build and trace.
 UNROLL_MAX_STEPS = 64
 
 
