@@ -165,7 +165,7 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
         "--patience",
         type=int,
         default=_default(TrainConfig, "patience"),
-        help="early stopping; 0 disables",
+        help="stop after this many epochs without a higher validation accuracy; 0: off",
     )
     train.add_argument(
         "--seed",

@@ -122,7 +122,11 @@ class RNNHyperModel(kt.HyperModel):
         history = keras.callbacks.History()
         callbacks = [history, *callbacks]
         if self.config.patience:
-            callbacks.append(keras.callbacks.EarlyStopping(patience=self.config.patience))
+            callbacks.append(
+                keras.callbacks.EarlyStopping(
+                    "val_accuracy", mode="max", patience=self.config.patience
+                )
+            )
         fit(
             model,
             data.epochs(data_config, "train"),

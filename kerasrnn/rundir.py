@@ -3,7 +3,7 @@
 RUN/config.json        how the run was made (model, data and training configs)
 RUN/metrics.csv|json   one row per finished epoch
 RUN/checkpoints/       the latest epoch (model, optimizer, epoch counter)
-RUN/best/              the weights of the epoch with the lowest validation loss (written
+RUN/best/              the weights of the best epoch, see `best_row` (written
                        into RUN/.tmp-best/, then renamed into place: a kill leaves one copy)
 RUN/logs/train/        TensorBoard, as Keras's callback writes it: epoch_loss, epoch_accuracy,
 RUN/logs/validation/   epoch_learning_rate (train) by epoch, and weight histograms on request
@@ -321,6 +321,21 @@ def _rewrite(folder: str, paths: list[str], events: list) -> None:
         os.unlink(old)
 
 
+def best_row(history: list[dict]) -> dict:
+    """The best epoch of a run: the highest validation accuracy, then the lowest
+    validation loss, then the earliest.
+
+    Accuracy first, because the loss keeps rising after the accuracy has peaked: as the
+    model grows confident, its few wrong answers cost more (measured on full MNIST,
+    GRU-128 with the cosine schedule: lowest loss at epoch 10 with 98.83%, 99.03% at
+    epoch 15).
+
+    Args:
+        history: one row per epoch, with epoch, val_accuracy and val_loss.
+    """
+    return min(history, key=lambda row: (-row["val_accuracy"], row["val_loss"], row["epoch"]))
+
+
 class RunRecorder(keras.callbacks.Callback):
     """Records each finished epoch: metrics, checkpoint, best weights, TensorBoard.
 
@@ -332,7 +347,7 @@ class RunRecorder(keras.callbacks.Callback):
         checkpoint: a `tf.train.Checkpoint` with an `epoch` variable.
         history: the rows of epochs already finished (when resuming).
         num_samples: training examples per epoch, for samples/second.
-        patience: stop after this many epochs without a lower validation loss
+        patience: stop after this many epochs without a better one (see `best_row`)
             (None: never stop early).
         histograms: write a TensorBoard histogram of every trainable variable each epoch.
     """
@@ -359,13 +374,12 @@ class RunRecorder(keras.callbacks.Callback):
         self._start = 0.0
 
     def best_epoch(self) -> int | None:
-        """The epoch (1-based) with the lowest validation loss so far."""
-        if not self.history:
-            return None
-        return min(self.history, key=lambda row: row["val_loss"])["epoch"]
+        """The epoch (1-based) with the highest validation accuracy so far (see
+        `best_row`)."""
+        return best_row(self.history)["epoch"] if self.history else None
 
     def should_stop(self) -> bool:
-        """Whether `patience` epochs have passed without a lower validation loss."""
+        """Whether `patience` epochs have passed without a better epoch (see `best_row`)."""
         if self.patience is None or not self.history:
             return False
         return self.history[-1]["epoch"] - self.best_epoch() >= self.patience

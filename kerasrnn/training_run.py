@@ -92,7 +92,7 @@ def train(
     run = RunDirectory(out_dir)
     chief = distribute.is_chief(strategy)
     if chief:
-        run.begin(_settings(model_config, data_config, config), resume, _settings())
+        run.begin(_settings(model_config, data_config, config), resume, _settings_of_old_runs())
     # Each epoch's batches in an order fixed by the seeds and the epoch, so that a resumed
     # run reads what an uninterrupted one would (see `data.epochs`).
     train_batches = data.epochs(data_config, "train")
@@ -170,6 +170,15 @@ def _settings(
             if k not in _HOW_TRAINED
         },
     }
+
+
+def _settings_of_old_runs() -> dict:
+    """What a run made by an older kerasrnn did for each setting its config.json lacks:
+    the setting's first default, which is today's unless it changed since."""
+    settings = _settings()
+    # Added with a constant rate as default; 20 epochs of "cosine" became the recipe later.
+    settings["train"]["schedule"] = "constant"
+    return settings
 
 
 # The training settings that config.json leaves out (see `_settings`).

@@ -93,7 +93,9 @@ def sample_runs(tmp_path_factory):
         runs[name] = train(
             ModelConfig(cell=cell, units=units, layers=layers),
             DataConfig(source="sample", seed=SEED),
-            TrainConfig(epochs=10, verbose=0, seed=SEED),
+            # a constant rate: 10 epochs of it train the sample's models further than the
+            # recipe's cosine schedule spread over 10 epochs (the stacked Elman: 79.6%)
+            TrainConfig(epochs=10, schedule="constant", patience=3, verbose=0, seed=SEED),
             str(tmp_path_factory.mktemp(name)),
         )
     return runs

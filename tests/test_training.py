@@ -112,19 +112,20 @@ def test_xla_compiled_loop_computes_the_same_training(tmp_path):
         )
 
 
-def test_early_stopping_keeps_the_best_epoch(tmp_path):
-    # A learning rate this high makes the validation loss rise after the first epochs.
+def test_early_stopping_keeps_the_epoch_with_the_best_validation_accuracy(tmp_path):
+    # A learning rate this high makes the validation accuracy fall after the first epochs.
     result = train(
         ModelConfig(cell="elman", units=16),
         SMALL,
         TrainConfig(epochs=30, learning_rate=0.3, patience=2, verbose=0),
         str(tmp_path),
     )
-    losses = [r["val_loss"] for r in result.history]
-    best = int(np.argmin(losses))
-    assert len(losses) == best + 3  # stopped two epochs after the best
-    ds = data.pipeline(SMALL, "validation")
-    assert evaluate(result.model, ds)["loss"] == pytest.approx(losses[best], rel=1e-5)
+    rows = result.history
+    best = max(range(len(rows)), key=lambda i: (rows[i]["val_accuracy"], -rows[i]["val_loss"]))
+    assert len(rows) == best + 3  # stopped two epochs after the best
+    scores = evaluate(result.model, data.pipeline(SMALL, "validation"))
+    assert scores["accuracy"] == pytest.approx(rows[best]["val_accuracy"], abs=1e-6)
+    assert scores["loss"] == pytest.approx(rows[best]["val_loss"], rel=1e-5)
 
 
 def test_existing_run_is_never_overwritten(tmp_path):
@@ -188,15 +189,16 @@ def test_resuming_a_finished_run_trains_nothing(tmp_path):
 
 def test_a_run_made_before_a_setting_existed_resumes_with_its_default(tmp_path):
     """A run folder from an older kerasrnn lacks the settings added since (here
-    `schedule`): it resumes when they are at their defaults, and is refused otherwise."""
-    config = TrainConfig(epochs=1, patience=None, verbose=0)
+    `schedule`, whose default was "constant" then): it resumes when they are at what that
+    version did, and is refused otherwise, today's default included."""
+    config = TrainConfig(epochs=1, patience=None, verbose=0, schedule="constant")
     train(ModelConfig(units=8), SMALL, config, str(tmp_path))
     with open(tmp_path / "config.json") as f:
         saved = json.load(f)
     del saved["train"]["schedule"]
     with open(tmp_path / "config.json", "w") as f:
         json.dump(saved, f)
-    longer = TrainConfig(epochs=2, patience=None, verbose=0)
+    longer = TrainConfig(epochs=2, patience=None, verbose=0, schedule="constant")
     with pytest.raises(RunExistsError, match="train.epochs 1 -> 2"):
         train(ModelConfig(units=8), SMALL, longer, str(tmp_path), resume=True)
     with pytest.raises(RunExistsError, match="train.schedule 'constant' -> 'cosine'"):
