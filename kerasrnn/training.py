@@ -215,30 +215,14 @@ def _sharded_by_data(ds: tf.data.Dataset) -> tf.data.Dataset:
 
 def _fit_bptt(model, batches, steps, val_ds, config: TrainConfig, callbacks, initial_epoch):
     """The explicit backpropagation-through-time loop (see `fit`)."""
-    optimizer, loss_fn = model.optimizer, model.loss
     strategy = model_strategy(model)
     with scope(strategy):  # under a strategy, the metrics' totals sum over the replicas
         loss_mean = keras.metrics.Mean(name="loss")
         accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
-    clipnorm = config.clipnorm
-
-    @tf.function(jit_compile=config.jit_compile)
-    def train_step(x, y):
-        with tf.GradientTape() as tape:
-            logits = model(x, training=True)  # unrolls through all time steps
-            loss = loss_fn(y, logits)
-        grads = tape.gradient(loss, model.trainable_variables)  # backprop through time
-        if clipnorm is not None:
-            grads, _ = tf.clip_by_global_norm(grads, clipnorm)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        loss_mean.update_state(loss, sample_weight=tf.shape(y)[0])
-        accuracy.update_state(y, logits)
-        # The running means, computed in the graph: the progress bar reads them only when
-        # it redraws (every 50 ms), so the step never waits for a display.
-        return {"loss": loss_mean.result(), "accuracy": accuracy.result()}
-
-    scored = model  # what validation reads
-    if strategy is not None:
+    if strategy is None:
+        train_step = _one_device_step(model, loss_mean, accuracy, config)
+        scored = model  # what validation reads
+    else:
         batches = strategy.experimental_distribute_dataset(batches)
         train_step = _replicated_step(model, batches, loss_mean, accuracy, config)
         scored = local_copy(model)
@@ -274,6 +258,31 @@ def _fit_bptt(model, batches, steps, val_ds, config: TrainConfig, callbacks, ini
         if model.stop_training:
             break
     callbacks.on_train_end(logs)
+
+
+def _one_device_step(model, loss_mean, accuracy, config: TrainConfig):
+    """`_fit_bptt`'s training step on one device: BPTT through the unrolled steps, the
+    gradient clipped by global norm, the optimizer's update and the running metrics."""
+    optimizer, loss_fn, clipnorm = model.optimizer, model.loss, config.clipnorm
+
+    # reduce_retracing: an epoch's smaller last batch makes one trace for any batch size,
+    # not one per size.
+    @tf.function(jit_compile=config.jit_compile, reduce_retracing=True)
+    def train_step(x, y):
+        with tf.GradientTape() as tape:
+            logits = model(x, training=True)  # unrolls through all time steps
+            loss = loss_fn(y, logits)
+        grads = tape.gradient(loss, model.trainable_variables)  # backprop through time
+        if clipnorm is not None:
+            grads, _ = tf.clip_by_global_norm(grads, clipnorm)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        loss_mean.update_state(loss, sample_weight=tf.shape(y)[0])
+        accuracy.update_state(y, logits)
+        # The running means, computed in the graph: the progress bar reads them only when
+        # it redraws (every 50 ms), so the step never waits for a display.
+        return {"loss": loss_mean.result(), "accuracy": accuracy.result()}
+
+    return train_step
 
 
 def _replicated_step(model, batches, loss_mean, accuracy, config: TrainConfig):
