@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-slow benchmark lint ci
+.PHONY: run test test-slow benchmark benchmark-quick lint ci
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,11 +23,28 @@ ci: lint test
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
+# The README's tables. Full scale: hours on 2 cores (full MNIST and Fashion-MNIST, 3 seeds);
+# JSON lands in $(BENCH_OUT). `make benchmark-quick`: the same scripts on the sample, minutes.
+BENCH_OUT ?= runs/benchmarks
+FASHION_DIR ?= /usr/share/datasets/fashion-mnist
+
 benchmark: $(STAMP)
+	mkdir -p $(BENCH_OUT)
+	$(BIN)/python benchmarks/training_speed.py --data mnist --levers --epochs 4 --runs 2 \
+		--json $(BENCH_OUT)/training_speed.json
+	$(BIN)/python benchmarks/accuracy.py --data mnist --json $(BENCH_OUT)/accuracy_mnist.json
+	$(BIN)/python benchmarks/accuracy.py --data fashion --data-dir $(FASHION_DIR) \
+		--json $(BENCH_OUT)/accuracy_fashion.json
 	$(BIN)/python benchmarks/export_sizes.py
 	$(BIN)/python benchmarks/int8_agreement.py
-	$(BIN)/python benchmarks/training_speed.py
 	$(BIN)/python benchmarks/firmware_sizes.py
+
+benchmark-quick: $(STAMP)
+	$(BIN)/python benchmarks/training_speed.py --quick
+	$(BIN)/python benchmarks/accuracy.py --quick
+	$(BIN)/python benchmarks/export_sizes.py --quick
+	$(BIN)/python benchmarks/int8_agreement.py --quick
+	$(BIN)/python benchmarks/firmware_sizes.py --quick
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,6 +1,7 @@
 """File size and TFLM arena of every model kind, graph form and quantization.
 
-    python benchmarks/export_sizes.py [--units 64]
+    python benchmarks/export_sizes.py [--units 64] [--cells elman lstm]
+    python benchmarks/export_sizes.py --quick      # Elman and LSTM only: a minute or two
 
 Each model trains one epoch on the bundled sample first (sizes do not depend on the weights,
 but int8 calibration of an untrained model meets constant tensors); int8 files are
@@ -44,7 +45,10 @@ def main() -> None:
     parser.add_argument(
         "--cells", nargs="+", default=sorted({cell for cell, _ in KINDS}), help="only these cells"
     )
+    parser.add_argument("--quick", action="store_true", help="elman and lstm only")
     args = parser.parse_args()
+    if args.quick:
+        args.cells = ["elman", "lstm"]
     images, _ = data.load_arrays(DataConfig(source="sample"), "train+validation")
     calibration = images[:1000].astype(np.float32) / 255.0
     header = (

@@ -1,6 +1,7 @@
 """Flash, RAM and output parity of int8 firmware on the Cortex-M3 and M33 boards under QEMU.
 
     python benchmarks/firmware_sizes.py [--tflm-dir ../shared/tflm] [--epochs 3] [--digits 100]
+    python benchmarks/firmware_sizes.py --quick    # 1 epoch, 10 digits
 
 Trains elman-64 and lstm-64 on the bundled sample, exports them as int8 files (the Elman
 graph with int16 activations, the LSTM as the fused UNIDIRECTIONAL_SEQUENCE_LSTM op), builds
@@ -34,7 +35,10 @@ def main() -> None:
     parser.add_argument("--units", type=int, default=64)
     parser.add_argument("--digits", type=int, default=100)
     parser.add_argument("--targets", nargs="+", default=["cortex-m3", "cortex-m33"])
+    parser.add_argument("--quick", action="store_true", help="1 epoch, the first 10 digits")
     args = parser.parse_args()
+    if args.quick:
+        args.epochs, args.digits = 1, 10
     sample = kerasrnn.DataConfig(source="sample")
     calibration = kerasrnn.load_arrays(sample, "train+validation")[0][:500].astype(np.float32) / 255
     images = kerasrnn.load_arrays(sample, "test")[0][: args.digits]

@@ -1,6 +1,7 @@
 """How closely int8 files follow Keras and each other on LiteRT and TensorFlow Lite Micro.
 
     python benchmarks/int8_agreement.py [--epochs 10] [--seeds 0 1]
+    python benchmarks/int8_agreement.py --quick    # elman and lstm, 2 epochs, one seed
 
 Trains every model kind of the export tests on the bundled sample, exports int8 files with
 int16 activations (the default) and with int8 activations throughout, and prints, on the
@@ -37,7 +38,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KINDS))
+    parser.add_argument("--quick", action="store_true", help="elman and lstm, 2 epochs, seed 0")
     args = parser.parse_args()
+    if args.quick:
+        args.kinds, args.epochs, args.seeds = ["elman", "lstm"], 2, [0]
     sample = DataConfig(source="sample")
     calibration = data.load_arrays(sample, "train+validation")[0].astype(np.float32) / 255.0
     images, labels = data.load_arrays(sample, "test")
