@@ -59,7 +59,7 @@ def main() -> None:
     print("-" * len(header))
     with tempfile.TemporaryDirectory() as tmp:
         for cell, layers in (kind for kind in KINDS if kind[0] in args.cells):
-            config = TrainConfig(epochs=1, verbose=0)
+            config = TrainConfig(epochs=1, schedule="constant", verbose=0)
             model = compile_model(
                 build_classifier(cell=cell, units=args.units, layers=layers), config
             )

@@ -62,7 +62,9 @@ def learning_rate(
     if not steps_per_epoch:
         raise ValueError(
             f"the {config.schedule!r} schedule needs steps_per_epoch (batches per epoch) to "
-            f"span the training, got {steps_per_epoch!r}"
+            f"span the training, got {steps_per_epoch!r}: pass "
+            f"steps_per_epoch=training.steps_per_epoch(train_batches), or "
+            f"schedule='constant'"
         )
     warmup_share, first, last = SCHEDULE_SHAPES[config.schedule]
     total = steps_per_epoch * config.epochs

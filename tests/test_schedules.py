@@ -1,6 +1,8 @@
 """Recipe options: learning-rate schedules and AdamW weight decay, from the config and the
 command line to the optimizer, the saved model and the search space."""
 
+import dataclasses
+
 import keras
 import keras_tuner as kt
 import numpy as np
@@ -47,7 +49,7 @@ def test_schedule_passes_its_known_points(schedule, points):
 
 
 def test_constant_schedule_is_the_learning_rate():
-    assert training.learning_rate(TrainConfig(learning_rate=PEAK)) == PEAK
+    assert training.learning_rate(TrainConfig(learning_rate=PEAK, schedule="constant")) == PEAK
 
 
 def test_schedule_without_steps_per_epoch_is_refused():
@@ -66,7 +68,7 @@ def test_optimizer_reports_the_scheduled_rate_of_its_current_step():
 
 @pytest.mark.parametrize("weight_decay", [0.0, 0.1])
 def test_weight_decay_shrinks_weights_without_gradient(weight_decay):
-    config = TrainConfig(learning_rate=0.01, weight_decay=weight_decay)
+    config = TrainConfig(learning_rate=0.01, schedule="constant", weight_decay=weight_decay)
     model = training.compile_model(build_classifier(units=8), config)
     assert type(model.optimizer) is (
         keras.optimizers.AdamW if weight_decay else keras.optimizers.Adam
@@ -111,27 +113,25 @@ def test_model_trained_with_a_schedule_and_weight_decay_saves_and_reloads(tmp_pa
     np.testing.assert_array_equal(loaded(x), model(x))
 
 
-def test_cli_flags_reach_the_train_config():
+def test_cli_flags_reach_the_train_config_and_its_defaults_are_the_recipe():
     args = cli.build_parser().parse_args(
         [
             "train",
             "--out",
             "run",
             "--schedule",
-            "cosine",
+            "onecycle",
             "--weight-decay",
             "0.05",
             "--deterministic",
         ]
     )
     _, config = cli._train_configs(args)
-    assert (config.schedule, config.weight_decay, config.deterministic) == ("cosine", 0.05, True)
+    assert (config.schedule, config.weight_decay, config.deterministic) == ("onecycle", 0.05, True)
     _, default = cli._train_configs(cli.build_parser().parse_args(["train", "--out", "run"]))
-    assert (default.schedule, default.weight_decay, default.deterministic) == (
-        "constant",
-        0.0,
-        False,
-    )
+    assert default == dataclasses.replace(TrainConfig(), verbose=default.verbose)
+    recipe = (default.epochs, default.schedule, default.patience, default.weight_decay)
+    assert recipe == (20, "cosine", None, 0.0)
 
 
 def test_search_space_narrows_schedule_and_weight_decay():

@@ -19,7 +19,7 @@ SMALL = DataConfig(source="sample", max_examples=256)
 
 
 def test_train_step_updates_every_variable():
-    config = TrainConfig(epochs=1, verbose=0)
+    config = TrainConfig(epochs=1, schedule="constant", verbose=0)
     model = training.compile_model(build_classifier(cell="elman", units=8, layers=2), config)
     before = [v.numpy().copy() for v in model.trainable_variables]
     ds = data.pipeline(DataConfig(source="sample", max_examples=64), "train")
@@ -29,7 +29,7 @@ def test_train_step_updates_every_variable():
 
 
 def test_bptt_loop_overfits_a_small_batch():
-    config = TrainConfig(epochs=60, learning_rate=1e-2, verbose=0)
+    config = TrainConfig(epochs=60, learning_rate=1e-2, schedule="constant", verbose=0)
     model = training.compile_model(build_classifier(cell="elman", units=32), config)
     ds = data.pipeline(DataConfig(source="sample", max_examples=32, batch_size=32), "train")
     training.fit(model, ds, ds, config)
