@@ -165,7 +165,8 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
         "--patience",
         type=int,
         default=_default(TrainConfig, "patience"),
-        help="stop after this many epochs without a higher validation accuracy; 0: off",
+        help="stop after this many epochs without a higher validation accuracy (default: "
+        "off, the schedule sets the length; 0: off)",
     )
     train.add_argument(
         "--seed",

@@ -127,8 +127,9 @@ def test_help_shows_every_default_and_version_is_printed():
     text = " ".join(run("train", "--help").split())  # unwrap argparse's line breaks
     for flag, default in (
         ("--units", 64),
-        ("--epochs", 10),
+        ("--epochs", 20),
         ("--learning-rate", 0.002),
+        ("--schedule", "cosine"),
         ("--cell", "elman"),
         ("--batch-size", 64),
         ("--clipnorm", 1.0),
