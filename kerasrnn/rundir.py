@@ -327,8 +327,8 @@ def best_row(history: list[dict]) -> dict:
 
     Accuracy first, because the loss keeps rising after the accuracy has peaked: as the
     model grows confident, its few wrong answers cost more (measured on full MNIST,
-    GRU-128 with the cosine schedule: lowest loss at epoch 10 with 98.83%, 99.03% at
-    epoch 15).
+    GRU-128 with dropout 0.2 and the cosine schedule: the lowest loss at epoch 10 with
+    98.83%, 99.03% at epoch 15).
 
     Args:
         history: one row per epoch, with epoch, val_accuracy and val_loss.
