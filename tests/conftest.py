@@ -14,6 +14,14 @@ FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 # The seed of every test; KERASRNN_TEST_SEED=1 pytest ... checks that no bound holds for
 # one seed only (training is not bit-exact from machine to machine either).
 SEED = int(os.environ.get("KERASRNN_TEST_SEED", "0"))
+
+
+def relative_difference(actual: np.ndarray, expected: np.ndarray) -> float:
+    """max |actual - expected| over max |expected|: a bound that scales with the values
+    compared, so that it holds however large a retrained model's outputs come out."""
+    return float(np.abs(actual - expected).max() / np.abs(expected).max())
+
+
 # The models the export, runtime and training tests share: name -> (cell, units, layers),
 # each trained 10 epochs on the bundled sample, once per session.
 KINDS = {

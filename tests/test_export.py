@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import KINDS
+from conftest import KINDS, relative_difference
 
 from kerasrnn.errors import ConfigError, ConversionError
 from kerasrnn.export import config, convert, flatbuffer, graph
@@ -19,12 +19,6 @@ QUANTIZATIONS = config.QUANTIZATIONS
 # logit magnitude, per float quantization. float32 differs from Keras by round-off only
 # (measured 1e-6 relative); float16 weights by about 1e-3.
 TOLERANCE = {"none": (1.0, 1e-5), "float16": (0.99, 0.02)}
-
-
-def relative_difference(actual: np.ndarray, expected: np.ndarray) -> float:
-    """max |actual - expected| over max |expected|: a bound that scales with the logits,
-    so that it holds however large a retrained model's logits come out."""
-    return float(np.abs(actual - expected).max() / np.abs(expected).max())
 
 
 @pytest.mark.parametrize("quantization", QUANTIZATIONS)

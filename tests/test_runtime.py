@@ -11,6 +11,7 @@ import textwrap
 import numpy as np
 import pytest
 from ai_edge_litert import schema_py_generated as schema
+from conftest import relative_difference
 
 from kerasrnn.errors import InputError, ModelFileError
 from kerasrnn.export import flatbuffer, runtime
@@ -49,11 +50,6 @@ def files(exported, trained_models, test_digits):
         "keras_logits": model.predict(images.astype(np.float32) / 255, verbose=0),
         "images": images,
     }
-
-
-def relative_difference(actual: np.ndarray, expected: np.ndarray) -> float:
-    """max |actual - expected| over max |expected| (see tests/test_export.py)."""
-    return float(np.abs(actual - expected).max() / np.abs(expected).max())
 
 
 def test_runtime_works_where_tensorflow_cannot_be_imported(files, tmp_path):
