@@ -20,19 +20,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import statistics
-import sys
 import tempfile
 import time
 
+from bench_data import CHOICES, data_config
+
 import kerasrnn
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FOLDERS = {
-    "mnist": os.path.join(os.path.dirname(REPO), "shared", "mnist"),
-    "fashion": "/usr/share/datasets/fashion-mnist",
-}
 # Test accuracy each cell kind should reach (mean over seeds, rows view, 128 units).
 GOALS = {
     "mnist": {"elman": 0.98, "simple": 0.98, "lstm": 0.99, "gru": 0.99},
@@ -51,17 +46,6 @@ class Run:
     wall_s: float
     test_accuracy: float
     seconds_to_target: float | None
-
-
-def data_config(args) -> kerasrnn.DataConfig:
-    """The data the runs read: the sample, or full MNIST/Fashion-MNIST from IDX files."""
-    if args.quick or args.data == "sample":
-        return kerasrnn.DataConfig(source="sample", view=args.view)
-    folder = args.data_dir or FOLDERS[args.data]
-    if not os.path.exists(os.path.join(folder, "t10k-images-idx3-ubyte.gz")):
-        sys.exit(f"{args.data}: no IDX files in {folder} (pass --data-dir)")
-    dataset = "fashion_mnist" if args.data == "fashion" else "mnist"
-    return kerasrnn.DataConfig(source="idx", data_dir=folder, dataset=dataset, view=args.view)
 
 
 def seconds_to(history: list[dict], target: float) -> float | None:
@@ -125,7 +109,7 @@ def table(runs: list[Run], target: float, goals: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", choices=("mnist", "fashion", "sample"), default="mnist")
+    parser.add_argument("--data", choices=CHOICES, default="mnist")
     parser.add_argument("--data-dir", help="the IDX folder (default: ../shared/mnist, Debian's)")
     parser.add_argument("--cells", default="elman,simple,lstm,gru")
     parser.add_argument("--units", type=int, default=128)
@@ -141,12 +125,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="sample, 2 epochs, 1 seed, 32 units")
     args = parser.parse_args()
     if args.quick:
-        args.seeds, args.units, args.epochs = "0", 32, 2
+        args.data, args.seeds, args.units, args.epochs = "sample", "0", 32, 2
     # the goals are for full data read by rows with 128 units
     goals = GOALS.get(args.data, {}) if args.view == "rows" and args.units == 128 else {}
     if args.target is None:
         args.target = GOALS.get(args.data, GOALS["mnist"])["elman"]
-    data = data_config(args)
+    data = data_config(args.data, args.data_dir, view=args.view)
     runs = []
     for cell in args.cells.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):

@@ -40,12 +40,9 @@ import sys
 import tempfile
 import time
 
+from bench_data import CHOICES, MNIST_DIR, data_config
+
 CELLS = ("simple", "elman", "lstm", "gru")
-DATA = ("sample", "mnist", "fashion")
-# The complete MNIST in shared/ beside the checkout (as the tests find it).
-MNIST_DIR = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "shared", "mnist"
-)
 TF_THREADS = len(os.sched_getaffinity(0))  # TensorFlow's default intra-op pool
 # A PyTorch epoch ends early after this long (rate: the examples it trained so far), so
 # that a row whose threads stall on a busy machine still ends.
@@ -85,19 +82,6 @@ def rows(cells: list[str], levers: bool) -> list[Row]:
     return out
 
 
-def data_config(data: str, data_dir: str | None, batch_size: int):
-    """The `DataConfig` of `--data` (`kerasrnn train --data idx --data-dir DIR ...`)."""
-    from kerasrnn.config import DataConfig
-
-    if data == "sample":
-        return DataConfig(source="sample", batch_size=batch_size)
-    if data == "fashion":
-        return DataConfig(
-            source="idx", dataset="fashion_mnist", data_dir=data_dir, batch_size=batch_size
-        )
-    return DataConfig(source="idx", data_dir=data_dir or MNIST_DIR, batch_size=batch_size)
-
-
 def worker(task: dict) -> dict:
     """Trains one row in this process.
 
@@ -105,7 +89,7 @@ def worker(task: dict) -> dict:
         {"rates": samples/s per epoch, "cpu_rates": samples per CPU-second per epoch}.
     """
     row = Row(**task["row"])
-    config = data_config(task["data"], task["data_dir"], task["batch_size"])
+    config = data_config(task["data"], task["data_dir"], batch_size=task["batch_size"])
     if row.torch_threads:
         return pytorch_reference(config, task["units"], task["epochs"], row.torch_threads)
     import keras
@@ -231,7 +215,7 @@ def ratio(medians: dict, a: str, b: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", choices=DATA, default="mnist")
+    parser.add_argument("--data", choices=CHOICES, default="mnist")
     parser.add_argument("--data-dir", help=f"the IDX folder (mnist: default {MNIST_DIR})")
     parser.add_argument("--epochs", type=int, default=4, help="per row; the first is not timed")
     parser.add_argument("--runs", type=int, default=1, help="times through all the rows")
@@ -254,12 +238,7 @@ def main() -> None:
         args.data, args.epochs, args.runs, args.cells = "sample", 3, 1, ["simple", "elman"]
     if args.epochs < 2:
         parser.error("--epochs must be at least 2: the first epoch is not timed")
-    if args.data != "sample":
-        from kerasrnn.config import FASHION_MNIST_DIR
-
-        folder = args.data_dir or (MNIST_DIR if args.data == "mnist" else FASHION_MNIST_DIR)
-        if not os.path.isdir(folder):
-            parser.error(f"--data {args.data}: no folder {folder}; pass --data-dir, or --quick")
+    data_config(args.data, args.data_dir)  # refuses a folder without the IDX files, here
 
     table = rows(args.cells, args.levers)
     rates = {row.name: [] for row in table}
