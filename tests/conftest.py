@@ -8,9 +8,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import pytest
 
+from kerasrnn.config import FASHION_MNIST_DIR
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_MNIST = os.path.join(os.path.dirname(REPO), "shared", "mnist")
-FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 # The seed of every test; KERASRNN_TEST_SEED=1 pytest ... checks that no bound holds for
 # one seed only (training is not bit-exact from machine to machine either).
 SEED = int(os.environ.get("KERASRNN_TEST_SEED", "0"))
@@ -82,9 +83,9 @@ def mnist_dir():
 @pytest.fixture(scope="session")
 def fashion_dir():
     """Debian's dataset-fashion-mnist files (skips where the package is not installed)."""
-    if not os.path.exists(os.path.join(FASHION_MNIST, "train-images-idx3-ubyte.gz")):
+    if not os.path.exists(os.path.join(FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz")):
         pytest.skip("Fashion-MNIST not installed: apt-get install dataset-fashion-mnist")
-    return FASHION_MNIST
+    return FASHION_MNIST_DIR
 
 
 @pytest.fixture(scope="session")
