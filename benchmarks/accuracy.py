@@ -6,11 +6,11 @@
     python benchmarks/accuracy.py --quick        # the bundled sample: a few minutes
 
 Each run is `kerasrnn train` with no other flags than the cell, the units, the data and the
-seed (the defaults are the recipe; `--epochs`, `--weight-decay` and `--dropout` change it,
-and the table's heading says so), scored on the 10,000 t10k digits (or the sample's
-1,000 test digits). The table gives, per cell: parameters, epochs run, wall time, test
-accuracy as mean ± standard deviation over the seeds, the goal for that cell and data
-(`GOALS`) and whether the mean meets it, and the training time until the validation
+seed (the defaults are the recipe; `--epochs`, `--weight-decay`, `--dropout`, `--shift` and
+`--flip` change it, and the table's heading says so), scored on the 10,000 t10k digits (or
+the sample's 1,000 test digits). The table gives, per cell: parameters, epochs run, wall
+time, test accuracy as mean ± standard deviation over the seeds, the goal for that cell and
+data (`GOALS`) and whether the mean meets it, and the training time until the validation
 accuracy first reached `--target` (validation, so that the test split decides nothing).
 `--view pixels` reads each digit pixel by pixel (784 steps), with `--epochs` to bound it.
 """
@@ -121,6 +121,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="default: TrainConfig's (the recipe)")
     parser.add_argument("--weight-decay", type=float, default=0.0, help="AdamW's (0: Adam)")
     parser.add_argument("--dropout", type=float, default=0.0, help="before the output layer")
+    parser.add_argument("--shift", type=int, default=0, help="augment: move images up to N px")
+    parser.add_argument("--flip", action="store_true", help="augment: mirror half the images")
     parser.add_argument("--json", help="also write the runs here")
     parser.add_argument("--quick", action="store_true", help="sample, 2 epochs, 1 seed, 32 units")
     args = parser.parse_args()
@@ -130,7 +132,7 @@ def main() -> None:
     goals = GOALS.get(args.data, {}) if args.view == "rows" and args.units == 128 else {}
     if args.target is None:
         args.target = GOALS.get(args.data, GOALS["mnist"])["elman"]
-    data = data_config(args.data, args.data_dir, view=args.view)
+    data = data_config(args.data, args.data_dir, view=args.view, shift=args.shift, flip=args.flip)
     runs = []
     for cell in args.cells.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
@@ -147,9 +149,10 @@ def main() -> None:
             ("--epochs", args.epochs, None),
             ("--weight-decay", args.weight_decay, 0.0),
             ("--dropout", args.dropout, 0.0),
+            ("--shift", args.shift, 0),
         )
         if value != default
-    ]
+    ] + (["--flip"] if args.flip else [])
     recipe = "the defaults" + (f" with {' '.join(changes)}" if changes else "")
     print(f"\n{args.units} units, {args.view}, {recipe}, {name}, seeds {args.seeds}")
     print(table(runs, args.target, goals))

@@ -90,6 +90,26 @@ def _data_config(args) -> DataConfig:
     )
 
 
+def _add_augment_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("augmentation (training batches only)")
+    group.add_argument(
+        "--shift",
+        type=int,
+        default=_default(DataConfig, "shift"),
+        help="move each training image up to N pixels each way, anew every epoch",
+    )
+    group.add_argument(
+        "--flip",
+        action="store_true",
+        help="mirror half of the training images left to right (clothing, not digits)",
+    )
+
+
+def _training_data_config(args) -> DataConfig:
+    """The data flags plus the augmentation flags of a command that trains."""
+    return dataclasses.replace(_data_config(args), shift=args.shift, flip=args.flip)
+
+
 def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("model")
     model.add_argument(
@@ -235,7 +255,7 @@ def cmd_train(args) -> None:
     train_config = dataclasses.replace(train_config, strategy=args.strategy, devices=args.devices)
     result = train(
         model_config,
-        _data_config(args),
+        _training_data_config(args),
         train_config,
         args.out,
         resume=args.resume,
@@ -274,7 +294,7 @@ def cmd_run(args) -> None:
         firmware = FirmwareConfig(tflm_dir=args.tflm_dir, target=args.firmware)
     summary = run(
         model_config,
-        _data_config(args),
+        _training_data_config(args),
         train_config,
         args.out,
         resume=args.resume,
@@ -359,7 +379,7 @@ def cmd_tune(args) -> None:
     )
     outcome = tune(
         space,
-        _data_config(args),
+        _training_data_config(args),
         tune_config,
         args.out,
         role=args.role,
@@ -393,6 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_flags(p)
     _add_strategy_flags(p)
     _add_data_flags(p)
+    _add_augment_flags(p)
     p.add_argument("--out", required=True, help="the run folder, e.g. runs/elman64")
     p.add_argument(
         "--histograms",
@@ -417,6 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_train_flags(p)
     _add_data_flags(p)
+    _add_augment_flags(p)
     p.add_argument("--out", required=True, help="the run folder")
     p.add_argument(
         "--firmware",
@@ -599,6 +621,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", action="store_true", help="no line per finished trial")
     _add_data_flags(p)
+    _add_augment_flags(p)
     p.set_defaults(func=cmd_tune)
 
     p = commands.add_parser("predict", help="classify digits with a .tflite (LiteRT only)")

@@ -86,6 +86,11 @@ class DataConfig:
         validation_fraction: share of the training data held out as `validation`.
         max_examples: keep only the first N examples of each split (quick runs).
         seed: shuffling and validation-split seed.
+        shift: augment the training batches (`data.epochs`) by moving each image up to
+            this many pixels in each direction, a fresh draw per example and epoch, the
+            vacated border black (0: no shift). Validation and test data are not touched.
+        flip: augment the training batches by mirroring half of the images left to
+            right (for Fashion-MNIST's clothing; a mirrored digit is no digit).
     """
 
     source: str = "auto"
@@ -97,6 +102,8 @@ class DataConfig:
     validation_fraction: float = 0.1
     max_examples: int | None = None
     seed: int = 0
+    shift: int = 0
+    flip: bool = False
 
     def __post_init__(self):
         check_choice("source", self.source, SOURCES)
@@ -104,6 +111,17 @@ class DataConfig:
         check_choice("view", self.view, VIEWS)
         check_positive("batch_size", self.batch_size, integer=True)
         check_positive("max_examples", self.max_examples, optional=True, integer=True)
+        if (
+            isinstance(self.shift, bool)
+            or not isinstance(self.shift, int)
+            or not 0 <= self.shift < 28
+        ):
+            raise ConfigError(
+                f"shift must be a whole number of pixels in [0, 27] (0: no shift), "
+                f"got {self.shift!r}"
+            )
+        if not isinstance(self.flip, bool):
+            raise ConfigError(f"flip must be True or False, got {self.flip!r}")
         if not 0.0 < self.validation_fraction < 1.0:
             raise ConfigError(
                 f"validation_fraction must be in (0, 1), got {self.validation_fraction}"

@@ -30,7 +30,8 @@ from kerasrnn.errors import DataUnavailableError
 log = logging.getLogger(__name__)
 
 SAMPLE_DIR = os.path.join(os.path.dirname(__file__), "sample")
-_PERMUTATION_SEED = 92916
+# The pixel order of the permuted view: fixed, so that every run reads the same sequences.
+_PERMUTATION = np.random.default_rng(92916).permutation(784)
 _SHUFFLE_BUFFER = 16384
 _TFDS_HOST = ("storage.googleapis.com", 443)
 
@@ -220,18 +221,59 @@ def _tfds_split(config: DataConfig, split: str) -> tf.data.Dataset:
 def view_function(view: str):
     """The map function (uint8 image, label) -> (float32 [steps, features], int32 label)."""
     check_choice("view", view, VIEWS)
-    permutation = tf.constant(np.random.default_rng(_PERMUTATION_SEED).permutation(784))
 
     def convert(image, label):
         x = tf.cast(tf.reshape(image, [28, 28]), tf.float32) / 255.0
-        if view != "rows":
-            x = tf.reshape(x, [784])
-            if view == "permuted":
-                x = tf.gather(x, permutation)
-            x = x[:, None]
-        return x, tf.cast(label, tf.int32)
+        return _to_view(x, view), tf.cast(label, tf.int32)
 
     return convert
+
+
+def _to_view(images: tf.Tensor, view: str) -> tf.Tensor:
+    """float32 images [..., 28, 28] as the sequences of `view`: [..., steps, features]."""
+    if view == "rows":
+        return images
+    pixels = tf.reshape(images, tf.concat([tf.shape(images)[:-2], [784]], axis=0))
+    if view == "permuted":
+        pixels = tf.gather(pixels, _PERMUTATION, axis=-1)
+    return pixels[..., None]
+
+
+def augment_function(config: DataConfig, seed: int):
+    """The map function that augments one training batch (see `DataConfig.shift`/`flip`).
+
+    Args:
+        config: its `shift`, `flip` and `view`.
+        seed: the epoch's seed; with the batch's index it seeds stateless draws, so that an
+            epoch's augmentation depends only on the seeds (a resumed run repeats it).
+
+    Returns:
+        A function (int64 batch index, (float32 images [batch, 28, 28], labels)) ->
+        (float32 [batch, steps, features] of `config.view`, labels).
+    """
+    shift = config.shift
+
+    def augment(index, batch):
+        images, labels = batch
+        seeds = tf.stack([tf.constant(seed, tf.int64), index])
+        shift_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seeds, 2))
+        n = tf.shape(images)[0]
+        if shift:
+            moves = tf.random.stateless_uniform(
+                [n, 2], shift_seed, minval=-shift, maxval=shift + 1, dtype=tf.int32
+            )
+            padded = tf.pad(images, [[0, 0], [shift, shift], [shift, shift]])
+            # Output pixel (r, c) reads padded (r + shift - move_r, c + shift - move_c).
+            rows = shift - moves[:, :1] + tf.range(28)
+            cols = shift - moves[:, 1:] + tf.range(28)
+            images = tf.gather(padded, rows, axis=1, batch_dims=1)
+            images = tf.gather(images, cols, axis=2, batch_dims=1)
+        if config.flip:
+            mirror = tf.random.stateless_uniform([n], flip_seed) < 0.5
+            images = tf.where(mirror[:, None, None], tf.reverse(images, axis=[2]), images)
+        return _to_view(images, config.view), labels
+
+    return augment
 
 
 def pipeline(
@@ -263,7 +305,8 @@ def epochs(config: DataConfig, split: str = "train"):
     advances whenever an iterator is made, so the order of an epoch depends on how many
     iterators came before it: a resumed run, or Keras `fit` (which makes one more per
     epoch), would see other batches. Here the order depends only on the seeds (this
-    config's and TensorFlow's global seed, which training sets) and the epoch.
+    config's and TensorFlow's global seed, which training sets) and the epoch, and so
+    does the augmentation of `config.shift` and `config.flip` (see `augment_function`).
 
     Args:
         config: see `DataConfig`.
@@ -275,12 +318,18 @@ def epochs(config: DataConfig, split: str = "train"):
         the same cached examples.
     """
     check_choice("split", split, SPLITS)
-    examples = _examples(config, split)
+    augmenting = config.shift or config.flip
+    # Augmentation moves pixels of the image: it reads the rows view and makes the view after.
+    examples = _examples(dataclasses.replace(config, view="rows") if augmenting else config, split)
 
     def batches(epoch: int) -> tf.data.Dataset:
         seed = int(np.random.SeedSequence([config.seed, epoch]).generate_state(1)[0])
         shuffled = examples.shuffle(_SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=False)
-        return shuffled.batch(config.batch_size)
+        batched = shuffled.batch(config.batch_size)
+        if augmenting:
+            augment = augment_function(config, seed)
+            batched = batched.enumerate().map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+        return batched
 
     return batches
 

@@ -87,7 +87,7 @@ class RunDirectory:
         config = json.loads(json.dumps(config))  # compare as stored (tuples become lists)
         if os.path.exists(self.config_path):
             with open(self.config_path) as f:
-                saved = _with_defaults(json.load(f), json.loads(json.dumps(defaults or {})))
+                saved = with_defaults(json.load(f), json.loads(json.dumps(defaults or {})))
             if not resume:
                 raise RunExistsError(
                     f"{self.path} already holds a run: pass resume=True (--resume) to "
@@ -141,14 +141,14 @@ class RunDirectory:
         atomic_write(self.metrics_csv, buffer.getvalue())
 
 
-def _with_defaults(saved: dict, defaults: dict) -> dict:
+def with_defaults(saved: dict, defaults: dict) -> dict:
     """`saved` with the settings it lacks taken from `defaults` (nested alike)."""
     merged = dict(saved)
     for key, default in defaults.items():
         if key not in merged:
             merged[key] = default
         elif isinstance(merged[key], dict) and isinstance(default, dict):
-            merged[key] = _with_defaults(merged[key], default)
+            merged[key] = with_defaults(merged[key], default)
     return merged
 
 

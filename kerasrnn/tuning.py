@@ -31,7 +31,7 @@ from kerasrnn._io import atomic_write, remove_temporaries, write_json
 from kerasrnn.config import DataConfig, TuneConfig
 from kerasrnn.errors import ConfigError, KerasRnnError, RunExistsError, SearchSpaceError
 from kerasrnn.hypermodel import RNNHyperModel, objective
-from kerasrnn.rundir import differences
+from kerasrnn.rundir import differences, with_defaults
 from kerasrnn.search_space import NAMES, SearchSpace
 
 log = logging.getLogger(__name__)
@@ -274,7 +274,8 @@ def _begin_search(out_dir: str, definition: dict) -> None:
     definition = json.loads(json.dumps(definition))  # compare as stored
     if os.path.exists(path):
         with open(path) as f:
-            saved = json.load(f)
+            # A data setting that a search made by an older kerasrnn lacks had its default.
+            saved = with_defaults(json.load(f), {"data": dataclasses.asdict(DataConfig())})
         changed = differences(saved, definition)
         if changed:
             raise RunExistsError(

@@ -42,12 +42,16 @@ def test_train_then_evaluate(tmp_path):
         "2",
         "--max-examples",
         "512",
+        "--shift",
+        "1",
         "--quiet",
         "--out",
         out,
     )
     assert "test accuracy" in result.stdout
     assert result.stderr == ""  # TensorFlow's start-up chatter is hidden
+    with open(os.path.join(out, "config.json")) as f:
+        assert json.load(f)["data"]["shift"] == 1  # the run folder says how it trained
     with open(os.path.join(out, "summary.json")) as f:
         summary = json.load(f)
     scores = json.loads(
@@ -74,6 +78,7 @@ def test_train_then_evaluate(tmp_path):
         ),
         (["train", "--data", "idx", "--out", "x"], "source 'idx' needs data_dir"),
         (["train", "--data", "sample", "--units", "0", "--out", "x"], "units must be a positive"),
+        (["train", "--data", "sample", "--shift", "28", "--out", "x"], "shift must be a whole"),
         (
             ["train", "--data", "idx", "--data-dir", "nowhere", "--out", "x"],
             "IDX folder nowhere does not exist",

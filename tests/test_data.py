@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -48,6 +50,65 @@ def test_training_split_is_reshuffled_each_epoch_and_test_is_not():
 def test_every_example_is_seen_once_per_epoch():
     ds = data.mnist("train", source="sample", batch_size=100)
     assert sum(int(tf.shape(y)[0]) for _, y in ds) == 3600
+
+
+def _moves(original: np.ndarray, augmented: np.ndarray, shift: int) -> list[tuple]:
+    """Every (down, right, mirrored) move of `original` by at most `shift` pixels, the
+    vacated border black, that gives `augmented`."""
+    padded = {
+        mirrored: np.pad(original[:, ::-1] if mirrored else original, shift)
+        for mirrored in (False, True)
+    }
+    return [
+        (down, right, mirrored)
+        for down in range(-shift, shift + 1)
+        for right in range(-shift, shift + 1)
+        for mirrored in (False, True)
+        if np.array_equal(
+            padded[mirrored][shift - down : shift - down + 28, shift - right : shift - right + 28],
+            augmented,
+        )
+    ]
+
+
+def test_augmented_batches_are_the_same_images_moved_and_mirrored():
+    plain = DataConfig(source="sample", batch_size=64, max_examples=256)
+    augmented = dataclasses.replace(plain, shift=2, flip=True)
+    images, labels = next(iter(data.epochs(plain, "train")(0)))
+    moved, moved_labels = next(iter(data.epochs(augmented, "train")(0)))
+    np.testing.assert_array_equal(labels, moved_labels)  # the same order, labels untouched
+    moves = [_moves(a, b, 2) for a, b in zip(images.numpy(), moved.numpy())]
+    assert all(moves), "an augmented image is no move of its original"
+    assert {m[0][2] for m in moves} == {False, True}
+    assert len({m[0][:2] for m in moves}) > 10  # moves drawn per image, not per batch
+    again = next(iter(data.epochs(augmented, "train")(0)))[0]
+    next_epoch = next(iter(data.epochs(augmented, "train")(1)))[0]
+    np.testing.assert_array_equal(moved, again)  # the seeds and the epoch decide
+    assert not np.array_equal(moved, next_epoch)
+
+
+def test_augmentation_reaches_every_view_and_leaves_evaluation_data_alone():
+    rows = DataConfig(source="sample", batch_size=32, max_examples=64, shift=1)
+    moved = next(iter(data.epochs(rows, "train")(0)))[0].numpy()
+    for view in ("pixels", "permuted"):
+        other = next(iter(data.epochs(dataclasses.replace(rows, view=view), "train")(0)))[0]
+        expected = next(
+            iter(
+                data.epochs(
+                    DataConfig(source="sample", batch_size=32, max_examples=64, view=view), "train"
+                )(0)
+            )
+        )[0]
+        assert other.shape == (32, 784, 1)
+        np.testing.assert_array_equal(
+            np.sort(other.numpy(), axis=1), np.sort(moved.reshape(32, 784, 1), axis=1)
+        )
+        assert not np.array_equal(other, expected)
+    for split in ("validation", "test"):
+        np.testing.assert_array_equal(
+            next(iter(data.pipeline(rows, split)))[0],
+            next(iter(data.pipeline(dataclasses.replace(rows, shift=0), split)))[0],
+        )
 
 
 def test_idx_folder_reads_full_mnist(mnist_dir):
@@ -135,6 +196,9 @@ def test_tfds_prepared_offline_from_the_original_files(tmp_path_factory, mnist_d
         ({"batch_size": 0}, "batch_size must be a positive integer, got 0"),
         ({"validation_fraction": 1.0}, r"validation_fraction must be in \(0, 1\)"),
         ({"source": "sample", "dataset": "fashion_mnist"}, "sample holds MNIST only"),
+        ({"shift": 28}, r"shift must be a whole number of pixels in \[0, 27\]"),
+        ({"shift": 1.5}, r"shift must be a whole number of pixels in \[0, 27\]"),
+        ({"flip": "yes"}, "flip must be True or False"),
     ],
 )
 def test_bad_data_config_is_rejected(kwargs, message):

@@ -53,8 +53,10 @@ def _checkpoint(run_dir: str) -> dict[str, np.ndarray]:
 def test_resumed_deterministic_run_ends_with_the_weights_of_an_uninterrupted_one(
     tmp_path, op_determinism, loop
 ):
-    # Dropout, a schedule and weight decay: every state that must carry over a resume.
+    # Dropout, a schedule, weight decay and augmentation: every state that must carry over
+    # a resume.
     model = ModelConfig(cell="elman", units=8, dropout=0.2)
+    data = DataConfig(source="sample", max_examples=128, shift=2, flip=True)
     config = TrainConfig(
         epochs=3,
         loop=loop,
@@ -64,10 +66,10 @@ def test_resumed_deterministic_run_ends_with_the_weights_of_an_uninterrupted_one
         deterministic=True,
         verbose=0,
     )
-    whole = train(model, TINY, config, str(tmp_path / "whole"))
+    whole = train(model, data, config, str(tmp_path / "whole"))
     with pytest.raises(_Killed):
-        train(model, TINY, config, str(tmp_path / "resumed"), callbacks=[_KillAfter(2)])
-    resumed = train(model, TINY, config, str(tmp_path / "resumed"), resume=True)
+        train(model, data, config, str(tmp_path / "resumed"), callbacks=[_KillAfter(2)])
+    resumed = train(model, data, config, str(tmp_path / "resumed"), resume=True)
 
     drop = ("seconds", "samples_per_second")
     assert [{k: v for k, v in r.items() if k not in drop} for r in resumed.history] == [

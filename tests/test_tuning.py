@@ -352,6 +352,20 @@ def test_resuming_a_search_with_other_settings_is_refused(
     assert sorted(os.listdir(out / "search")) == before
 
 
+def test_a_search_from_before_augmentation_resumes_without_it_and_refuses_it(
+    finished_search, tmp_path
+):
+    out, space, config = finished_search
+    out = shutil.copytree(out, tmp_path / "search")
+    definition = json.loads((out / "search.json").read_text())
+    del definition["data"]["shift"], definition["data"]["flip"]  # as an older kerasrnn wrote
+    (out / "search.json").write_text(json.dumps(definition))
+    outcome = tuning.tune(space, SMALL, config, str(out), retrain=False)
+    assert [r["status"] for r in outcome.rows] == ["COMPLETED"]
+    with pytest.raises(RunExistsError, match=re.escape("data.shift 0 -> 2")):
+        tuning.tune(space, dataclasses.replace(SMALL, shift=2), config, str(out), retrain=False)
+
+
 def test_resuming_a_search_with_more_trials_runs_only_the_new_ones(finished_search, tmp_path):
     out, space, config = finished_search
     out = shutil.copytree(out, tmp_path / "search")
