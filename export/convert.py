@@ -25,7 +25,7 @@ from kerasrnn.evaluation import load_model
 from kerasrnn.export import flatbuffer, graph, integer_io
 from kerasrnn.export.child_process import child_main, run_child
 from kerasrnn.export.config import FORMS, INT8_ACTIVATIONS, QUANTIZATIONS
-from kerasrnn.export.runtime import INITIAL_STATE_METADATA, check_loads
+from kerasrnn.export.runtime import CLASS_NAMES_METADATA, INITIAL_STATE_METADATA, check_loads
 
 _FORM_NAMES = {"loop": "WHILE loop", "unrolled": "unrolled", "fused": "fused LSTM"}
 # Keras models are not saved from two threads at once; the conversions themselves (child
@@ -97,6 +97,7 @@ def to_tflite(
     stream: bool = False,
     form: str = "auto",
     activations: str = "int16",
+    class_names: tuple[str, ...] | None = None,
 ) -> TfliteFile:
     """Converts a classifier to a builtin-only .tflite file.
 
@@ -120,6 +121,8 @@ def to_tflite(
             state keeps 16 bits, so LiteRT and TFLM agree; a streaming file's state is
             int16) or "int8" (every tensor int8). The fused LSTM op has its own int8
             scheme (int16 cell state) and ignores this.
+        class_names: what each output means, stored in the file (`runtime.Classifier`
+            reads them as `class_names`); one per class. Not for a streaming file.
 
     Returns:
         A `TfliteFile` describing the written file.
@@ -131,6 +134,8 @@ def to_tflite(
             converter failed, crashed or emitted non-builtin ops (named).
     """
     _check_arguments(quantization, representative_data, batch_size, activations)
+    if class_names is not None and stream:
+        raise ConfigError("class_names are stored in whole-sequence classifiers, not stream=True")
     choose_form(quantization, form)  # checks the argument; the child resolves "auto"
     calibration = None if representative_data is None else _representative(representative_data)
     with tempfile.TemporaryDirectory(prefix="kerasrnn-convert-") as tmp:
@@ -141,6 +146,7 @@ def to_tflite(
             "stream": stream,
             "form": form,
             "activations": activations,
+            "class_names": None if class_names is None else list(class_names),
             "out": os.path.join(tmp, "out.tflite"),
             "representative": None,
         }
@@ -148,7 +154,12 @@ def to_tflite(
             if isinstance(model, str):
                 model = load_model(model)
             # a model this package cannot rebuild fails here, not in the child
-            graph.classifier_weights(model)
+            classes = len(graph.classifier_weights(model).b_y)
+            if class_names is not None and len(class_names) != classes:
+                raise ConfigError(
+                    f"class_names must name each of the model's {classes} classes, got "
+                    f"{len(class_names)}: {list(class_names)}"
+                )
             model.save(job["model"])
         if calibration is not None:
             job["representative"] = os.path.join(tmp, "representative.npy")
@@ -264,6 +275,8 @@ def _convert(job: dict) -> dict:
     if int16_inside:
         content = integer_io.int8_interface(content, inputs, outputs)
     metadata = {INITIAL_STATE_METADATA: weights.initial_state.tobytes()} if job["stream"] else {}
+    if job["class_names"] is not None:
+        metadata[CLASS_NAMES_METADATA] = json.dumps(job["class_names"]).encode()
     content = flatbuffer.seal(flatbuffer.slim(content, metadata, outputs))
     # LiteRT loads and runs it once here: a file it rejects or aborts on fails the
     # conversion, not a later caller.

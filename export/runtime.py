@@ -19,6 +19,7 @@ an error, never a prediction.
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
@@ -38,6 +39,9 @@ logger = logging.getLogger(__name__)
 
 # The metadata entry of a streaming file that holds its initial state (float32 [state]).
 INITIAL_STATE_METADATA = "kerasrnn.initial_state"
+# The metadata entry of a classifier's class names, one per output, as a UTF-8 JSON list;
+# written for datasets other than MNIST (a file without it classifies digits 0-9).
+CLASS_NAMES_METADATA = "kerasrnn.class_names"
 
 
 def _interpreter(content: bytes) -> Interpreter:
@@ -191,7 +195,7 @@ class Classifier:
 
     def __init__(self, path: str):
         self.path = path
-        _, self._interpreter = _load(path)
+        content, self._interpreter = _load(path)
         inputs, outputs = (
             self._interpreter.get_input_details(),
             self._interpreter.get_output_details(),
@@ -209,6 +213,8 @@ class Classifier:
         self._input, self._output = inputs[0], outputs[0]
         self.input_shape = tuple(int(d) for d in self._input["shape"][1:])
         self.classes = int(self._output["shape"][-1])
+        # what each output means, e.g. "T-shirt/top"; digits where the file names none
+        self.class_names = _class_names(content, path, self.classes)
         self.batch_size = int(self._input["shape_signature"][0])  # -1: dynamic
         self.quantized = self._input["dtype"] != np.float32
         # the size of one output quantization step (None for float outputs)
@@ -267,16 +273,42 @@ class Classifier:
         return self.predict(images).argmax(axis=-1)
 
 
-def _initial_state(content: bytes, path: str) -> np.ndarray:
-    """The initial state a streaming file stores in its metadata (float32 [state])."""
+def _metadata(content: bytes, name: str) -> np.ndarray | None:
+    """The bytes of a verified file's metadata entry `name` (uint8 [n]), or None."""
     model = schema.Model.GetRootAs(content, 0)
     for i in range(model.MetadataLength()):
         entry = model.Metadata(i)
-        if entry.Name() == INITIAL_STATE_METADATA.encode():
+        if entry.Name() == name.encode():
             data = model.Buffers(entry.Buffer()).DataAsNumpy()  # 0 when it has no data
-            if not isinstance(data, np.ndarray) or data.size % 4:
-                raise ModelFileError(f"{path}: damaged initial state metadata")
-            return data.view(np.float32).copy()
+            return data if isinstance(data, np.ndarray) else np.zeros(0, np.uint8)
+    return None
+
+
+def _class_names(content: bytes, path: str, classes: int) -> tuple[str, ...]:
+    """A classifier's class names (`CLASS_NAMES_METADATA`), or "0"... "9" without them."""
+    data = _metadata(content, CLASS_NAMES_METADATA)
+    if data is None:
+        return tuple(str(k) for k in range(classes))
+    try:
+        names = json.loads(data.tobytes().decode("utf-8"))
+    except ValueError:
+        names = None
+    if (
+        not isinstance(names, list)
+        or len(names) != classes
+        or not all(isinstance(n, str) for n in names)
+    ):
+        raise ModelFileError(f"{path}: damaged class names metadata (not {classes} names)")
+    return tuple(names)
+
+
+def _initial_state(content: bytes, path: str) -> np.ndarray:
+    """The initial state a streaming file stores in its metadata (float32 [state])."""
+    data = _metadata(content, INITIAL_STATE_METADATA)
+    if data is not None:
+        if data.size == 0 or data.size % 4:
+            raise ModelFileError(f"{path}: damaged initial state metadata")
+        return data.view(np.float32).copy()
     raise ModelFileError(f"{path}: not a kerasrnn streaming model (no initial state metadata)")
 
 

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from kerasrnn import data
 from kerasrnn._io import TEMPORARY_PREFIX
-from kerasrnn.config import DataConfig
+from kerasrnn.config import CLASS_NAMES, DataConfig
 from kerasrnn.errors import ConfigError, MicroError
 from kerasrnn.evaluation import load_model, model_view
 from kerasrnn.export.config import MICRO_QUANTIZATIONS, ExportConfig
@@ -85,6 +85,7 @@ def export_model(
         calibration,
         config.batch_size,
         activations=config.activations,
+        class_names=_class_names(model, data_config),
     )
     images, labels = data.load_arrays(data_config, "test")
     micro = config.micro and config.batch_size == 1 and config.quantization in MICRO_QUANTIZATIONS
@@ -126,6 +127,15 @@ def export_model(
         if config.stream:
             extras["stream_c_array"] = list(write_c_array(extras["stream"]))
     return written, report, extras
+
+
+def _class_names(model, data_config: DataConfig) -> tuple[str, ...] | None:
+    """The class names a file for `data_config.dataset` stores: none for MNIST, whose
+    digits are the runtime's default, nor for a model of another number of classes."""
+    names = CLASS_NAMES[data_config.dataset]
+    if data_config.dataset == "mnist" or model.output_shape[-1] != len(names):
+        return None
+    return names
 
 
 def export_saved_model(model_path: str, out_path: str) -> str:

@@ -355,8 +355,10 @@ def cmd_predict(args) -> None:
     logits = classifier.predict(load_images(args.images))
     probabilities = np.exp(logits - logits.max(-1, keepdims=True))
     probabilities /= probabilities.sum(-1, keepdims=True)
+    names = classifier.class_names
+    kind = "digit " if names == tuple(str(k) for k in range(len(names))) else ""
     for i, p in enumerate(probabilities):
-        print(f"{i}: digit {int(p.argmax())} ({p.max():.1%})")
+        print(f"{i}: {kind}{names[int(p.argmax())]} ({p.max():.1%})")
 
 
 def cmd_tune(args) -> None:

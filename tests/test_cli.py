@@ -195,6 +195,25 @@ def test_predict_reads_npy_and_png(pipeline_run, tmp_path):
     assert line.split("(")[0] == npy_line.split("(")[0]  # inverted back: same digit
 
 
+def test_predict_names_the_classes_of_a_fashion_mnist_export(pipeline_run, fashion_dir, tmp_path):
+    from kerasrnn import data
+    from kerasrnn.config import CLASS_NAMES, DataConfig
+
+    out, _ = pipeline_run
+    target = tmp_path / "fashion.tflite"
+    fashion = ["--data", "idx", "--dataset", "fashion_mnist", "--data-dir", fashion_dir]
+    kerasrnn(
+        "export", str(out / "model.keras"), "--out", str(target), *fashion, "--max-examples", "100"
+    )
+    images, _ = data.load_arrays(
+        DataConfig(source="idx", dataset="fashion_mnist", data_dir=fashion_dir), "test"
+    )
+    np.save(tmp_path / "clothes.npy", images[:20])
+    lines = kerasrnn("predict", str(target), str(tmp_path / "clothes.npy")).stdout.splitlines()
+    names = [line.split(": ", 1)[1].rsplit(" (", 1)[0] for line in lines]
+    assert len(names) == 20 and set(names) <= set(CLASS_NAMES["fashion_mnist"])
+
+
 def test_predict_does_not_need_tensorflow(pipeline_run, tmp_path):
     from kerasrnn import data
     from kerasrnn.config import DataConfig

@@ -52,6 +52,25 @@ def files(exported, trained_models, test_digits):
     }
 
 
+def test_a_file_stores_its_class_names_and_the_classifier_reads_them(
+    files, trained_models, tmp_path
+):
+    from kerasrnn.config import CLASS_NAMES
+    from kerasrnn.errors import ConfigError
+    from kerasrnn.export.convert import to_tflite
+
+    names = CLASS_NAMES["fashion_mnist"]
+    path = str(tmp_path / "named.tflite")
+    to_tflite(trained_models["elman"], path, class_names=names)
+    named, plain = Classifier(path), Classifier(files["float"])
+    assert named.class_names == names
+    assert plain.class_names == tuple("0123456789")  # a file without names: digits
+    np.testing.assert_array_equal(named.predict(files["images"]), plain.predict(files["images"]))
+    with pytest.raises(ConfigError, match=r"name each of the model's 10 classes, got 2"):
+        to_tflite(trained_models["elman"], str(tmp_path / "two.tflite"), class_names=("a", "b"))
+    assert not os.path.exists(tmp_path / "two.tflite")
+
+
 def test_runtime_works_where_tensorflow_cannot_be_imported(files, tmp_path):
     np.save(tmp_path / "images.npy", files["images"])
     result = run_without_tensorflow(
