@@ -31,10 +31,19 @@ FASHION_DIR ?= /usr/share/datasets/fashion-mnist
 benchmark: $(STAMP)
 	mkdir -p $(BENCH_OUT)
 	$(BIN)/python benchmarks/training_speed.py --data mnist --levers --epochs 4 --runs 2 \
-		--json $(BENCH_OUT)/training_speed.json
+		--cells simple elman --json $(BENCH_OUT)/training_speed_plain.json
+	$(BIN)/python benchmarks/training_speed.py --data mnist --levers --epochs 4 --runs 2 \
+		--cells lstm gru --json $(BENCH_OUT)/training_speed_gated.json
 	$(BIN)/python benchmarks/accuracy.py --data mnist --json $(BENCH_OUT)/accuracy_mnist.json
+	$(BIN)/python benchmarks/accuracy.py --data mnist --cells gru --weight-decay 0.05 \
+		--json $(BENCH_OUT)/accuracy_mnist_gru_wd.json
 	$(BIN)/python benchmarks/accuracy.py --data fashion --data-dir $(FASHION_DIR) \
-		--json $(BENCH_OUT)/accuracy_fashion.json
+		--cells elman,simple --epochs 40 --weight-decay 0.05 \
+		--json $(BENCH_OUT)/accuracy_fashion_plain.json
+	$(BIN)/python benchmarks/accuracy.py --data fashion --data-dir $(FASHION_DIR) \
+		--cells lstm,gru --weight-decay 0.05 --json $(BENCH_OUT)/accuracy_fashion_gated.json
+	$(BIN)/python benchmarks/accuracy.py --data mnist --view pixels --cells gru --seeds 0 \
+		--epochs 1 --json $(BENCH_OUT)/accuracy_pixels.json
 	$(BIN)/python benchmarks/export_sizes.py
 	$(BIN)/python benchmarks/int8_agreement.py
 	$(BIN)/python benchmarks/firmware_sizes.py
