@@ -172,11 +172,21 @@ def check_tools(config: FirmwareConfig) -> None:
         return
     missing = []
     if shutil.which("arm-none-eabi-g++") is None:
-        missing += ["gcc-arm-none-eabi", "libnewlib-arm-none-eabi"]
-    elif not os.path.isabs(
-        firmware_build.tool_output(["arm-none-eabi-gcc", "-print-file-name=nano.specs"])
-    ):
-        missing.append("libnewlib-arm-none-eabi")
+        missing += [
+            "gcc-arm-none-eabi",
+            "libnewlib-arm-none-eabi",
+            "libstdc++-arm-none-eabi-newlib",
+        ]
+    else:
+        # What the compiler cannot find is only a bare name: the C library's specs, and
+        # the C++ library whose package brings <cstdarg> and the other headers TFLM needs.
+        for name, package in (
+            ("nano.specs", "libnewlib-arm-none-eabi"),
+            ("libstdc++.a", "libstdc++-arm-none-eabi-newlib"),
+        ):
+            found = firmware_build.tool_output(["arm-none-eabi-g++", f"-print-file-name={name}"])
+            if not os.path.isabs(found):
+                missing.append(package)
     if config.run and shutil.which("qemu-system-arm") is None:
         missing.append("qemu-system-arm")
     if missing:

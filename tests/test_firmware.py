@@ -1,8 +1,8 @@
 """Firmware: int8 models compiled with TensorFlow Lite Micro for Cortex-M3 and M33, run under
 QEMU, give the Python TFLM interpreter's output bytes on every embedded digit.
 
-Needs Debian's gcc-arm-none-eabi, libnewlib-arm-none-eabi and qemu-system-arm, and the TFLM
-tree in ../shared/tflm; skips, saying which is missing, without them.
+Needs Debian's gcc-arm-none-eabi, libnewlib-arm-none-eabi, libstdc++-arm-none-eabi-newlib and
+qemu-system-arm, and the TFLM tree in ../shared/tflm; skips, saying which is missing, without them.
 """
 
 import dataclasses
@@ -127,7 +127,8 @@ def test_missing_toolchain_names_the_debian_packages(monkeypatch, tmp_path):
     monkeypatch.setattr("shutil.which", lambda name: None)
     with pytest.raises(
         FirmwareError,
-        match="apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm",
+        match="apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi "
+        "libstdc\\+\\+-arm-none-eabi-newlib qemu-system-arm",
     ):
         check_tools(FirmwareConfig(tflm_dir=str(tmp_path), target="cortex-m33"))
 
