@@ -182,6 +182,14 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     )
     train.add_argument("--xla", action="store_true", help="compile the steps with XLA")
     train.add_argument(
+        "--steps-per-execution",
+        type=int,
+        default=_default(TrainConfig, "steps_per_execution"),
+        metavar="N",
+        help="training steps per call into TensorFlow's graph (the same maths; the "
+        "progress bar moves N steps at a time)",
+    )
+    train.add_argument(
         "--patience",
         type=int,
         default=_default(TrainConfig, "patience"),
@@ -220,6 +228,7 @@ def _train_configs(args) -> tuple[ModelConfig, TrainConfig]:
         clipnorm=args.clipnorm or None,
         loop=args.loop,
         jit_compile=args.xla,
+        steps_per_execution=args.steps_per_execution,
         patience=args.patience or None,
         seed=args.seed,
         deterministic=args.deterministic,

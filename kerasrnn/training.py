@@ -85,7 +85,8 @@ def compile_model(
     accuracy to `model`.
 
     With `loop="fit"` the optimizer clips by global norm itself; the BPTT loop clips
-    explicitly in its train step, so its optimizer does not.
+    explicitly in its train step, so its optimizer does not. Keras `fit` runs several
+    steps a call as the BPTT loop does (see `fit_steps_per_execution`).
 
     Args:
         model: a classifier.
@@ -109,8 +110,38 @@ def compile_model(
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         jit_compile=config.jit_compile,
+        steps_per_execution=fit_steps_per_execution(config, steps_per_epoch),
     )
     return model
+
+
+def fit_steps_per_execution(config: TrainConfig, steps_per_epoch: int | None) -> int:
+    """The steps a call Keras `fit` can run: the largest divisor of `steps_per_epoch` up
+    to `config.steps_per_execution` (1 for the BPTT loop, which reads its own setting).
+
+    Keras `fit` (3.15) reads `steps_per_execution` batches at every call, even past an
+    epoch's end: unless they divide its steps, an epoch would take batches of the next
+    one. Logs a line when it must run fewer than asked.
+    """
+    if config.loop != "fit" or config.steps_per_execution == 1:
+        return 1
+    if not steps_per_epoch:
+        log.info("loop='fit' without steps_per_epoch: one step per call")
+        return 1
+    count = max(
+        n
+        for n in range(1, min(config.steps_per_execution, steps_per_epoch) + 1)
+        if steps_per_epoch % n == 0
+    )
+    if count != config.steps_per_execution:
+        log.info(
+            "loop='fit': %d steps per call instead of steps_per_execution=%d, the most that "
+            "divide an epoch's %d steps (Keras would read past the epoch's end)",
+            count,
+            config.steps_per_execution,
+            steps_per_epoch,
+        )
+    return count
 
 
 def steps_per_epoch(train: tf.data.Dataset | EpochBatches) -> int:
@@ -226,8 +257,9 @@ def _fit_bptt(model, batches, steps, val_ds, config: TrainConfig, callbacks, ini
         scored = model  # what validation reads
     else:
         batches = strategy.experimental_distribute_dataset(batches)
-        train_step = _replicated_step(model, batches, loss_mean, accuracy, config)
+        train_step = _replicated_step(model, loss_mean, accuracy, config)
         scored = local_copy(model)
+    train_steps = _steps_in_one_call(train_step, loss_mean, accuracy)
 
     callbacks = keras.callbacks.CallbackList(
         callbacks,
@@ -246,11 +278,12 @@ def _fit_bptt(model, batches, steps, val_ds, config: TrainConfig, callbacks, ini
         loss_mean.reset_state()
         accuracy.reset_state()
         step_logs = {"loss": loss_mean.result(), "accuracy": accuracy.result()}
-        for step in range(steps):
-            callbacks.on_train_batch_begin(step)
-            x, y = next(batches)
-            step_logs = train_step(x, y)
-            callbacks.on_train_batch_end(step, step_logs)
+        for first in range(0, steps, config.steps_per_execution):
+            count = min(config.steps_per_execution, steps - first)
+            callbacks.on_train_batch_begin(first)
+            # A tensor, so that an epoch's shorter last group runs the same trace.
+            step_logs = train_steps(batches, tf.constant(count))
+            callbacks.on_train_batch_end(first + count - 1, step_logs)
         logs = {key: float(value) for key, value in step_logs.items()}
         if val_ds is not None:
             if scored is not model:
@@ -262,14 +295,40 @@ def _fit_bptt(model, batches, steps, val_ds, config: TrainConfig, callbacks, ini
     callbacks.on_train_end(logs)
 
 
+def _steps_in_one_call(train_step, loss_mean, accuracy):
+    """Runs `train_step` on the next `count` batches of an iterator in one graph call.
+
+    The graph reads the batches from the iterator itself, as Keras `fit` does with
+    `steps_per_execution`: the steps are those of one call per batch, without the return
+    to Python between them.
+
+    Args:
+        train_step: a function of one batch (x, y), or of a distributed batch, that trains
+            on it and updates `loss_mean` and `accuracy`.
+
+    Returns:
+        A function (iterator, int32 count) -> the running {"loss", "accuracy"} after the
+        steps, computed in the graph: the progress bar reads them only when it redraws
+        (every 50 ms), so the steps never wait for a display.
+    """
+
+    @tf.function
+    def train_steps(iterator, count):
+        for _ in tf.range(count):
+            train_step(*next(iterator))
+        return {"loss": loss_mean.result(), "accuracy": accuracy.result()}
+
+    return train_steps
+
+
 def _one_device_step(model, loss_mean, accuracy, config: TrainConfig):
     """`_fit_bptt`'s training step on one device: BPTT through the unrolled steps, the
     gradient clipped by global norm, the optimizer's update and the running metrics."""
     optimizer, loss_fn, clipnorm = model.optimizer, model.loss, config.clipnorm
 
-    # reduce_retracing: an epoch's smaller last batch makes one trace for any batch size,
-    # not one per size.
-    @tf.function(jit_compile=config.jit_compile, reduce_retracing=True)
+    # Its own function, so that XLA compiles the step and not the loop that reads the
+    # batches (`_steps_in_one_call`), which XLA cannot compile.
+    @tf.function(jit_compile=config.jit_compile)
     def train_step(x, y):
         with tf.GradientTape() as tape:
             logits = model(x, training=True)  # unrolls through all time steps
@@ -280,14 +339,11 @@ def _one_device_step(model, loss_mean, accuracy, config: TrainConfig):
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         loss_mean.update_state(loss, sample_weight=tf.shape(y)[0])
         accuracy.update_state(y, logits)
-        # The running means, computed in the graph: the progress bar reads them only when
-        # it redraws (every 50 ms), so the step never waits for a display.
-        return {"loss": loss_mean.result(), "accuracy": accuracy.result()}
 
     return train_step
 
 
-def _replicated_step(model, batches, loss_mean, accuracy, config: TrainConfig):
+def _replicated_step(model, loss_mean, accuracy, config: TrainConfig):
     """`_fit_bptt`'s training step for the distributed `batches` of the model's strategy:
     each replica runs BPTT on its share of the global batch (`replica_gradients`), the
     optimizer sums the replicas' gradients and applies the sum on every replica, and the
@@ -304,13 +360,12 @@ def _replicated_step(model, batches, loss_mean, accuracy, config: TrainConfig):
         loss_mean.update_state(per_example)
         accuracy.update_state(y, logits)
 
-    # One trace for every batch size (no XLA under a strategy, see `TrainConfig`): an
-    # epoch's last batch may leave a replica no example, and a trace for that static
-    # empty shape fails in Keras's LSTM cell.
-    @tf.function(input_signature=batches.element_spec)
+    # Called in `_steps_in_one_call`'s graph on the distributed iterator's batches, whose
+    # batch dimension is unknown: one trace for every batch size (no XLA under a
+    # strategy, see `TrainConfig`). An epoch's last batch may leave a replica no example,
+    # and a trace for that static empty shape fails in Keras's LSTM cell.
     def train_step(x, y):
         strategy.run(replica_step, args=(x, y))
-        return {"loss": loss_mean.result(), "accuracy": accuracy.result()}
 
     return train_step
 

@@ -182,7 +182,7 @@ def _settings_of_old_runs() -> dict:
 
 
 # The training settings that config.json leaves out (see `_settings`).
-_HOW_TRAINED = ("verbose", "strategy", "devices")
+_HOW_TRAINED = ("verbose", "strategy", "devices", "steps_per_execution")
 
 
 def _check_splits(data_config: DataConfig, splits: dict[str, tf.data.Dataset]) -> int:

@@ -1,5 +1,6 @@
-"""The speed options of `models` and `cells`: the recurrent layers of short sequences unroll
-over time, and LSTM and GRU then run leaner steps; neither changes anything but the speed."""
+"""The speed options of `models`, `cells` and `training`: the recurrent layers of short
+sequences unroll over time, LSTM and GRU then run leaner steps, and training runs several
+steps per graph call; none changes anything but the speed."""
 
 import dataclasses
 
@@ -9,9 +10,10 @@ import pytest
 import tensorflow as tf
 from conftest import relative_difference
 
-from kerasrnn import models
+from kerasrnn import data, models, training
 from kerasrnn.cell_kinds import CELL_KINDS, CELLS
-from kerasrnn.config import ModelConfig
+from kerasrnn.config import LOOPS, DataConfig, ModelConfig, TrainConfig
+from kerasrnn.errors import ConfigError
 from kerasrnn.export.graph import classifier_weights, sequence_function
 from kerasrnn.models import build_classifier
 
@@ -126,3 +128,41 @@ def test_export_graph_agrees_with_an_unrolled_model(cell):
     assert all(layer.unroll for layer in _recurrent_layers(model))
     classify = sequence_function(classifier_weights(model), batch_size=None)
     assert relative_difference(classify(tf.constant(_x())).numpy(), model(_x()).numpy()) <= ROUNDING
+
+
+class _GroupEnds(keras.callbacks.Callback):
+    """Records the batch index each `on_train_batch_end` reports (the progress bar's)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ends = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.ends.append(batch)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_steps_per_execution_trains_the_same_weights_and_reports_every_step(loop):
+    batches = data.epochs(DataConfig(source="sample", max_examples=256), "train")  # 4 a epoch
+    weights, ends = {}, {}
+    for count in (1, 3):
+        config = TrainConfig(
+            epochs=2, loop=loop, schedule="constant", steps_per_execution=count, verbose=0
+        )
+        training.make_reproducible(config)
+        model = training.compile_model(
+            build_classifier(units=8), config, training.steps_per_epoch(batches)
+        )
+        seen = _GroupEnds()
+        training.fit(model, batches, None, config, callbacks=[seen])
+        weights[count], ends[count] = model.get_weights(), seen.ends
+    for grouped, single in zip(weights[3], weights[1]):
+        assert relative_difference(grouped, single) < 1e-5
+    assert ends[1] == [0, 1, 2, 3] * 2
+    # BPTT: groups of 3 and the rest; Keras fit: 2, the most steps that divide 4
+    assert ends[3] == ([2, 3] if loop == "bptt" else [1, 3]) * 2
+
+
+def test_bad_steps_per_execution_is_rejected():
+    with pytest.raises(ConfigError, match="steps_per_execution must be a positive integer, got 0"):
+        TrainConfig(steps_per_execution=0)
