@@ -15,8 +15,9 @@ Rows, each trained in a fresh process; 64 units, batch 64, seed 0, the defaults 
     pytorch, 1 thread      the same on one thread: on a busy machine PyTorch's threads wait
                            for each other at every op, and one thread can be many times
                            faster (an epoch stops after `MAX_TORCH_EPOCH_SECONDS`)
-With --levers, also each cell kind quiet with its recurrent layer not unrolled (the
-speed before `models.UNROLL_MAX_STEPS`) and with XLA (`--xla`).
+With --levers, also each cell kind quiet with one training step per graph call (the speed
+before `TrainConfig.steps_per_execution`), with its recurrent layer not unrolled (the speed
+before `models.UNROLL_MAX_STEPS`) and with XLA (`--xla`).
 
 A row's rate is the median samples per second over the epochs after the first (which
 traces the graphs and fills the data cache), over all runs; runs go through the rows in
@@ -60,6 +61,7 @@ class Row:
     quiet: bool = False
     xla: bool = False
     unroll: bool = True
+    steps_per_execution: int | None = None  # None: TrainConfig's default
     torch_threads: int = 0
 
 
@@ -73,6 +75,12 @@ def rows(cells: list[str], levers: bool) -> list[Row]:
         ]
         if levers:
             out += [
+                Row(
+                    f"train {cell} --quiet --steps-per-execution 1",
+                    cell,
+                    quiet=True,
+                    steps_per_execution=1,
+                ),
                 Row(f"train {cell} --quiet, no unroll", cell, quiet=True, unroll=False),
                 Row(f"train {cell} --quiet --xla", cell, quiet=True, xla=True),
             ]
@@ -115,6 +123,9 @@ def worker(task: dict) -> dict:
     if not row.unroll:
         models.UNROLL_MAX_STEPS = 0
     clock = EpochCpuTime()
+    options = {}
+    if row.steps_per_execution is not None:
+        options["steps_per_execution"] = row.steps_per_execution
     result = train(
         ModelConfig(cell=row.cell, units=task["units"]),
         config,
@@ -124,6 +135,7 @@ def worker(task: dict) -> dict:
             jit_compile=row.xla,
             patience=None,
             verbose=0 if row.quiet else 1,
+            **options,
         ),
         os.path.join(task["tmp"], "run"),
         callbacks=[clock],
@@ -222,7 +234,9 @@ def main() -> None:
     parser.add_argument("--cells", nargs="+", choices=CELLS, default=list(CELLS))
     parser.add_argument("--units", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--levers", action="store_true", help="add no-unroll and XLA rows")
+    parser.add_argument(
+        "--levers", action="store_true", help="add one-step-a-call, no-unroll and XLA rows"
+    )
     parser.add_argument(
         "--quick", action="store_true", help="the sample, simple and elman, 3 epochs, one run"
     )
