@@ -6,12 +6,13 @@
     python benchmarks/accuracy.py --quick        # the bundled sample: a few minutes
 
 Each run is `kerasrnn train` with no other flags than the cell, the units, the data and the
-seed (the defaults are the recipe; `--epochs`, `--weight-decay`, `--dropout`, `--shift` and
-`--flip` change it, and the table's heading says so), scored on the 10,000 t10k digits (or
-the sample's 1,000 test digits). The table gives, per cell: parameters, epochs run, wall
-time, test accuracy as mean ± standard deviation over the seeds, the goal for that cell and
-data (`GOALS`) and whether the mean meets it, and the training time until the validation
-accuracy first reached `--target` (validation, so that the test split decides nothing).
+seed (the defaults are the recipe; `--layers`, `--epochs`, `--weight-decay`, `--dropout`,
+`--shift` and `--flip` change it, and the table's heading says so), scored on the 10,000
+t10k digits (or the sample's 1,000 test digits). The table gives, per cell: parameters,
+epochs run, wall time, test accuracy as mean ± standard deviation over the seeds, the goal
+for that cell and data (`GOALS`) and whether the mean meets it, and the training time until
+the validation accuracy first reached `--target` (validation, so that the test split
+decides nothing).
 `--view pixels` reads each digit pixel by pixel (784 steps), with `--epochs` to bound it.
 """
 
@@ -60,7 +61,9 @@ def seconds_to(history: list[dict], target: float) -> float | None:
 
 def train_once(cell: str, seed: int, args, data: kerasrnn.DataConfig) -> Run:
     """Trains one model with the default recipe and scores it on the test split."""
-    model = kerasrnn.ModelConfig(cell=cell, units=args.units, dropout=args.dropout)
+    model = kerasrnn.ModelConfig(
+        cell=cell, units=args.units, layers=args.layers, dropout=args.dropout
+    )
     config = kerasrnn.TrainConfig(seed=seed, verbose=0, weight_decay=args.weight_decay)
     if args.epochs:
         config = dataclasses.replace(config, epochs=args.epochs)
@@ -113,6 +116,7 @@ def main() -> None:
     parser.add_argument("--data-dir", help="the IDX folder (default: ../shared/mnist, Debian's)")
     parser.add_argument("--cells", default="elman,simple,lstm,gru")
     parser.add_argument("--units", type=int, default=128)
+    parser.add_argument("--layers", type=int, default=1, help="stacked recurrent layers")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument(
         "--target", type=float, help="validation accuracy to time (default: elman's goal)"
@@ -146,6 +150,7 @@ def main() -> None:
     changes = [
         f"{flag} {value}"
         for flag, value, default in (
+            ("--layers", args.layers, 1),
             ("--epochs", args.epochs, None),
             ("--weight-decay", args.weight_decay, 0.0),
             ("--dropout", args.dropout, 0.0),
