@@ -18,14 +18,12 @@ class CellKind:
     Attributes:
         name: the name users pass (`ModelConfig.cell`, `--cell`).
         description: one line for help texts.
-        layer: the Keras layer class, "module:Class".
+        layer: the Keras layer class, "module:Class"; "keras.layers:RNN" wraps `cell`.
         cell: the Keras cell class inside the layer (`layer.cell`), "module:Class".
         recurrence: the equations export writes: "elman" (h = act(x W_x + h W_h + b)),
             "lstm" or "gru".
         weights: the cell's attributes holding (input kernel [features, gates * units],
             recurrent kernel [units, gates * units], bias).
-        wraps_cell: the layer is made around an instance of `cell`, as
-            `keras.layers.RNN(cell)` is, rather than from a number of units.
         learnable_h0: each layer starts from a trained h0 (`LearnableInitialState`).
         takes_activation: `activation` and `recurrent_initializer` apply to it.
     """
@@ -36,7 +34,6 @@ class CellKind:
     cell: str
     recurrence: str
     weights: tuple[str, str, str]
-    wraps_cell: bool = False
     learnable_h0: bool = False
     takes_activation: bool = False
 
@@ -71,11 +68,10 @@ CELL_KINDS: dict[str, CellKind] = {
         CellKind(
             "elman",
             "the custom Elman cell with a learnable h0",
-            "kerasrnn.cells:ElmanRNN",  # keras.layers.RNN, with a leaner unrolled step
+            "keras.layers:RNN",
             "kerasrnn.cells:ElmanCell",
             "elman",
             ("w_xh", "w_hh", "b"),
-            wraps_cell=True,
             learnable_h0=True,
             takes_activation=True,
         ),

@@ -1,5 +1,5 @@
 """The custom Elman cell and the learnable initial state, written from the equations; and
-the layers that run the Elman cell and Keras's LSTM and GRU with leaner unrolled steps."""
+Keras's LSTM and GRU with leaner unrolled steps."""
 
 from __future__ import annotations
 
@@ -95,62 +95,17 @@ class LearnableInitialState(keras.layers.Layer):
 
 
 def _leaner_step_applies(layer: keras.layers.RNN, mask) -> bool:
-    """Whether `layer` (an `ElmanRNN`, `LSTM` or `GRU` below) runs its own unrolled steps:
-    it unrolls, and nothing of Keras's that its steps leave out is asked for."""
+    """Whether `layer` (an `LSTM` or `GRU` below) runs its own unrolled steps: it unrolls,
+    and nothing of Keras's that its steps leave out is asked for."""
     cell = layer.cell
     return bool(
         layer.unroll
         and mask is None
         and not layer.go_backwards
-        and getattr(cell, "use_bias", True)
-        and not getattr(cell, "dropout", 0)
-        and not getattr(cell, "recurrent_dropout", 0)
+        and cell.use_bias
+        and not cell.dropout
+        and not cell.recurrent_dropout
     )
-
-
-def _projected_steps(sequences, kernel, bias) -> list:
-    """x_t @ kernel + bias for every step t, as one product of all the steps' inputs.
-
-    One [batch * steps, features] x [features, outputs] GEMM, forward and in the gradient,
-    instead of a small one per step: the recurrent products are all that is left inside
-    the steps.
-
-    Args:
-        sequences: [batch, steps, features], with a known number of steps.
-        kernel: [features, outputs].
-        bias: [outputs].
-
-    Returns:
-        The steps' projections, a list of `steps` tensors [batch, outputs].
-    """
-    steps, features = sequences.shape[1], sequences.shape[2]
-    flat = ops.matmul(ops.reshape(sequences, (-1, features)), kernel) + bias
-    return ops.unstack(ops.reshape(flat, (-1, steps, kernel.shape[-1])), axis=1)
-
-
-@keras.saving.register_keras_serializable(package="kerasrnn")
-class ElmanRNN(keras.layers.RNN):
-    """`keras.layers.RNN` around an `ElmanCell`, whose unrolled steps run fewer ops.
-
-    The same weights, configuration and maths as `keras.layers.RNN(ElmanCell(...))`. When
-    it unrolls (see `models.unrolls`), it projects every step's input at once and each
-    step computes
-
-        h = act(xw_t + h @ W_hh),    xw_t = x_t @ W_xh + b  (all t in one product)
-
-    A loop over time, a mask or `go_backwards` run Keras's code, which calls the cell.
-    """
-
-    def inner_loop(self, sequences, initial_state, mask, training=False):
-        cell = self.cell
-        if not (isinstance(cell, ElmanCell) and _leaner_step_applies(self, mask)):
-            return super().inner_loop(sequences, initial_state, mask, training)
-        h = initial_state[0] if isinstance(initial_state, (list, tuple)) else initial_state
-        outputs = []
-        for xw_t in _projected_steps(sequences, cell.w_xh, cell.b):
-            h = cell.activation(xw_t + ops.matmul(h, cell.w_hh))
-            outputs.append(h)
-        return h, _outputs(self, outputs), [h]
 
 
 @keras.saving.register_keras_serializable(package="kerasrnn")
@@ -158,10 +113,9 @@ class LSTM(keras.layers.LSTM):
     """Keras's LSTM, whose unrolled steps run fewer ops.
 
     The same weights, configuration and maths as `keras.layers.LSTM`. When it unrolls
-    (see `models.unrolls`), it projects every step's input at once and each step
-    computes, gates in Keras's order,
+    (see `models.unrolls`), each step computes, gates in Keras's order,
 
-        i, f, g, o = split(xw_t + h @ U, 4),    xw_t = x_t @ W + b  (all t in one product)
+        i, f, g, o = split(x_t @ W + h @ U + b, 4)
         c = sigmoid(f) * c + sigmoid(i) * tanh(g)
         h = sigmoid(o) * tanh(c)
 
@@ -176,8 +130,9 @@ class LSTM(keras.layers.LSTM):
         cell = self.cell
         h, c = initial_state
         outputs = []
-        for xw_t in _projected_steps(sequences, cell.kernel, cell.bias):
-            i, f, g, o = ops.split(xw_t + ops.matmul(h, cell.recurrent_kernel), 4, axis=-1)
+        for x_t in ops.unstack(sequences, axis=1):
+            z = ops.matmul(x_t, cell.kernel) + ops.matmul(h, cell.recurrent_kernel) + cell.bias
+            i, f, g, o = ops.split(z, 4, axis=-1)
             c = cell.recurrent_activation(f) * c + cell.recurrent_activation(i) * cell.activation(g)
             h = cell.recurrent_activation(o) * cell.activation(c)
             outputs.append(h)
@@ -189,10 +144,9 @@ class GRU(keras.layers.GRU):
     """Keras's GRU (reset_after), whose unrolled steps run fewer ops.
 
     The same weights, configuration and maths as `keras.layers.GRU`. When it unrolls (see
-    `models.unrolls`), it projects every step's input at once and each step computes, with
-    the input bias b and the recurrent bias c,
+    `models.unrolls`), each step computes, with the input bias b and the recurrent bias c,
 
-        x_z, x_r, x_h = split(x_t @ W + b, 3)      (x_t @ W + b: all t in one product)
+        x_z, x_r, x_h = split(x_t @ W + b, 3)
         h_z, h_r, h_h = split(h @ U + c, 3)
         z, r = sigmoid(x_z + h_z), sigmoid(x_r + h_r)
         candidate = tanh(x_h + r * h_h)
@@ -210,8 +164,8 @@ class GRU(keras.layers.GRU):
         h = initial_state[0] if isinstance(initial_state, (list, tuple)) else initial_state
         input_bias, recurrent_bias = cell.bias[0], cell.bias[1]
         outputs = []
-        for xw_t in _projected_steps(sequences, cell.kernel, input_bias):
-            x_z, x_r, x_h = ops.split(xw_t, 3, axis=-1)
+        for x_t in ops.unstack(sequences, axis=1):
+            x_z, x_r, x_h = ops.split(ops.matmul(x_t, cell.kernel) + input_bias, 3, axis=-1)
             h_z, h_r, h_h = ops.split(
                 ops.matmul(h, cell.recurrent_kernel) + recurrent_bias, 3, axis=-1
             )

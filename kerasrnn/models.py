@@ -46,8 +46,8 @@ def recurrent_layer(config: ModelConfig, return_sequences: bool, name: str) -> k
             "recurrent_initializer": config.recurrent_initializer,
         }
     layer_class = kind.layer_class()
-    if kind.wraps_cell:
-        return layer_class(
+    if layer_class is keras.layers.RNN:
+        return keras.layers.RNN(
             kind.cell_class()(config.units, **options),
             return_sequences=return_sequences,
             unroll=unroll,

@@ -17,8 +17,8 @@ from kerasrnn.errors import ConfigError
 from kerasrnn.export.graph import classifier_weights, sequence_function
 from kerasrnn.models import build_classifier
 
-# The layers of Elman, LSTM and GRU before `kerasrnn.cells` gave them leaner unrolled steps.
-KERAS_LAYERS = {"elman": "keras.layers:RNN", "lstm": "keras.layers:LSTM", "gru": "keras.layers:GRU"}
+# The layers of LSTM and GRU before `kerasrnn.cells` gave them leaner unrolled steps.
+KERAS_LAYERS = {"lstm": "keras.layers:LSTM", "gru": "keras.layers:GRU"}
 
 
 def _x(batch=4):
@@ -27,7 +27,7 @@ def _x(batch=4):
 
 def _looped(monkeypatch, **options) -> keras.Model:
     """A classifier built as before unrolling: its layers run a while loop over time, and
-    Elman, LSTM and GRU run in Keras's own layer classes."""
+    LSTM and GRU are Keras's own classes."""
     with monkeypatch.context() as patch:
         patch.setattr(models, "UNROLL_MAX_STEPS", 0)
         for cell, layer in KERAS_LAYERS.items():
