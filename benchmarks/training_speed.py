@@ -283,15 +283,18 @@ def main() -> None:
         f"2-{args.epochs} of {args.runs} run(s); TensorFlow's intra-op pool: {TF_THREADS} "
         f"threads; vs PyTorch: to '{reference.name if reference else 'none'}'"
     )
-    print(f"{'row':<34} {'samples/s':>10} {'vs PyTorch':>10} {'samples/CPU-s':>14} {'epochs':>7}")
+    width = max(len(row.name) for row in table)
+    print(
+        f"{'row':<{width}} {'samples/s':>10} {'vs PyTorch':>10} {'samples/CPU-s':>14} {'epochs':>7}"
+    )
     for row in table:
         if row.name not in medians:
-            print(f"{row.name:<34} {notes.get(row.name, '')}")
+            print(f"{row.name:<{width}} {notes.get(row.name, '')}")
             continue
         rate = medians[row.name]
         versus = f"{rate / medians[reference.name]:.2f}" if reference else "n/a"
         print(
-            f"{row.name:<34} {rate:>10,.0f} {versus:>10} {cpu_medians[row.name]:>14,.0f} "
+            f"{row.name:<{width}} {rate:>10,.0f} {versus:>10} {cpu_medians[row.name]:>14,.0f} "
             f"{len(rates[row.name]):>7}"
         )
     print()
