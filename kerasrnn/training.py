@@ -344,7 +344,7 @@ def _one_device_step(model, loss_mean, accuracy, config: TrainConfig):
 
 
 def _replicated_step(model, loss_mean, accuracy, config: TrainConfig):
-    """`_fit_bptt`'s training step for the distributed `batches` of the model's strategy:
+    """`_fit_bptt`'s training step for a distributed batch of the model's strategy:
     each replica runs BPTT on its share of the global batch (`replica_gradients`), the
     optimizer sums the replicas' gradients and applies the sum on every replica, and the
     metrics' totals sum over the replicas, so that the step computes what one device
