@@ -13,7 +13,7 @@ from conftest import relative_difference
 from kerasrnn import data, models, training
 from kerasrnn.cell_kinds import CELL_KINDS, CELLS
 from kerasrnn.config import LOOPS, DataConfig, ModelConfig, TrainConfig
-from kerasrnn.errors import ConfigError
+from kerasrnn.errors import ConfigError, DataError
 from kerasrnn.export.graph import classifier_weights, sequence_function
 from kerasrnn.models import build_classifier
 
@@ -166,3 +166,42 @@ def test_steps_per_execution_trains_the_same_weights_and_reports_every_step(loop
 def test_bad_steps_per_execution_is_rejected():
     with pytest.raises(ConfigError, match="steps_per_execution must be a positive integer, got 0"):
         TrainConfig(steps_per_execution=0)
+
+
+def _partial_last_batch_epochs():
+    """Epochs of 3 batches of 64, 64 and 44 sample digits (whose size the trace knows:
+    64; the last runs in a call of its own)."""
+    batches = data.epochs(DataConfig(source="sample", max_examples=172), "train")
+    assert [len(y) for _, y in batches(0)] == [64, 64, 44]
+    return batches
+
+
+@pytest.mark.parametrize("cell", ["elman", "lstm"])
+def test_steps_traced_for_the_batch_size_train_the_weights_of_an_unknown_size(monkeypatch, cell):
+    batches = _partial_last_batch_epochs()
+    config = TrainConfig(epochs=2, schedule="constant", steps_per_execution=2, verbose=0)
+    weights = {}
+    for known in (True, False):
+        with monkeypatch.context() as patch:
+            if not known:  # as before: one trace for batches of any size
+                patch.setattr(training, "_steps_of_one_batch_size", training._steps_in_one_call)
+            training.make_reproducible(config)
+            model = training.compile_model(build_classifier(cell=cell, units=8), config, 3)
+            training.fit(model, batches, None, config)
+        weights[known] = model.get_weights()
+    for known, unknown in zip(weights[True], weights[False]):
+        assert relative_difference(known, unknown) < 1e-5
+
+
+def test_batches_of_uneven_sizes_are_refused_naming_the_sizes():
+    x = np.zeros((10, 28, 28), "float32")
+    y = np.zeros(10, "int32")
+    uneven = (
+        tf.data.Dataset.from_tensor_slices((x, y))
+        .batch(4)
+        .concatenate(tf.data.Dataset.from_tensor_slices((x[:6], y[:6])).batch(6))
+    )  # 4, 4, 2, 6
+    config = TrainConfig(epochs=1, schedule="constant", verbose=0)
+    model = training.compile_model(build_classifier(units=4), config, 4)
+    with pytest.raises(DataError, match=r"uneven sizes.*the first batch.s size \(4\)"):
+        training.fit(model, uneven, None, config)
