@@ -16,8 +16,11 @@ Rows, each trained in a fresh process; 64 units, batch 64, seed 0, the defaults 
                            for each other at every op, and one thread can be many times
                            faster (an epoch stops after `MAX_TORCH_EPOCH_SECONDS`)
 With --levers, also each cell kind quiet with one training step per graph call (the speed
-before `TrainConfig.steps_per_execution`), with its recurrent layer not unrolled (the speed
-before `models.UNROLL_MAX_STEPS`) and with XLA (`--xla`).
+before `TrainConfig.steps_per_execution`), with its steps traced for batches of unknown
+size (before `training._steps_of_one_batch_size`), with its recurrent layer not unrolled
+(before `models.UNROLL_MAX_STEPS`) and with XLA (`--xla`). With --baseline DIR, also each
+cell kind quiet with the kerasrnn of another checkout (`git worktree add DIR COMMIT`), side
+by side with this one's.
 
 A row's rate is the median samples per second over the epochs after the first (which
 traces the graphs and fills the data cache), over all runs; runs go through the rows in
@@ -62,12 +65,23 @@ class Row:
     xla: bool = False
     unroll: bool = True
     steps_per_execution: int | None = None  # None: TrainConfig's default
+    batch_size_known: bool = True
+    code: str | None = None  # another checkout's kerasrnn (None: this one)
     torch_threads: int = 0
 
 
-def rows(cells: list[str], levers: bool) -> list[Row]:
+def rows(cells: list[str], levers: bool, baseline: str | None = None) -> list[Row]:
     out = []
     for cell in cells:
+        if baseline:
+            out.append(
+                Row(
+                    f"train {cell} --quiet, code at {code_label(baseline)}",
+                    cell,
+                    quiet=True,
+                    code=baseline,
+                )
+            )
         out += [
             Row(f"train {cell}", cell),
             Row(f"train {cell} --quiet", cell, quiet=True),
@@ -80,6 +94,12 @@ def rows(cells: list[str], levers: bool) -> list[Row]:
                     cell,
                     quiet=True,
                     steps_per_execution=1,
+                ),
+                Row(
+                    f"train {cell} --quiet, batch size unknown",
+                    cell,
+                    quiet=True,
+                    batch_size_known=False,
                 ),
                 Row(f"train {cell} --quiet, no unroll", cell, quiet=True, unroll=False),
                 Row(f"train {cell} --quiet --xla", cell, quiet=True, xla=True),
@@ -122,6 +142,10 @@ def worker(task: dict) -> dict:
 
     if not row.unroll:
         models.UNROLL_MAX_STEPS = 0
+    if not row.batch_size_known:
+        from kerasrnn import training
+
+        training._steps_of_one_batch_size = training._steps_in_one_call
     clock = EpochCpuTime()
     options = {}
     if row.steps_per_execution is not None:
@@ -193,6 +217,14 @@ def pytorch_reference(config, units: int, epochs: int, threads: int) -> dict:
     return {"rates": rates, "cpu_rates": cpu_rates, "torch": torch.__version__}
 
 
+def code_label(checkout: str) -> str:
+    """The commit of a checkout (`git worktree add DIR COMMIT`), or its folder's name."""
+    done = subprocess.run(
+        ["git", "-C", checkout, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
+    return done.stdout.strip() if done.returncode == 0 else os.path.basename(checkout)
+
+
 def run_row(row: Row, args, tmp: str) -> dict | str:
     """Runs one row in a fresh process; returns its result, or why it did not run."""
     if row.torch_threads and importlib.util.find_spec("torch") is None:
@@ -212,13 +244,20 @@ def run_row(row: Row, args, tmp: str) -> dict | str:
         stdout=subprocess.DEVNULL,  # the progress bar is drawn, and thrown away
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **code_path(row.code)},
     )
     if done.returncode != 0:
         lines = done.stderr.strip().splitlines()
         return f"failed: {lines[-1] if lines else f'exit status {done.returncode}'}"
     with open(result_path) as f:
         return json.load(f)
+
+
+def code_path(checkout: str | None) -> dict:
+    """The environment that makes a row's process import kerasrnn from `checkout`."""
+    if checkout is None:
+        return {}
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [checkout, os.environ.get("PYTHONPATH")]))}
 
 
 def ratio(medians: dict, a: str, b: str) -> str:
@@ -238,6 +277,11 @@ def main() -> None:
         "--levers", action="store_true", help="add one-step-a-call, no-unroll and XLA rows"
     )
     parser.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="add rows trained by the kerasrnn of this checkout (git worktree add DIR COMMIT)",
+    )
+    parser.add_argument(
         "--quick", action="store_true", help="the sample, simple and elman, 3 epochs, one run"
     )
     parser.add_argument("--json", help="write the results here")
@@ -254,7 +298,9 @@ def main() -> None:
         parser.error("--epochs must be at least 2: the first epoch is not timed")
     data_config(args.data, args.data_dir)  # refuses a folder without the IDX files, here
 
-    table = rows(args.cells, args.levers)
+    if args.baseline and not os.path.isfile(os.path.join(args.baseline, "kerasrnn", "__init__.py")):
+        parser.error(f"--baseline {args.baseline}: no kerasrnn package in that folder")
+    table = rows(args.cells, args.levers, args.baseline)
     rates = {row.name: [] for row in table}
     cpu_rates = {row.name: [] for row in table}
     notes = {}
@@ -304,8 +350,12 @@ def main() -> None:
             f"{cell}: progress bar on/off {ratio(medians, f'train {cell}', quiet)}, "
             f"bptt/fit {ratio(medians, quiet, f'train {cell} --loop fit')}"
         )
+        if args.baseline:
+            before = f"{quiet}, code at {code_label(args.baseline)}"
+            line += f", this code/baseline {ratio(medians, quiet, before)}"
         if args.levers:
             line += (
+                f", batch size known/not {ratio(medians, quiet, f'{quiet}, batch size unknown')}"
                 f", unrolled/not {ratio(medians, quiet, f'{quiet}, no unroll')}, "
                 f"XLA/not {ratio(medians, f'{quiet} --xla', quiet)}"
             )
