@@ -27,13 +27,16 @@ test-slow: $(STAMP)
 # JSON lands in $(BENCH_OUT). `make benchmark-quick`: the same scripts on the sample, minutes.
 BENCH_OUT ?= runs/benchmarks
 FASHION_DIR ?= /usr/share/datasets/fashion-mnist
+# kerasrnn before the speed work, which the gated cells' speed rows are measured against.
+BASELINE ?= $(BENCH_OUT)/before-speed-work
 
 benchmark: $(STAMP)
 	mkdir -p $(BENCH_OUT)
 	$(BIN)/python benchmarks/training_speed.py --data mnist --levers --epochs 4 --runs 2 \
 		--cells simple elman --json $(BENCH_OUT)/training_speed_plain.json
+	test -d $(BASELINE) || git worktree add --detach $(BASELINE) d8743d6
 	$(BIN)/python benchmarks/training_speed.py --data mnist --levers --epochs 4 --runs 2 \
-		--cells lstm gru --json $(BENCH_OUT)/training_speed_gated.json
+		--cells lstm gru --baseline $(BASELINE) --json $(BENCH_OUT)/training_speed_gated.json
 	$(BIN)/python benchmarks/accuracy.py --data mnist --json $(BENCH_OUT)/accuracy_mnist.json
 	$(BIN)/python benchmarks/accuracy.py --data mnist --cells gru --weight-decay 0.05 \
 		--json $(BENCH_OUT)/accuracy_mnist_gru_wd.json
