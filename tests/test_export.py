@@ -70,9 +70,16 @@ def test_micro_matches_litert(exported, test_digits, kind, quantization):
     else:
         assert (micro.logits.argmax(1) == litert.argmax(1)).mean() >= 0.99
         scale = Classifier(path).output_scale
-        # in output quantization steps; measured 1 (int16 activations) and 3 (fused LSTM)
-        steps = np.abs(micro.logits - litert).max() / scale
-        assert steps <= (4.01 if kind == "lstm" else 2.01)
+        steps = np.abs(micro.logits - litert) / scale  # in output quantization steps
+        if kind == "lstm":
+            # TFLM's and LiteRT's fused int8 LSTM kernels round the gates differently, and
+            # a digit's difference compounds over its 28 steps. Over 1,000 digits, LSTM-32
+            # trained with seeds 0-3: max 5, 2, 2, 4 steps; 99% of logits within 1; mean
+            # 0.11-0.14. Bounds: 3% of the 255-step output range, and twice the mean.
+            assert steps.max() <= 8.01
+            assert steps.mean() <= 0.25
+        else:  # int16 activations: measured at most 1 step
+            assert steps.max() <= 2.01
 
 
 def _tensor_types(path):
