@@ -350,8 +350,8 @@ def _steps_of_one_batch_size(train_step, loss_mean, accuracy):
     def full_batches(iterator, count, size):
         for _ in tf.range(count):
             x, y = next(iterator)
-            y = tf.ensure_shape(y, [size], name=_OF_THE_FIRST_SIZE)
-            train_step(tf.ensure_shape(x, [size, *x.shape[1:]]), y)
+            x = tf.ensure_shape(x, [size, *x.shape[1:]], name=_OF_THE_FIRST_SIZE)
+            train_step(x, tf.ensure_shape(y, [size], name=_OF_THE_FIRST_SIZE))
         return _running(loss_mean, accuracy)
 
     def train_steps(iterator, count, ends_epoch):
@@ -380,7 +380,8 @@ def _steps_of_one_batch_size(train_step, loss_mean, accuracy):
     return train_steps
 
 
-# The name of the check that a batch the graph's loop reads has the first batch's size.
+# The name of the checks that a batch the graph's loop reads has the first batch's size
+# (either may fail first: TensorFlow runs them side by side).
 _OF_THE_FIRST_SIZE = "batch_of_the_first_batch_size"
 
 
