@@ -205,7 +205,7 @@ class TrainConfig:
         steps_per_execution: training steps run by one call into TensorFlow's graph, which
             reads their batches itself (Keras's `steps_per_execution`): the same batches,
             order and maths as one step a call, without the Python round trip between
-            steps (2.0x the samples/s of simple-64 and elman-64, 1.34x of LSTM-64 and
+            steps (1.6x the samples/s of simple-64 and elman-64, 1.34x of LSTM-64 and
             1.44x of GRU-64 on a 2-core CPU; `benchmarks/training_speed.py`). Callbacks,
             the progress bar among them, see the batches in groups of this many.
             `loop="fit"` runs the most that divide an epoch's steps (see

@@ -13,7 +13,7 @@ from kerasrnn.config import ModelConfig
 
 # The longest sequence a recurrent layer unrolls. Unrolled, the 28 steps of the rows view
 # are one graph of small ops instead of a while loop: on a 2-core CPU `kerasrnn train` ran
-# 1.53x (simple), 1.51x (elman), 2.0x (GRU, with its leaner steps in `cells`) and 1.23x
+# 1.43x (simple), 1.42x (elman), 2.0x (GRU, with its leaner steps in `cells`) and 1.23x
 # (LSTM) as fast (benchmarks/training_speed.py, README). The 784 steps of the pixel views
 # would make a graph of tens of thousands of ops, slow to build and trace.
 UNROLL_MAX_STEPS = 64

@@ -332,7 +332,7 @@ def _steps_of_one_batch_size(train_step, loss_mean, accuracy):
     A dataset types its batches [None, steps, features]. Traced for that, the gradient
     of every broadcast op of the unrolled steps (each bias, h0, the gates' products)
     works out at run time which axes to sum, several small ops per step; traced for
-    [64, steps, features], those fold away: `kerasrnn train` ran 1.07x (simple), 1.03x
+    [64, steps, features], those fold away: `kerasrnn train` ran 1.09x (simple), 1.07x
     (elman), 1.09x (LSTM) and 1.2x (GRU) as fast on a 2-core CPU
     (`benchmarks/training_speed.py --levers`).
 
