@@ -347,11 +347,11 @@ def _steps_of_one_batch_size(train_step, loss_mean, accuracy):
     size = None  # the batches' size, once the first is read
 
     @tf.function
-    def full_batches(iterator, count, size):
+    def full_batches(iterator, count, batch_size):
         for _ in tf.range(count):
             x, y = next(iterator)
-            x = tf.ensure_shape(x, [size, *x.shape[1:]], name=_OF_THE_FIRST_SIZE)
-            train_step(x, tf.ensure_shape(y, [size], name=_OF_THE_FIRST_SIZE))
+            x = tf.ensure_shape(x, [batch_size, *x.shape[1:]], name=_OF_THE_FIRST_SIZE)
+            train_step(x, tf.ensure_shape(y, [batch_size], name=_OF_THE_FIRST_SIZE))
         return _running(loss_mean, accuracy)
 
     def train_steps(iterator, count, ends_epoch):
@@ -371,7 +371,7 @@ def _steps_of_one_batch_size(train_step, loss_mean, accuracy):
                 raise DataError(
                     f"the training batches are of uneven sizes: every batch of an epoch but "
                     f"its last must have the first batch's size ({size}), as Dataset.batch "
-                    f"makes them; {error.message.splitlines()[0]}"
+                    f"makes them"
                 ) from None
         if ends_epoch and count:
             logs = train_step(*next(iterator))
