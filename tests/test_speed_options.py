@@ -193,7 +193,7 @@ def test_steps_traced_for_the_batch_size_train_the_weights_of_an_unknown_size(mo
         assert relative_difference(known, unknown) < 1e-5
 
 
-def test_batches_of_uneven_sizes_are_refused_naming_the_sizes():
+def test_batches_of_uneven_sizes_are_refused_naming_the_expected_size():
     x = np.zeros((10, 28, 28), "float32")
     y = np.zeros(10, "int32")
     uneven = (
