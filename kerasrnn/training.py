@@ -392,7 +392,9 @@ def _running(loss_mean, accuracy) -> dict:
 
 def _one_device_step(model, loss_mean, accuracy, config: TrainConfig):
     """`_fit_bptt`'s training step on one device: BPTT through the unrolled steps, the
-    gradient clipped by global norm, the optimizer's update and the running metrics."""
+    gradient clipped by global norm, the optimizer's update and the running metrics,
+    which it returns (computed in its graph: a step called on its own, as an epoch's last
+    batch is, needs no further op to read them)."""
     optimizer, loss_fn, clipnorm = model.optimizer, model.loss, config.clipnorm
 
     # Its own function, so that XLA compiles the step and not the loop that reads the
