@@ -48,6 +48,9 @@ benchmark: $(STAMP)
 	$(BIN)/python benchmarks/accuracy.py --data fashion --data-dir $(FASHION_DIR) \
 		--cells gru --layers 2 --weight-decay 0.05 \
 		--json $(BENCH_OUT)/accuracy_fashion_gru_2_layers.json
+	$(BIN)/python benchmarks/accuracy.py --data fashion --data-dir $(FASHION_DIR) \
+		--cells lstm --layers 2 --weight-decay 0.05 --shift 1 \
+		--json $(BENCH_OUT)/accuracy_fashion_lstm_2_layers_shift.json
 	$(BIN)/python benchmarks/accuracy.py --data mnist --view pixels --cells gru --seeds 0 \
 		--epochs 1 --json $(BENCH_OUT)/accuracy_pixels.json
 	$(BIN)/python benchmarks/export_sizes.py
