@@ -54,13 +54,19 @@ class RNNHyperModel(kt.HyperModel):
 
     Args:
         space: the search space.
-        data_config: the data; trials train on `train` and score on `validation`.
+        data_config: the data; trials train on `train` and score on `validation`. Its
+            shift, if any, becomes the space's (trials read their augmentation there).
         config: see `TuneConfig`.
+
+    Raises:
+        SearchSpaceError: `data_config` and `space` both set the shift.
     """
 
     def __init__(self, space: SearchSpace, data_config: DataConfig, config: TuneConfig):
         super().__init__(name="kerasrnn")
-        self.space, self.data_config, self.config = space, data_config, config
+        self.space = space.with_data_shift(data_config.shift)
+        self.data_config = dataclasses.replace(data_config, shift=0)
+        self.config = config
         self._calibration = None
 
     def build(self, hp) -> keras.Model:
@@ -112,7 +118,10 @@ class RNNHyperModel(kt.HyperModel):
         epochs = min(epochs or self.config.max_epochs, self.config.max_epochs)
         config = self.train_config(values, epochs)
         data_config = dataclasses.replace(
-            self.data_config, batch_size=values["batch_size"], seed=self.config.seed
+            self.data_config,
+            batch_size=values["batch_size"],
+            shift=values["shift"],
+            seed=self.config.seed,
         )
         start = time.perf_counter()
         if final:  # a fresh model: compiled again, for a schedule spanning these epochs

@@ -55,6 +55,12 @@ _SPACE = {
         lambda v: None if v in SCHEDULES else f"must be one of {SCHEDULES}",
     ),
     "weight_decay": (Choice((0.0,)), float, lambda v: None if v >= 0.0 else "must be >= 0"),
+    # The training images' augmentation (`DataConfig.shift`), in pixels.
+    "shift": (
+        Choice((0,)),
+        int,
+        lambda v: None if 0 <= v < 28 else "must be a whole number of pixels in [0, 27]",
+    ),
 }
 NAMES = tuple(_SPACE)
 # Ranges of these are sampled on a log scale (when they exclude 0).
@@ -136,6 +142,24 @@ class SearchSpace:
         if not values:
             raise SearchSpaceError(f"{name}: empty choice")
         return Choice(values)
+
+    def with_data_shift(self, shift: int) -> SearchSpace:
+        """This space with `shift` fixed at a `DataConfig`'s (`tune --shift N`): the trials
+        take their augmentation from the space.
+
+        Raises:
+            SearchSpaceError: the space sets shift too (two answers to one question).
+        """
+        if not shift:
+            return self
+        domains = dict(self.domains)
+        if "shift" in domains:
+            raise SearchSpaceError(
+                f"shift is given twice: the data's shift={shift} (--shift) and the search "
+                f"space's (--set/--range shift=...); give one"
+            )
+        domains["shift"] = shift
+        return SearchSpace(tuple(sorted(domains.items())))
 
     def define(self, hp) -> dict:
         """Registers every hyperparameter on a `keras_tuner.HyperParameters`.

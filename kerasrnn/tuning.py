@@ -384,17 +384,19 @@ def tune(
 
     Raises:
         RunExistsError: `out_dir` holds a search with other settings.
-        SearchSpaceError: the stored search's state is damaged.
+        SearchSpaceError: the stored search's state is damaged, or the data and the
+            space both set the shift.
         KerasRnnError: a trial failed (Keras Tuner records failures and goes on).
     """
     data_config = dataclasses.replace(data_config, source=data.resolve_source(data_config))
     variables = distributed_environment(role, oracle, worker_id)
+    hypermodel = RNNHyperModel(space, data_config, config)
     _begin_search(out_dir, _search_definition(space, data_config, config))
     if not _is_worker(variables):  # a worker shares the folder with a running chief
         project = os.path.join(out_dir, PROJECT)
         remove_temporaries(out_dir, project, *glob.glob(os.path.join(project, "trial_*")))
     with _environment(variables), _atomic_state_writes():
-        tuner = make_tuner(RNNHyperModel(space, data_config, config), config, out_dir)
+        tuner = make_tuner(hypermodel, config, out_dir)
         finished = search(tuner, config)
         distributed = "KERASTUNER_ORACLE_IP" in os.environ
         role = os.environ.get("KERASTUNER_TUNER_ID", "single") if distributed else "single"

@@ -107,6 +107,42 @@ def test_int8_tflite_size_measure_is_the_size_of_the_trials_int8_file(tmp_path):
     assert outcome.rows[0]["model_bytes"] == size
 
 
+def test_tune_shift_flag_is_the_shift_each_trial_trains_with(tmp_path, monkeypatch):
+    trained_with = []
+    epochs = data.epochs
+
+    def recording_epochs(config, split):
+        trained_with.append((split, config.shift))
+        return epochs(config, split)
+
+    monkeypatch.setattr(data, "epochs", recording_epochs)
+    space = SearchSpace.parse(["cell=elman", "units=16", "batch_size=64"])
+    config = TuneConfig(max_trials=1, max_epochs=1)
+    outcome = tuning.tune(space, dataclasses.replace(SMALL, shift=2), config, str(tmp_path))
+    assert [r["shift"] for r in outcome.rows] == [2]
+    assert {split for split, _ in trained_with} == {"train", "train+validation"}
+    assert {shift for _, shift in trained_with} == {2}  # the trial and the retrained model
+    best = json.loads((tmp_path / "best_hyperparameters.json").read_text())["best"]
+    assert best["shift"] == 2
+    assert json.loads((tmp_path / "search.json").read_text())["data"]["shift"] == 2
+
+
+def test_searched_shift_range_is_an_integer_hyperparameter():
+    hp = kt.HyperParameters()
+    values = SearchSpace.parse([], ["shift=0:2"]).define(hp)
+    [shift] = [p for p in hp.space if p.name == "shift"]
+    assert isinstance(shift, kt.engine.hyperparameters.Int)
+    assert (shift.min_value, shift.max_value, shift.step) == (0, 2, 1)
+    assert values["shift"] in (0, 1, 2)
+
+
+def test_shift_given_as_data_and_in_the_space_is_refused_before_anything_is_written(tmp_path):
+    space = SearchSpace.parse([], ["shift=0,1"])
+    with pytest.raises(SearchSpaceError, match=r"shift is given twice: the data's shift=1"):
+        tuning.tune(space, dataclasses.replace(SMALL, shift=1), TuneConfig(), str(tmp_path))
+    assert os.listdir(tmp_path) == []
+
+
 def _kerasrnn(*args, **kwargs):
     return subprocess.Popen(
         [sys.executable, "-m", "kerasrnn", "tune", *args],
@@ -256,6 +292,7 @@ def test_parsed_domains():
         (["learning_rate=nan"], [], "expected a finite number"),
         (["units=32"], ["units=16:64"], "units is given twice"),
         ([], ["batch_size=,"], "batch_size: empty choice"),
+        ([], ["shift=0:28"], r"shift=28: shift must be a whole number of pixels in \[0, 27\]"),
     ],
 )
 def test_bad_space_gives_a_clear_error(assignments, ranges, message):
