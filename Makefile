@@ -49,7 +49,7 @@ benchmark: $(STAMP)
 		--cells gru --layers 2 --weight-decay 0.05 \
 		--json $(BENCH_OUT)/accuracy_fashion_gru_2_layers.json
 	$(BIN)/python benchmarks/accuracy.py --data fashion --data-dir $(FASHION_DIR) \
-		--cells lstm --layers 2 --weight-decay 0.05 --shift 1 \
+		--cells lstm --layers 2 --weight-decay 0.05 --shift 1 --epochs 30 \
 		--json $(BENCH_OUT)/accuracy_fashion_lstm_2_layers_shift.json
 	$(BIN)/python benchmarks/accuracy.py --data mnist --view pixels --cells gru --seeds 0 \
 		--epochs 1 --json $(BENCH_OUT)/accuracy_pixels.json
