@@ -35,6 +35,8 @@ VIEWS = ("rows", "pixels", "permuted")
 SPLITS = ("train", "validation", "train+validation", "test")
 # Debian's `dataset-fashion-mnist` package installs the IDX files here.
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+# The most pixels augmentation may move an image (28: off its 28x28 frame).
+MAX_SHIFT = 27
 ACTIVATIONS = ("tanh", "relu")
 RECURRENT_INITIALIZERS = ("orthogonal", "identity")
 LOOPS = ("bptt", "fit")
@@ -114,10 +116,10 @@ class DataConfig:
         if (
             isinstance(self.shift, bool)
             or not isinstance(self.shift, int)
-            or not 0 <= self.shift < 28
+            or not 0 <= self.shift <= MAX_SHIFT
         ):
             raise ConfigError(
-                f"shift must be a whole number of pixels in [0, 27] (0: no shift), "
+                f"shift must be a whole number of pixels in [0, {MAX_SHIFT}] (0: no shift), "
                 f"got {self.shift!r}"
             )
         if not isinstance(self.flip, bool):

@@ -6,7 +6,7 @@ import dataclasses
 import math
 
 from kerasrnn.cell_kinds import CELLS
-from kerasrnn.config import ACTIVATIONS, SCHEDULES
+from kerasrnn.config import ACTIVATIONS, MAX_SHIFT, SCHEDULES
 from kerasrnn.errors import SearchSpaceError
 
 
@@ -59,7 +59,9 @@ _SPACE = {
     "shift": (
         Choice((0,)),
         int,
-        lambda v: None if 0 <= v < 28 else "must be a whole number of pixels in [0, 27]",
+        lambda v: (
+            None if 0 <= v <= MAX_SHIFT else f"must be a whole number of pixels in [0, {MAX_SHIFT}]"
+        ),
     ),
 }
 NAMES = tuple(_SPACE)
