@@ -1,6 +1,7 @@
 """kerasrnn.export: the edge side. Keras -> builtin-only TFLite, verification, device runtime.
 
     config.py        `ExportConfig`, quantizations, graph forms (no TensorFlow)
+    model_reader.py  any Keras model read as a chain of stages, or refused by layer name
     graph.py         the inference graphs the converter sees (loop, unrolled, fused, step)
     convert.py       `to_tflite`: builtin-only .tflite (float32, float16, dynamic, int8)
     flatbuffer.py    reading and slimming .tflite files
@@ -18,6 +19,8 @@ from kerasrnn._lazy import lazy_exports
 _EXPORTS = {
     "to_tflite": "kerasrnn.export.convert",
     "ExportConfig": "kerasrnn.export.config",
+    "ParityBounds": "kerasrnn.export.config",
+    "read_model": "kerasrnn.export.model_reader",
     "export_model": "kerasrnn.export.workflow",
     "verify": "kerasrnn.export.verification",
     "run_micro": "kerasrnn.export.micro",

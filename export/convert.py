@@ -22,10 +22,17 @@ from kerasrnn._io import atomic_write
 from kerasrnn.config import check_choice, check_positive
 from kerasrnn.errors import ConfigError, ConversionError
 from kerasrnn.evaluation import load_model
-from kerasrnn.export import flatbuffer, graph, integer_io
+from kerasrnn.export import flatbuffer, graph, integer_io, model_reader
 from kerasrnn.export.child_process import child_main, run_child
-from kerasrnn.export.config import FORMS, INT8_ACTIVATIONS, QUANTIZATIONS
-from kerasrnn.export.runtime import CLASS_NAMES_METADATA, INITIAL_STATE_METADATA, check_loads
+from kerasrnn.export.config import FORMS, INT8_ACTIVATIONS, QUANTIZATIONS, ParityBounds
+from kerasrnn.export.runtime import (
+    CLASS_NAMES_METADATA,
+    INITIAL_STATE_METADATA,
+    INPUT_RANGE_METADATA,
+    PIXEL_RANGE,
+    Invoker,
+    check_loads,
+)
 
 _FORM_NAMES = {"loop": "WHILE loop", "unrolled": "unrolled", "fused": "fused LSTM"}
 # Keras models are not saved from two threads at once; the conversions themselves (child
@@ -44,6 +51,8 @@ class TfliteFile:
         operators: the distinct operators in the file (builtins only).
         quantization: one of `QUANTIZATIONS`.
         form: the graph form, e.g. "unrolled, batch 1, int16 activations".
+        parity: what the check before writing measured, LiteRT vs Keras on the probes:
+            {"probes", "max_abs_diff", "relative_diff", "top1_agreement"}.
     """
 
     path: str
@@ -52,6 +61,7 @@ class TfliteFile:
     operators: tuple[str, ...]
     quantization: str
     form: str
+    parity: dict
 
     @property
     def size_ratio(self) -> float:
@@ -59,22 +69,41 @@ class TfliteFile:
         return self.size_bytes / self.parameter_bytes
 
 
-def choose_form(quantization: str, form: str = "auto", fusable: bool = False) -> str:
+def choose_form(
+    quantization: str, form: str = "auto", fusable: bool = False, loopable: bool = True
+) -> str:
     """The graph form of a file.
 
-    "auto" picks the smallest file that runs everywhere: TFLite's fused LSTM op for models
-    of LSTM layers (`graph.can_fuse`; lstm-32 int8: 11.4 KB vs 33.3 KB unrolled; but the
-    dynamic-range quantizer leaves the fused op's weights float, so not for "dynamic"), else the
-    WHILE loop (elman-64: 30.0 KB float vs 35.9 KB unrolled); but the int8 converter
-    segfaults on the loop (with int8 and int16 activations alike), so int8 files of the
-    other cells are unrolled.
+    "auto" picks the smallest file that runs everywhere and keeps parity: for int8, TFLite's
+    fused LSTM op for models of LSTM layers (`graph.can_fuse`; lstm-32 int8: 11.4 KB vs
+    33.3 KB unrolled); else the WHILE loop (elman-64: 30.0 KB float vs 35.9 KB unrolled)
+    where the model has one (`graph.can_loop`). Float files are not fused: LiteRT's float
+    fused LSTM kernel drifts from Keras (trained LSTM-16 -> Dense(16, relu), 28 steps:
+    2.5e-5 of the largest logit; LSTM-16 over 56 steps: 3.4e-5, vs 5.0e-7 for the loop),
+    and the dynamic-range quantizer leaves the fused op's weights float. `form="fused"`
+    still writes it (its TFLM arena is smaller: LSTM-64 14.2 KB vs 94.0 KB). The int8
+    converter segfaults on the loop (with int8 and int16 activations alike), so int8 files
+    of the other cells are unrolled.
+
+    Raises:
+        ConfigError: `form` names a form the model has not.
     """
     check_choice("form", form, ("auto", *FORMS))
+    if form == "fused" and not fusable:
+        raise ConfigError(
+            "the fused form needs LSTM layers only (one after another, between per-step "
+            "layers), zero initial states, no mask and a static batch size"
+        )
+    if form == "loop" and not loopable:
+        raise ConfigError(
+            "the loop form needs forward recurrent layers one after another, between "
+            "per-step layers, and no mask"
+        )
     if form != "auto":
         return form
-    if fusable and quantization != "dynamic":
+    if fusable and quantization == "int8":
         return "fused"
-    return "unrolled" if quantization == "int8" else "loop"
+    return "unrolled" if quantization == "int8" or not loopable else "loop"
 
 
 def _check_arguments(quantization, representative_data, batch_size, activations) -> None:
@@ -98,18 +127,29 @@ def to_tflite(
     form: str = "auto",
     activations: str = "int16",
     class_names: tuple[str, ...] | None = None,
+    min_agreement: float | None = None,
+    input_range: tuple[float, float] | None = PIXEL_RANGE,
+    per_channel: bool = False,
 ) -> TfliteFile:
-    """Converts a classifier to a builtin-only .tflite file.
+    """Converts a recurrent Keras model to a builtin-only .tflite file, checked against it.
+
+    The model is read layer by layer (`model_reader.read_model`: the README's table lists
+    what is rebuilt); a layer that is not rebuilt exactly is refused by name. Before the
+    file is written, LiteRT runs it beside the Keras model on probe inputs (the
+    representative data, else random sequences): a file outside `ParityBounds` is never
+    written.
 
     Safe to call from several threads: the conversions run in parallel child processes.
 
     Args:
-        model: a `keras.Model` from `build_classifier`, or the path of its .keras file.
+        model: a `keras.Model` (Sequential or functional, one chain of layers from a
+            [steps, features] input to an [outputs] output), or the path of its .keras file.
         path: the .tflite file to write (atomically).
         quantization: "none" (float32), "float16" (weights), "dynamic" (int8 weights,
             float activations) or "int8" (full integer: int8 weights, input and output).
-        representative_data: float32 [n, steps, features] real training images for int8
-            calibration (a few hundred are enough).
+        representative_data: float32 [n, steps, features] real training inputs (images
+            in [0, 1]) for int8 calibration (a few hundred are enough); they are also the
+            parity check's probes.
         batch_size: 1 (runs on microcontrollers), another static size, or None (dynamic;
             LiteRT only).
         stream: write the streaming step model instead: (row [1, features], state) ->
@@ -123,6 +163,16 @@ def to_tflite(
             scheme (int16 cell state) and ignores this.
         class_names: what each output means, stored in the file (`runtime.Classifier`
             reads them as `class_names`); one per class. Not for a streaming file.
+        min_agreement: for "dynamic" and "int8", the top-1 agreement with Keras the file
+            must reach on the probes (default: `ParityBounds`' documented agreement for its
+            activations). A regression model (one output) is held to a relative bound.
+        input_range: the values the file takes: (0, 1), pixels (the runtime also takes
+            uint8 0-255 images), another (low, high), or None: any finite values (sensor
+            data, series). Stored in the file; the runtime refuses inputs outside it.
+        per_channel: int8: one weight scale per output channel instead of per tensor:
+            closer to Keras where a kernel's columns differ in range (a Bidirectional
+            GRU-8: 99.6% vs 98.9% top-1 agreement), a larger file and TFLM arena (elman-64:
+            22.5 vs 20.1 KB, 32.8 vs 18.4 KB).
 
     Returns:
         A `TfliteFile` describing the written file.
@@ -130,14 +180,18 @@ def to_tflite(
     Raises:
         ConfigError: an argument out of its domain.
         ModelFileError: a model path that is missing or not a .keras model.
-        ConversionError: a model this package cannot rebuild (named layer), or the
-            converter failed, crashed or emitted non-builtin ops (named).
+        ConversionError: a model this package cannot rebuild (named layer), the
+            converter failed, crashed or emitted non-builtin ops (named), or the file does
+            not compute what the Keras model does (the measured difference and bound).
     """
     _check_arguments(quantization, representative_data, batch_size, activations)
     if class_names is not None and stream:
         raise ConfigError("class_names are stored in whole-sequence classifiers, not stream=True")
-    choose_form(quantization, form)  # checks the argument; the child resolves "auto"
-    calibration = None if representative_data is None else _representative(representative_data)
+    choose_form(quantization, form, fusable=True)  # checks the argument's spelling
+    bounds = ParityBounds.for_file(quantization, activations, min_agreement)
+    low, high = (-np.inf, np.inf) if input_range is None else map(float, input_range)
+    if not low < high:
+        raise ConfigError(f"input_range must be (low, high) with low < high, got {input_range}")
     with tempfile.TemporaryDirectory(prefix="kerasrnn-convert-") as tmp:
         job = {
             "model": os.path.join(tmp, "model.keras"),
@@ -149,17 +203,26 @@ def to_tflite(
             "class_names": None if class_names is None else list(class_names),
             "out": os.path.join(tmp, "out.tflite"),
             "representative": None,
+            "bounds": dataclasses.asdict(bounds),
+            "input_range": [low, high],
+            "per_channel": per_channel,
         }
         with _SAVING:
             if isinstance(model, str):
                 model = load_model(model)
             # a model this package cannot rebuild fails here, not in the child
-            classes = len(graph.classifier_weights(model).b_y)
-            if class_names is not None and len(class_names) != classes:
+            read = model_reader.read_model(model)
+            job["form"] = _form(read, quantization, form, batch_size, stream)
+            if class_names is not None and len(class_names) != read.outputs:
                 raise ConfigError(
-                    f"class_names must name each of the model's {classes} classes, got "
+                    f"class_names must name each of the model's {read.outputs} classes, got "
                     f"{len(class_names)}: {list(class_names)}"
                 )
+            calibration = (
+                None
+                if representative_data is None
+                else _representative(representative_data, read.input_shape, (low, high))
+            )
             model.save(job["model"])
         if calibration is not None:
             job["representative"] = os.path.join(tmp, "representative.npy")
@@ -187,17 +250,42 @@ def to_tflite(
         tuple(ops),
         quantization,
         f"{shape}, {batch}{inside}",
+        info["parity"],
     )
 
 
-def _representative(data) -> np.ndarray:
-    array = np.asarray(data, dtype=np.float32)
-    if array.ndim != 3 or len(array) == 0:
-        raise ConfigError(
-            f"representative_data must be [n, steps, features] with n > 0, got shape {array.shape}"
+def _form(read, quantization: str, form: str, batch_size, stream: bool) -> str:
+    """The form the child writes (see `choose_form`); refuses a stream the model has not,
+    and an int8 file of a masked model."""
+    masks = [n for n, s in zip(read.names, read.stages) if isinstance(s, model_reader.Mask)]
+    if masks and quantization == "int8":
+        raise ConversionError(
+            f"cannot export layer {masks[0]} (Masking) as int8: the mask is computed with "
+            f"CEIL, which has no integer kernel; export it as float32 or float16"
         )
-    if not np.isfinite(array).all() or array.min() < 0.0 or array.max() > 1.0:
-        raise ConfigError("representative_data must hold images scaled to [0, 1], all finite")
+    if stream:
+        refusal = read.streaming_refusal()
+        if refusal:
+            raise ConversionError(f"cannot export this model as a stream: {refusal}")
+        return "unrolled"  # the step function: one step of each layer
+    return choose_form(quantization, form, graph.can_fuse(read, batch_size), graph.can_loop(read))
+
+
+def _representative(data, input_shape: tuple[int, int], input_range) -> np.ndarray:
+    array = np.asarray(data, dtype=np.float32)
+    if array.ndim != 3 or len(array) == 0 or array.shape[1:] != input_shape:
+        raise ConfigError(
+            f"representative_data must be [n, {input_shape[0]}, {input_shape[1]}] (the "
+            f"model's input) with n > 0, got shape {array.shape}"
+        )
+    low, high = input_range
+    if not np.isfinite(array).all() or array.min() < low or array.max() > high:
+        if (low, high) == PIXEL_RANGE:
+            raise ConfigError(
+                "representative_data must hold images scaled to [0, 1], all finite "
+                "(data other than pixels: pass input_range=None)"
+            )
+        raise ConfigError(f"representative_data must be finite and lie in [{low:g}, {high:g}]")
     return array
 
 
@@ -220,6 +308,8 @@ def _run_child(job: dict) -> dict:
         raise ConversionError(
             f"the conversion process ended (status {status}) without a result; no file was written"
         )
+    if result.get("error", "").startswith("ConversionError: "):  # the parity check's refusal
+        raise ConversionError(result["error"].removeprefix("ConversionError: "))
     if "error" in result:
         raise ConversionError(
             f"the TFLite converter failed ({result['error']}); no file was written"
@@ -231,14 +321,14 @@ def _convert(job: dict) -> dict:
     """The child process: build the graph, convert, slim, write `job["out"]`.
 
     Returns:
-        {"parameters": int, "form": str}.
+        {"parameters": int, "form": str, "parity": `_parity`'s measures}.
+
+    Raises:
+        ConversionError: the file does not compute what the Keras model does.
     """
     model = load_model(job["model"])
-    weights = graph.classifier_weights(model)
-    quantization = job["quantization"]
-    form = choose_form(
-        quantization, job["form"], graph.can_fuse(weights, job["batch_size"]) and not job["stream"]
-    )
+    weights = model_reader.read_model(model)
+    quantization, form = job["quantization"], job["form"]
     if job["stream"]:
         function = graph.step_function(weights)
     else:
@@ -265,10 +355,11 @@ def _convert(job: dict) -> dict:
         else:
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
             converter.inference_input_type = converter.inference_output_type = tf.int8
-        # One scale per weight tensor, not per output channel: on the unrolled graph every
-        # step's FULLY_CONNECTED would carry its own per-channel multipliers. Measured on
-        # elman-64: 20.1 KB vs 22.5 KB file, 18.4 KB vs 32.8 KB TFLM arena, same accuracy.
-        converter._experimental_disable_per_channel = True
+        # One scale per weight tensor, not per output channel, unless asked: on the unrolled
+        # graph every step's FULLY_CONNECTED carries its own per-channel multipliers.
+        # Measured on elman-64: 20.1 KB vs 22.5 KB file, 18.4 KB vs 32.8 KB TFLM arena, same
+        # accuracy; a Bidirectional GRU-8 (sum, pooled): 98.9% vs 99.6% agreement.
+        converter._experimental_disable_per_channel = not job["per_channel"]
     content = converter.convert()
     inputs = [spec.name for spec in function.structured_input_signature[0]]
     outputs = sorted(function.structured_outputs) if job["stream"] else ["logits"]
@@ -277,16 +368,86 @@ def _convert(job: dict) -> dict:
     metadata = {INITIAL_STATE_METADATA: weights.initial_state.tobytes()} if job["stream"] else {}
     if job["class_names"] is not None:
         metadata[CLASS_NAMES_METADATA] = json.dumps(job["class_names"]).encode()
+    if tuple(job["input_range"]) != PIXEL_RANGE:
+        metadata[INPUT_RANGE_METADATA] = np.array(job["input_range"], np.float32).tobytes()
     content = flatbuffer.seal(flatbuffer.slim(content, metadata, outputs))
     # LiteRT loads and runs it once here: a file it rejects or aborts on fails the
     # conversion, not a later caller.
     check_loads(content)
+    parity = _parity(content, model, weights, job)
     with open(job["out"], "wb") as f:
         f.write(content)
-    return {"parameters": int(model.count_params()), "form": form}
+    return {"parameters": int(model.count_params()), "form": form, "parity": parity}
 
 
-def _calibration(weights, function, images: np.ndarray, job: dict):
+def _probes(weights: model_reader.ModelGraph, job: dict) -> np.ndarray:
+    """float32 [n, steps, features]: the representative data, else seeded random
+    sequences in the input range (normal ones where it is unbounded); where the model
+    masks, half of them end in masked steps."""
+    count = 16 if job["stream"] else 1000
+    if job["representative"]:
+        return np.load(job["representative"])[:count]
+    rng, (low, high) = np.random.default_rng(0), job["input_range"]
+    shape = (count, *weights.input_shape)
+    finite = np.isfinite(low) and np.isfinite(high)
+    probes = rng.uniform(low, high, shape) if finite else rng.standard_normal(shape)
+    masks = [s for s in weights.stages if isinstance(s, model_reader.Mask)]
+    if masks:
+        steps = weights.input_shape[0]
+        for i, probe in enumerate(probes[::2]):
+            probe[steps - 1 - i % steps :] = masks[0].value
+    return probes.astype(np.float32)
+
+
+def _parity(content: bytes, model, weights: model_reader.ModelGraph, job: dict) -> dict:
+    """Runs the file in LiteRT beside the Keras model on `_probes`; refuses a file outside
+    `job["bounds"]` (a `ParityBounds`).
+
+    Returns:
+        {"probes": n, "max_abs_diff", "relative_diff" (over the largest |Keras output|),
+        "top1_agreement" (None for one output)}.
+
+    Raises:
+        ConversionError: the file is outside its bounds (the message gives both numbers).
+    """
+    probes = _probes(weights, job)
+    expected = model.predict(probes, verbose=0, batch_size=256)
+    invoke = Invoker(content)
+    if job["stream"]:
+        got = []
+        for sequence in probes:
+            state = weights.initial_state[None]
+            for row in sequence:
+                out = invoke(row=row[None], state=state)
+                state = out["state"]
+            got.append(out["logits"][0])
+        got = np.stack(got)
+    else:
+        batch = job["batch_size"] or len(probes)
+        padded = np.concatenate([probes, probes[: -len(probes) % batch or 0]])
+        got = np.concatenate(
+            [invoke(padded[i : i + batch])["logits"] for i in range(0, len(padded), batch)]
+        )[: len(probes)]
+    diff = float(np.abs(got - expected).max())
+    scale = float(np.abs(expected).max()) or 1.0
+    measured = {
+        "probes": len(probes),
+        "max_abs_diff": diff,
+        "relative_diff": diff / scale,
+        "top1_agreement": (
+            float((got.argmax(-1) == expected.argmax(-1)).mean()) if got.shape[-1] > 1 else None
+        ),
+    }
+    failure = ParityBounds(**job["bounds"]).failure(measured)
+    if failure:
+        raise ConversionError(
+            f"the converted file does not compute what the Keras model does on "
+            f"{len(probes)} probe sequences: {failure}; nothing was written"
+        )
+    return measured
+
+
+def _calibration(weights: model_reader.ModelGraph, function, images: np.ndarray, job: dict):
     """Representative inputs: whole images, or (row, state) pairs met while streaming them."""
     batch = job["batch_size"] or 1
 

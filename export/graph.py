@@ -1,173 +1,45 @@
-"""Inference graphs for conversion, written from a trained classifier's weights.
+"""Inference graphs for conversion, rebuilt from a Keras model's weights.
 
 Keras's RNN layers lower to TensorList ops, which TFLite can only run as Flex (Select TF)
-ops. This module rebuilds the same maths from builtin-friendly ops instead, in the form
-that gives the smallest file that still runs on LiteRT and TensorFlow Lite Micro:
+ops. This module rebuilds the same maths, read by `model_reader`, from builtin-friendly
+ops instead, in the form that gives the smallest file that still runs on LiteRT and
+TensorFlow Lite Micro:
 
 - the input projection x_t @ W_x + b of every time step is one FULLY_CONNECTED over the
   whole sequence, outside the recurrence;
 - the recurrence is unrolled over the (static) time steps: per step one FULLY_CONNECTED
-  with the shared W_h, an ADD and the activation (plus the gate arithmetic of LSTM/GRU);
+  with the shared W_h, an ADD and the activation (plus the gate arithmetic of LSTM/GRU,
+  and, where a Masking mask keeps the state, old + mask * (new - old));
 - a zero initial state skips the first step's recurrent product; a learnable h0 folds
   into a constant;
-- or, for LSTM, the recurrence is TFLite's fused UNIDIRECTIONAL_SEQUENCE_LSTM ("fused").
+- or, for models that `ModelGraph.split` (a recurrent stack between per-step layers), the
+  recurrence is one builtin WHILE ("loop"), or for LSTM stacks TFLite's fused
+  UNIDIRECTIONAL_SEQUENCE_LSTM ("fused").
 
 The streaming form runs one step: (x_t [1, features], state [1, state_size]) ->
-(next state [1, state_size], logits [1, classes]), where the state concatenates every
-layer's h (and c for LSTM).
+(next state [1, state_size], outputs [1, outputs]), where the state concatenates every
+recurrent layer's h (and c for LSTM).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 
-import keras
-import numpy as np
 import tensorflow as tf
 
-from kerasrnn.cell_kinds import kind_of
-from kerasrnn.cells import LearnableInitialState
 from kerasrnn.config import check_choice
 from kerasrnn.errors import ConfigError, ConversionError
+from kerasrnn.export import model_reader as mr
 from kerasrnn.export.config import FORMS
+from kerasrnn.export.model_reader import ModelGraph, RecurrentWeights
 
-
-@dataclasses.dataclass(frozen=True)
-class RecurrentWeights:
-    """One recurrent layer's weights in a cell-agnostic layout.
-
-    Attributes:
-        recurrence: the equations (`CellKind.recurrence`): "elman", "lstm" or "gru".
-        w_x: [features, gates * units] input kernel.
-        w_h: [units, gates * units] recurrent kernel.
-        b_x: [gates * units] bias added to the input projection.
-        b_h: [units] GRU's recurrent candidate bias b_hh (reset_after: it sits inside
-            r * (h @ W_hh + b_hh)), else None. GRU's recurrent gate biases are folded
-            into b_x: each recurrent FULLY_CONNECTED then has no bias, and the unrolled
-            steps share no bias tensor (a shared bias gets one quantization scale for
-            steps whose inputs have different scales).
-        h0: [units] initial hidden state (zeros for Keras's cells).
-        activation: "tanh" or "relu" (elman only).
-    """
-
-    recurrence: str
-    w_x: np.ndarray
-    w_h: np.ndarray
-    b_x: np.ndarray
-    b_h: np.ndarray | None
-    h0: np.ndarray
-    activation: str = "tanh"
-
-    @property
-    def units(self) -> int:
-        return self.w_h.shape[0]
-
-    @property
-    def state_size(self) -> int:
-        return 2 * self.units if self.recurrence == "lstm" else self.units
-
-
-@dataclasses.dataclass(frozen=True)
-class ClassifierWeights:
-    """A whole classifier: recurrent layers, then logits = h_T @ w_y + b_y."""
-
-    layers: tuple[RecurrentWeights, ...]
-    w_y: np.ndarray
-    b_y: np.ndarray
-    input_shape: tuple[int, int]
-
-    @property
-    def state_size(self) -> int:
-        return sum(layer.state_size for layer in self.layers)
-
-    @property
-    def initial_state(self) -> np.ndarray:
-        """[state_size] float32: every layer's h0 (and a zero c for LSTM)."""
-        parts = [
-            np.concatenate([layer.h0, np.zeros(layer.units)])
-            if layer.recurrence == "lstm"
-            else layer.h0
-            for layer in self.layers
-        ]
-        return np.concatenate(parts).astype(np.float32)
-
-
-def _swap_last_gates(units: int) -> np.ndarray:
-    """Column order that swaps LSTM's last two gates: Keras's [i, f, c, o] <-> the stored
-    [i, f, o, c], where the three sigmoid gates are contiguous and share one LOGISTIC op.
-    The swap is its own inverse."""
-    return np.r_[0 : 2 * units, 3 * units : 4 * units, 2 * units : 3 * units]
-
-
-def _layer_weights(layer: keras.layers.RNN, h0: np.ndarray | None) -> RecurrentWeights:
-    """One recurrent layer's weights, read as its kind in `cell_kinds.CELL_KINDS` says."""
-    cell = layer.cell
-    try:
-        kind = kind_of(cell)
-    except TypeError as e:
-        raise ConversionError(f"cannot export layer {layer.name}: {e}") from None
-    w_x, w_h, b = (getattr(cell, name).numpy() for name in kind.weights)
-    b_h, activation, units = None, "tanh", w_h.shape[0]
-    if kind.takes_activation:
-        activation = keras.activations.serialize(cell.activation)
-    if kind.recurrence == "lstm":
-        order = _swap_last_gates(units)
-        w_x, w_h, b = w_x[:, order], w_h[:, order], b[order]
-    elif kind.recurrence == "gru":
-        if not cell.reset_after:
-            raise ConversionError(
-                f"cannot export {layer.name}: only GRU with "
-                f"reset_after=True (the Keras default) can be exported"
-            )
-        b, b_h = b  # reset_after: input and recurrent biases
-        b = b + np.concatenate([b_h[: 2 * units], np.zeros(units, b_h.dtype)])
-        b_h = b_h[2 * units :]
-    if activation not in ("tanh", "relu"):
-        raise ConversionError(
-            f"cannot export {layer.name}: activation {activation!r} (tanh or relu only)"
-        )
-    h0 = np.zeros(units, np.float32) if h0 is None else h0
-    return RecurrentWeights(kind.recurrence, w_x, w_h, b, b_h, h0.astype(np.float32), activation)
-
-
-def classifier_weights(model: keras.Model) -> ClassifierWeights:
-    """Reads the weights of a model built by `kerasrnn.build_classifier`.
-
-    Raises:
-        ConversionError: the model is not a recurrent classifier this module can rebuild
-            (the message names the layer).
-    """
-    layers, h0 = [], None
-    dense = None
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.InputLayer | keras.layers.Dropout):
-            continue
-        if isinstance(layer, LearnableInitialState):
-            h0 = layer.h0.numpy()
-        elif isinstance(layer, keras.layers.RNN):
-            if layer.go_backwards or getattr(layer, "stateful", False):
-                raise ConversionError(f"cannot export {layer.name}: backwards or stateful RNN")
-            layers.append(_layer_weights(layer, h0))
-            h0 = None
-        elif isinstance(layer, keras.layers.Dense):
-            dense = layer
-        else:
-            raise ConversionError(
-                f"cannot export layer {layer.name} ({type(layer).__name__}): "
-                f"expected recurrent layers and a final Dense"
-            )
-    if not layers or dense is None or dense.activation.__name__ != "linear":
-        raise ConversionError(
-            f"model {model.name!r} is not an N-to-1 recurrent classifier "
-            f"(recurrent layers, then a linear Dense)"
-        )
-    w_y, b_y = dense.get_weights()
-    return ClassifierWeights(tuple(layers), w_y, b_y, tuple(model.input_shape[1:]))
-
-
-def _act(name: str):
-    return tf.nn.relu if name == "relu" else tf.tanh
+_ACTIVATIONS = {
+    "linear": lambda x: x,
+    "relu": tf.nn.relu,
+    "tanh": tf.tanh,
+    "sigmoid": tf.sigmoid,
+    "softmax": tf.nn.softmax,
+}
 
 
 def _step(layer: RecurrentWeights, xw_t, state):
@@ -182,10 +54,10 @@ def _step(layer: RecurrentWeights, xw_t, state):
     w_h = tf.constant(layer.w_h)
     if layer.recurrence == "elman":
         z = xw_t if state is None else xw_t + tf.matmul(state, w_h)
-        h = _act(layer.activation)(z)
+        h = _ACTIVATIONS[layer.activation](z)
         return h, h
     units = layer.units
-    if layer.recurrence == "lstm":  # gates stored as [i, f, o | c] (see `_layer_weights`)
+    if layer.recurrence == "lstm":  # gates stored as [i, f, o | c] (see `model_reader`)
         h, c = state if state is not None else (None, None)
         z = xw_t if h is None else xw_t + tf.matmul(h, w_h)
         sigmoid_gates, g = tf.split(z, [3 * units, units], axis=-1)
@@ -194,80 +66,218 @@ def _step(layer: RecurrentWeights, xw_t, state):
         c = g if c is None else f * c + g
         h = o * tf.tanh(c)
         return h, (h, c)
-    # GRU, reset_after: candidate = tanh(x_h + r * (h @ W_hh + b_hh)); the gate biases
-    # are already in xw_t (see `RecurrentWeights.b_h`).
     x_zr, x_h = tf.split(xw_t, [2 * units, units], axis=-1)
     if state is None:  # h = 0: the recurrent terms are the bias alone
         z, r = tf.split(tf.sigmoid(x_zr), 2, axis=-1)
         # Zero constants are left out, not multiplied: int8 quantization of an all-zero
         # tensor gives a degenerate scale that LiteRT aborts on.
-        candidate = tf.tanh(x_h + r * layer.b_h) if layer.b_h.any() else tf.tanh(x_h)
+        has_bias = layer.b_h is not None and layer.b_h.any()
+        candidate = tf.tanh(x_h + r * layer.b_h) if has_bias else tf.tanh(x_h)
         h = candidate - z * candidate
         return h, h
-    h_zr, h_h = tf.split(tf.matmul(state, w_h), [2 * units, units], axis=-1)
-    z, r = tf.split(tf.sigmoid(x_zr + h_zr), 2, axis=-1)  # one LOGISTIC for both gates
-    candidate = tf.tanh(x_h + r * (h_h + layer.b_h))
+    if layer.reset_after:
+        # candidate = tanh(x_h + r * (h @ W_hh + b_hh)); the gate biases are already in
+        # xw_t (see `RecurrentWeights.b_h`)
+        h_zr, h_h = tf.split(tf.matmul(state, w_h), [2 * units, units], axis=-1)
+        z, r = tf.split(tf.sigmoid(x_zr + h_zr), 2, axis=-1)  # one LOGISTIC for both gates
+        candidate = tf.tanh(x_h + r * (h_h + layer.b_h))
+    else:  # candidate = tanh(x_h + (r * h) @ W_hh)
+        h_zr = tf.matmul(state, tf.constant(layer.w_h[:, : 2 * units]))
+        z, r = tf.split(tf.sigmoid(x_zr + h_zr), 2, axis=-1)
+        candidate = tf.tanh(x_h + tf.matmul(r * state, tf.constant(layer.w_h[:, 2 * units :])))
     h = candidate + z * (state - candidate)  # = z * state + (1 - z) * candidate
     return h, h
 
 
-def _initial(layer: RecurrentWeights):
-    """The first step's state: None (zeros, skipped) or the constant learnable h0."""
-    if not layer.h0.any():
+def _initial(layer: RecurrentWeights, batch=None):
+    """The first step's state: None (zeros, skipped) or the constant h0.
+
+    Args:
+        batch: with a batch size (an int or a scalar tensor), the state is explicit even
+            when zero, broadcast to [batch, units] (a masked layer selects it).
+    """
+    if batch is None and not layer.h0.any():
         return None
     h0 = tf.constant(layer.h0[None])
+    if batch is not None:
+        h0 = tf.broadcast_to(h0, [batch, layer.units])
     return (h0, tf.zeros_like(h0)) if layer.recurrence == "lstm" else h0
 
 
-def can_fuse(weights: ClassifierWeights, batch_size: int | None) -> bool:
-    """Whether the "fused" form applies: LSTM layers only, zero initial states, static batch."""
-    return batch_size is not None and all(
-        layer.recurrence == "lstm" and not layer.h0.any() for layer in weights.layers
+def _batch(x):
+    return x.shape[0] if x.shape[0] is not None else tf.shape(x)[0]
+
+
+def _last_axis(x, function):
+    """`function` [n, f] -> [n, g] applied over the last axis of x [batch, ..., f]."""
+    if x.shape.rank == 2:
+        return function(x)
+    y = function(tf.reshape(x, [-1, x.shape[-1]]))
+    return tf.reshape(y, [-1, *x.shape[1:-1], y.shape[-1]])
+
+
+def _recurrent(stage: mr.Recurrent, x, mask):
+    """A recurrent layer, unrolled: x [batch, steps, features] -> [batch, units] or
+    [batch, steps, units]; `mask` [batch, steps, 1] bool or None (see `Recurrent.masked`)."""
+    layer = stage.weights
+    steps = x.shape[1]
+    xw = _last_axis(x, lambda v: tf.matmul(v, layer.w_x) + layer.b_x)
+    xs = tf.unstack(xw, axis=1)
+    masks = tf.unstack(mask, axis=1) if stage.masked else [None] * steps
+    order = range(steps - 1, -1, -1) if stage.go_backwards else range(steps)
+    state = _initial(layer, _batch(x) if stage.masked else None)
+    output, outputs = None, []
+    for t in order:
+        h, new_state = _step(layer, xs[t], state)
+        if stage.masked:  # a masked step keeps the state and repeats the last output
+            m = masks[t]
+            state = tf.nest.map_structure(
+                lambda new, old, m=m: _keep(m, new, old), new_state, state
+            )
+            output = h * m if output is None else _keep(m, h, output)
+            h = output * m if stage.zero_output_for_mask else output
+        else:
+            state = new_state
+        outputs.append(h)
+    return tf.stack(outputs, axis=1) if stage.return_sequences else outputs[-1]
+
+
+def _keep(mask, new, old):
+    """new where mask is 1.0, old where it is 0.0 (exactly: old + 0)."""
+    return old + mask * (new - old)
+
+
+def _bidirectional(stage: mr.Bidirectional, x, mask):
+    forward = _recurrent(stage.forward, x, mask)
+    backward = _recurrent(stage.backward, x, mask)
+    if stage.forward.return_sequences:
+        backward = tf.reverse(backward, axis=[1])  # back into time order, as Keras does
+    if stage.merge_mode == "concat":
+        return tf.concat([forward, backward], axis=-1)
+    if stage.merge_mode == "sum":
+        return forward + backward
+    if stage.merge_mode == "ave":
+        return (forward + backward) * 0.5
+    return forward * backward
+
+
+def _dense(stage: mr.Dense, x):
+    y = _last_axis(x, lambda v: tf.matmul(v, stage.kernel) + stage.bias)
+    return _ACTIVATIONS[stage.activation](y)
+
+
+def _conv1d(stage: mr.Conv1D, x):
+    padding = stage.padding.upper()
+    if stage.padding == "causal":
+        x = tf.pad(x, [[0, 0], [stage.dilation * (stage.kernel.shape[0] - 1), 0], [0, 0]])
+        padding = "VALID"
+    y = tf.nn.conv1d(
+        x, stage.kernel, stride=stage.strides, padding=padding, dilations=stage.dilation
+    )
+    return _ACTIVATIONS[stage.activation](y + stage.bias)
+
+
+def _pool1d(stage: mr.Pool1D, x):
+    pool = tf.nn.max_pool1d if stage.reduce == "max" else tf.nn.avg_pool1d
+    return pool(x, stage.size, stage.strides, stage.padding.upper())
+
+
+def _apply(stage, x, mask):
+    """One stage on x; returns (y, the mask after it)."""
+    if isinstance(stage, mr.Mask):
+        # 1.0 where a step has a feature other than the mask value, else 0.0, in float ops
+        # that TFLM has (its kernels have no SELECT on a broadcast bool)
+        mask = tf.math.ceil(
+            tf.minimum(tf.reduce_max(tf.abs(x - stage.value), axis=-1, keepdims=True), 1.0)
+        )
+        return (x if stage.value == 0 else x * mask), mask
+    if isinstance(stage, mr.Recurrent):
+        return _recurrent(stage, x, mask), mask if stage.return_sequences else None
+    if isinstance(stage, mr.Bidirectional):
+        return _bidirectional(stage, x, mask), None
+    if isinstance(stage, mr.Dense):
+        return _dense(stage, x), mask
+    if isinstance(stage, mr.Activation):
+        return _ACTIVATIONS[stage.activation](x), mask
+    if isinstance(stage, mr.Affine):
+        return x * stage.scale + stage.offset, mask
+    if isinstance(stage, mr.Conv1D):
+        return _conv1d(stage, x), None
+    if isinstance(stage, mr.Pool1D):
+        return _pool1d(stage, x), None
+    if isinstance(stage, mr.GlobalPool):
+        reduce = tf.reduce_max if stage.reduce == "max" else tf.reduce_mean
+        return reduce(x, axis=1), None
+    if isinstance(stage, mr.Reshape):
+        return tf.reshape(x, [-1, *stage.shape]), None
+    raise ConversionError(f"no graph for stage {type(stage).__name__}")  # read_model's list
+
+
+def _apply_all(stages, x, mask=None):
+    for stage in stages:
+        x, mask = _apply(stage, x, mask)
+    return x
+
+
+def can_fuse(model: ModelGraph, batch_size: int | None) -> bool:
+    """Whether the "fused" form applies: a stack of LSTM layers between per-step layers
+    (`ModelGraph.split`), zero initial states, no mask, a static batch."""
+    parts = model.split()
+    return (
+        batch_size is not None
+        and parts is not None
+        and all(
+            s.weights.recurrence == "lstm" and not s.weights.h0.any() and not s.masked
+            for s in parts[1]
+        )
     )
 
 
-def sequence_function(
-    weights: ClassifierWeights, batch_size: int | None = 1, form: str = "unrolled"
-):
-    """The whole-sequence classifier as a `tf.function`.
+def can_loop(model: ModelGraph) -> bool:
+    """Whether the "loop" form applies: a recurrent stack between per-step layers
+    (`ModelGraph.split`) and no mask."""
+    parts = model.split()
+    return parts is not None and not any(s.masked for s in parts[1])
+
+
+def sequence_function(model: ModelGraph, batch_size: int | None = 1, form: str = "unrolled"):
+    """The whole-sequence model as a `tf.function`.
 
     Args:
-        weights: see `classifier_weights`.
+        model: see `model_reader.read_model`.
         batch_size: static batch size (1 for microcontrollers) or None (dynamic).
-        form: "unrolled" (one set of ops per time step), "loop" (one builtin WHILE whose
-            body runs a step of every layer; smaller, but the int8 converter crashes on it)
-            or "fused" (LSTM only, see `can_fuse`: TFLite's UNIDIRECTIONAL_SEQUENCE_LSTM).
+        form: "unrolled" (one set of ops per time step; every model), "loop" (one builtin
+            WHILE whose body runs a step of every layer; smaller, but the int8 converter
+            crashes on it; see `can_loop`) or "fused" (LSTM stacks, see `can_fuse`:
+            TFLite's UNIDIRECTIONAL_SEQUENCE_LSTM).
 
     Returns:
-        A concrete function: sequence [batch, steps, features] float32 -> logits [batch, classes].
+        A concrete function: sequence [batch, steps, features] float32 -> [batch, outputs].
+
+    Raises:
+        ConfigError: a form the model has not (the message says what it needs).
     """
     check_choice("form", form, FORMS)
-    if form == "fused" and not can_fuse(weights, batch_size):
+    if form == "fused" and not can_fuse(model, batch_size):
         raise ConfigError(
-            "the fused form needs LSTM layers only, zero initial states and a static batch size"
+            "the fused form needs LSTM layers only (one after another, between per-step "
+            "layers), zero initial states, no mask and a static batch size"
         )
-    steps, features = weights.input_shape
+    if form == "loop" and not can_loop(model):
+        raise ConfigError(
+            "the loop form needs forward recurrent layers one after another, between "
+            "per-step layers, and no mask"
+        )
+    steps, features = model.input_shape
     spec = tf.TensorSpec([batch_size, steps, features], tf.float32, name="sequence")
-    if form in ("loop", "fused"):
-        body = _loop if form == "loop" else _fused
-        return tf.function(
-            lambda sequence: body(weights, sequence), input_signature=[spec]
-        ).get_concrete_function()
+    body = {"loop": _loop, "fused": _fused, "unrolled": _unrolled}[form]
+    return tf.function(
+        lambda sequence: body(model, sequence), input_signature=[spec]
+    ).get_concrete_function()
 
-    @tf.function(input_signature=[spec])
-    def classify(sequence):
-        x = sequence
-        for layer in weights.layers:
-            width = layer.w_x.shape[1]
-            xw = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), layer.w_x) + layer.b_x
-            state, outputs = _initial(layer), []
-            for xw_t in tf.unstack(tf.reshape(xw, [-1, steps, width]), axis=1):
-                h, state = _step(layer, xw_t, state)
-                outputs.append(h)
-            x = tf.stack(outputs, axis=1)
-        return tf.matmul(h, weights.w_y) + weights.b_y
 
-    return classify.get_concrete_function()
+def _unrolled(model: ModelGraph, sequence):
+    return _apply_all(model.stages, sequence)
 
 
 def _keras_lstm(inputs, init_h, init_c, kernel, recurrent_kernel, bias):
@@ -295,12 +305,13 @@ def _keras_lstm(inputs, init_h, init_c, kernel, recurrent_kernel, bias):
     return h, tf.stack(outputs, axis=1), h, c, tf.constant(0.0)
 
 
-def _fused(weights: ClassifierWeights, sequence):
+def _fused(model: ModelGraph, sequence):
     """Stacked LSTM layers, each one fused sequence op (see `_keras_lstm`)."""
-    x = sequence
-    for layer in weights.layers:
-        units = layer.units
-        keras_order = _swap_last_gates(units)
+    prefix, stack, head = model.split()
+    x = _apply_all(prefix, sequence)
+    for stage in stack:
+        layer = stage.weights
+        keras_order = mr.swap_last_gates(layer.units)
         lstm = tf.function(
             _keras_lstm,
             autograph=False,
@@ -310,7 +321,7 @@ def _fused(weights: ClassifierWeights, sequence):
                 "go_backwards": False,
             },
         )
-        zeros = tf.zeros([sequence.shape[0], units])
+        zeros = tf.zeros([sequence.shape[0], layer.units])
         last, x, _, _, _ = lstm(
             x,
             zeros,
@@ -319,24 +330,26 @@ def _fused(weights: ClassifierWeights, sequence):
             tf.constant(layer.w_h[:, keras_order]),
             tf.constant(layer.b_x[keras_order]),
         )
-    return tf.matmul(last, weights.w_y) + weights.b_y
+    return _apply_all(head, last)
 
 
-def _loop(weights: ClassifierWeights, sequence):
+def _loop(model: ModelGraph, sequence):
     """The recurrence as a WHILE loop over time; the body steps every layer once."""
-    steps = weights.input_shape[0]
-    first = weights.layers[0]
+    prefix, stack, head = model.split()
+    layers = [stage.weights for stage in stack]
+    x = _apply_all(prefix, sequence)
+    steps = x.shape[1]
     # The first layer's input projection for all steps at once, outside the loop.
-    xw = tf.matmul(sequence, first.w_x) + first.b_x  # [batch, steps, gates * units]
+    xw = _last_axis(x, lambda v: tf.matmul(v, layers[0].w_x) + layers[0].b_x)
     batch = tf.shape(sequence)[0]
     states = []
-    for layer in weights.layers:
+    for layer in layers:
         h0 = tf.broadcast_to(tf.constant(layer.h0[None]), [batch, layer.units])
         states.append((h0, tf.zeros_like(h0)) if layer.recurrence == "lstm" else h0)
 
     def body(t, states):
         x, new_states = None, []
-        for i, (layer, state) in enumerate(zip(weights.layers, states)):
+        for i, (layer, state) in enumerate(zip(layers, states)):
             projection = (
                 tf.gather(xw, t, axis=1) if i == 0 else (tf.matmul(x, layer.w_x) + layer.b_x)
             )
@@ -347,36 +360,51 @@ def _loop(weights: ClassifierWeights, sequence):
     _, states = tf.while_loop(
         lambda t, _: t < steps, body, [tf.constant(0), states], maximum_iterations=steps
     )
-    top = states[-1][0] if weights.layers[-1].recurrence == "lstm" else states[-1]
-    return tf.matmul(top, weights.w_y) + weights.b_y
+    top = states[-1][0] if layers[-1].recurrence == "lstm" else states[-1]
+    return _apply_all(head, top)
 
 
-def step_function(weights: ClassifierWeights):
+def step_function(model: ModelGraph):
     """One streaming step as a `tf.function` (batch 1).
 
     Returns:
         A concrete function: (row [1, features], state [1, state_size]) ->
-        {"state": [1, state_size], "logits": [1, classes]}.
+        {"state": [1, state_size], "logits": [1, outputs]}.
+
+    Raises:
+        ConversionError: the model has no streaming form (`streaming_refusal` says why).
     """
-    features = weights.input_shape[1]
+    refusal = model.streaming_refusal()
+    if refusal:
+        raise ConversionError(f"cannot export {model.names[-1]}'s model as a stream: {refusal}")
+    prefix, stack, head = model.split()
+    layers = [stage.weights for stage in stack]
+    features = model.input_shape[1]
+    state_size = sum(layer.state_size for layer in layers)
 
     @tf.function(
         input_signature=[
             tf.TensorSpec([1, features], tf.float32, name="row"),
-            tf.TensorSpec([1, weights.state_size], tf.float32, name="state"),
+            tf.TensorSpec([1, state_size], tf.float32, name="state"),
         ]
     )
     def step(row, state):
-        parts = tf.split(state, [layer.state_size for layer in weights.layers], axis=-1)
-        x, new_states = row, []
-        for layer, part in zip(weights.layers, parts):
+        parts = tf.split(state, [layer.state_size for layer in layers], axis=-1)
+        x, mask = row, None
+        for stage in prefix:
+            x, mask = _apply(stage, x[:, None], mask)  # one step, [1, 1, features]
+            x, mask = x[:, 0], None if mask is None else mask[:, 0]
+        new_states = []
+        for stage, layer, part in zip(stack, layers, parts):
             xw = tf.matmul(x, layer.w_x) + layer.b_x
             previous = tuple(tf.split(part, 2, axis=-1)) if layer.recurrence == "lstm" else part
             x, next_state = _step(layer, xw, previous)
+            if stage.masked:  # a masked row keeps the state
+                next_state = tf.nest.map_structure(
+                    lambda new, old: _keep(mask, new, old), next_state, previous
+                )
+                x = next_state[0] if layer.recurrence == "lstm" else next_state
             new_states.extend(next_state if layer.recurrence == "lstm" else [next_state])
-        return {
-            "state": tf.concat(new_states, axis=-1),
-            "logits": tf.matmul(x, weights.w_y) + weights.b_y,
-        }
+        return {"state": tf.concat(new_states, axis=-1), "logits": _apply_all(head, x)}
 
     return step.get_concrete_function()

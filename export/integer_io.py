@@ -37,11 +37,18 @@ def int8_parameters(low: float, high: float) -> tuple[float, int]:
 
 
 def _as_int8(tensor: schema.TensorT, inner: schema.TensorT) -> None:
-    """Makes a float32 interface tensor int8, over the calibrated range of `inner`."""
+    """Makes a float32 interface tensor int8, over the calibrated range of `inner` (or,
+    for an op whose output scale is fixed, as SOFTMAX's and LOGISTIC's are, the range its
+    int16 scale spans)."""
     q = inner.quantization
-    if q is None or q.min is None or q.max is None:
+    if q is not None and q.min is not None and q.max is not None:
+        low, high = float(q.min[0]), float(q.max[0])
+    elif q is not None and q.scale is not None and inner.type == schema.TensorType.INT16:
+        zero = int(q.zeroPoint[0]) if q.zeroPoint is not None else 0
+        low, high = (-32768 - zero) * float(q.scale[0]), (32767 - zero) * float(q.scale[0])
+    else:
         raise ValueError(f"tensor {inner.name!r} carries no calibrated range")
-    scale, zero_point = int8_parameters(float(q.min[0]), float(q.max[0]))
+    scale, zero_point = int8_parameters(low, high)
     tensor.type = schema.TensorType.INT8
     tensor.quantization = schema.QuantizationParametersT()
     tensor.quantization.scale = [scale]

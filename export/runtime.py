@@ -42,6 +42,10 @@ INITIAL_STATE_METADATA = "kerasrnn.initial_state"
 # The metadata entry of a classifier's class names, one per output, as a UTF-8 JSON list;
 # written for datasets other than MNIST (a file without it classifies digits 0-9).
 CLASS_NAMES_METADATA = "kerasrnn.class_names"
+# The metadata entry of the values a file takes, float32 [low, high]: written for files of
+# other data than pixels ((-inf, inf): any finite values); a file without it takes pixels.
+INPUT_RANGE_METADATA = "kerasrnn.input_range"
+PIXEL_RANGE = (0.0, 1.0)
 
 
 def _interpreter(content: bytes) -> Interpreter:
@@ -71,6 +75,40 @@ def check_loads(content: bytes) -> None:
     """
     check_model(schema.ModelT.InitFromPackedBuf(content, 0), len(content))
     _interpreter(content).invoke()
+
+
+class Invoker:
+    """A model's bytes in LiteRT, run on float inputs named as its tensors are (export's
+    check that a converted file computes what the Keras model does).
+
+    Args:
+        content: the model's bytes.
+    """
+
+    def __init__(self, content: bytes):
+        self._interpreter = _interpreter(content)
+
+    def __call__(self, *positional: np.ndarray, **named: np.ndarray) -> dict[str, np.ndarray]:
+        """One invoke on inputs given in the file's input order or by tensor name;
+        returns every output by name, as float32 (dequantized)."""
+        for _ in range(2):  # once more after resizing a dynamic batch
+            details = self._interpreter.get_input_details()
+            values = dict(zip((d["name"] for d in details), positional)) | named
+            by_name = {d["name"]: d for d in details}
+            resize = [n for n, v in values.items() if list(by_name[n]["shape"]) != list(v.shape)]
+            for name in resize:
+                self._interpreter.resize_tensor_input(by_name[name]["index"], values[name].shape)
+            if not resize:
+                break
+            self._interpreter.allocate_tensors()
+        for name, value in values.items():
+            self._interpreter.set_tensor(by_name[name]["index"], quantize(value, by_name[name]))
+        self._interpreter.reset_all_variables()
+        self._interpreter.invoke()
+        return {
+            d["name"]: dequantize(self._interpreter.get_tensor(d["index"]), d)
+            for d in self._interpreter.get_output_details()
+        }
 
 
 def _load(path: str) -> tuple[bytes, Interpreter]:
@@ -147,29 +185,56 @@ def dequantize(values: np.ndarray, detail: dict) -> np.ndarray:
     return (values.astype(np.float32) - zero_point) * scale
 
 
-def _to_float(values) -> np.ndarray:
-    """Validates pixel values and scales them to float32 [0, 1]."""
+def _to_float(values, input_range: tuple[float, float] = PIXEL_RANGE) -> np.ndarray:
+    """Validates input values and gives them as float32.
+
+    Args:
+        values: uint8 pixels 0-255 (scaled to [0, 1]; for pixel files only) or floats.
+        input_range: what the file takes (`input_range_of`): pixels in [0, 1], or any
+            finite values (-inf, inf).
+    """
     array = np.asarray(values)
-    if array.dtype == np.uint8:
+    pixels = input_range == PIXEL_RANGE
+    noun = "pixels" if pixels else "inputs"
+    if array.dtype == np.uint8 and pixels:
         return array.astype(np.float32) / 255.0
     if array.dtype.kind != "f":
-        raise InputError(f"pixels must be uint8 (0-255) or float in [0, 1], got {array.dtype}")
+        expected = "uint8 (0-255) or float in [0, 1]" if pixels else "float"
+        raise InputError(f"{noun} must be {expected}, got {array.dtype}")
     array = array.astype(np.float32)
     if np.isnan(array).any():
-        raise InputError("pixels contain NaN")
-    if array.size and (array.min() < 0.0 or array.max() > 1.0):
+        raise InputError(f"{noun} contain NaN")
+    if np.isinf(array).any():
+        raise InputError(f"{noun} contain infinity")
+    low, high = input_range
+    if array.size and (array.min() < low or array.max() > high):
         raise InputError(
-            f"float pixels must lie in [0, 1], got range [{array.min():.3g}, {array.max():.3g}]"
+            f"float {noun} must lie in [{low:g}, {high:g}], got range "
+            f"[{array.min():.3g}, {array.max():.3g}]"
         )
     return array
 
 
-def _as_batch(images, shape: tuple[int, int]) -> np.ndarray:
-    """[n, steps, features] float32 from a batch or a single image of the model's shape.
+def input_range_of(content: bytes, path: str) -> tuple[float, float]:
+    """The input range a verified file stores (`INPUT_RANGE_METADATA`); files without
+    the entry take pixels in [0, 1]."""
+    data = _metadata(content, INPUT_RANGE_METADATA)
+    if data is None:
+        return PIXEL_RANGE
+    if data.size != 8:
+        raise ModelFileError(f"{path}: damaged input range metadata")
+    low, high = (float(v) for v in data.view(np.float32))
+    if not low < high:
+        raise ModelFileError(f"{path}: damaged input range metadata ({low}, {high})")
+    return low, high
+
+
+def _as_batch(images, shape: tuple[int, int], input_range=PIXEL_RANGE) -> np.ndarray:
+    """[n, steps, features] float32 from a batch or a single input of the model's shape.
 
     Models over 784 pixel steps also take [n, 28, 28] images, read in row-major order.
     """
-    array = _to_float(images)
+    array = _to_float(images, input_range)
     if array.shape == shape:
         array = array[None]
     elif array.shape[-2:] == (28, 28) and shape == (784, 1):
@@ -215,6 +280,8 @@ class Classifier:
         self.classes = int(self._output["shape"][-1])
         # what each output means, e.g. "T-shirt/top"; digits where the file names none
         self.class_names = _class_names(content, path, self.classes)
+        # what the file takes: pixels in [0, 1] (or uint8), or any finite values
+        self.input_range = input_range_of(content, path)
         self.batch_size = int(self._input["shape_signature"][0])  # -1: dynamic
         self.quantized = self._input["dtype"] != np.float32
         # the size of one output quantization step (None for float outputs)
@@ -227,7 +294,8 @@ class Classifier:
 
         Args:
             images: [n, 28, 28] (or the model's [n, steps, features]), uint8 0-255 or float
-                in [0, 1]; a single image [28, 28] is accepted too.
+                in [0, 1] (a file of other data: floats in its `input_range`); a single
+                input [steps, features] is accepted too.
 
         Returns:
             float32 logits [n, classes] (dequantized for int8 models); [0, classes] for an
@@ -237,7 +305,7 @@ class Classifier:
             InputError: the images are malformed.
             ModelFileError: LiteRT failed to run the model, or it computed non-finite logits.
         """
-        x = _as_batch(images, self.input_shape)
+        x = _as_batch(images, self.input_shape, self.input_range)
         if not len(x):
             return np.zeros((0, self.classes), np.float32)
         batch = self.batch_size if self.batch_size > 0 else len(x)
@@ -336,6 +404,7 @@ class Stream:
         self._row, self._state_in = inputs["row"], inputs["state"]
         self._state_out, self._logits = outputs["state"], outputs["logits"]
         self.initial_state = _initial_state(content, path)
+        self.input_range = input_range_of(content, path)
         shapes = [list(d["shape"]) for d in (self._row, self._state_in, self._state_out)]
         state = [1, len(self.initial_state)]
         if len(shapes[0]) != 2 or shapes[0][0] != 1 or shapes[1:] != [state, state]:
@@ -352,7 +421,8 @@ class Stream:
         self.steps = 0
 
     def push(self, row) -> np.ndarray:
-        """Feeds one row [features] (uint8 0-255 or float in [0, 1]).
+        """Feeds one row [features] (uint8 0-255 or float in [0, 1]; a file of other data:
+        floats in its `input_range`).
 
         Returns:
             float32 logits [classes] after this row.
@@ -361,7 +431,7 @@ class Stream:
             InputError: the row is malformed.
             ModelFileError: LiteRT failed to run the model, or it computed non-finite logits.
         """
-        x = _to_float(row)
+        x = _to_float(row, self.input_range)
         if x.shape != (self.features,):
             raise InputError(f"a row must have shape [{self.features}], got {list(x.shape)}")
         x = x[None]

@@ -41,8 +41,8 @@ class Report:
     examples: int
     max_abs_logit_diff: float
     top1_agreement: float
-    keras_accuracy: float
-    tflite_accuracy: float
+    keras_accuracy: float | None
+    tflite_accuracy: float | None
     micro: dict | None = None
 
     def as_dict(self) -> dict:
@@ -57,8 +57,14 @@ class Report:
             ("examples", str(self.examples)),
             ("max |logit diff| vs Keras", f"{self.max_abs_logit_diff:.3g}"),
             ("top-1 agreement with Keras", f"{self.top1_agreement:.2%}"),
-            ("accuracy: Keras / TFLite", f"{self.keras_accuracy:.2%} / {self.tflite_accuracy:.2%}"),
         ]
+        if self.keras_accuracy is not None:
+            rows.append(
+                (
+                    "accuracy: Keras / TFLite",
+                    f"{self.keras_accuracy:.2%} / {self.tflite_accuracy:.2%}",
+                )
+            )
         if self.micro:
             m = self.micro
             rows += [
@@ -91,7 +97,8 @@ def verify(
     Args:
         tflite_path: the exported file (run with the LiteRT runtime, `Classifier`).
         keras_model: the Keras classifier (or its .keras path).
-        dataset: a `tf.data.Dataset` of (x, y) batches, or (images, labels) arrays.
+        dataset: a `tf.data.Dataset` of (x, y) batches, or (inputs, labels) arrays; float
+            targets (regression) report no accuracy.
         micro: also run the file in TensorFlow Lite Micro (batch-1 files) and compare it
             with LiteRT.
         json_path: where to save the report as JSON (optional).
@@ -114,8 +121,8 @@ def verify(
         examples=len(labels),
         max_abs_logit_diff=float(np.abs(tflite_logits - keras_logits).max()),
         top1_agreement=float((tflite_logits.argmax(-1) == keras_logits.argmax(-1)).mean()),
-        keras_accuracy=float((keras_logits.argmax(-1) == labels).mean()),
-        tflite_accuracy=float((tflite_logits.argmax(-1) == labels).mean()),
+        keras_accuracy=_accuracy(keras_logits, labels),
+        tflite_accuracy=_accuracy(tflite_logits, labels),
     )
     if micro:
         report.micro = _micro_report(
@@ -124,6 +131,13 @@ def verify(
     if json_path:
         write_json(json_path, report.as_dict())
     return report
+
+
+def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float | None:
+    """Top-1 accuracy against integer labels; None for regression targets."""
+    if labels.dtype.kind not in "iu" or logits.shape[-1] < 2:
+        return None
+    return float((logits.argmax(-1) == labels).mean())
 
 
 def _micro_report(tflite_path, images, litert_logits, classifier) -> dict:

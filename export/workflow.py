@@ -11,37 +11,49 @@ import tempfile
 import tensorflow as tf
 
 from kerasrnn import data
-from kerasrnn._io import TEMPORARY_PREFIX
+from kerasrnn._io import TEMPORARY_PREFIX, temporary_path, write_json
 from kerasrnn.config import CLASS_NAMES, DataConfig
-from kerasrnn.errors import ConfigError, MicroError
+from kerasrnn.errors import ConfigError, ConversionError, MicroError
 from kerasrnn.evaluation import load_model, model_view
-from kerasrnn.export.config import MICRO_QUANTIZATIONS, ExportConfig
+from kerasrnn.export.config import MICRO_QUANTIZATIONS, ExportConfig, ParityBounds
 from kerasrnn.export.convert import TfliteFile, to_tflite
 from kerasrnn.export.micro import c_array_paths, check_c_array_replaceable, write_c_array
+from kerasrnn.export.model_reader import read_model
+from kerasrnn.export.runtime import PIXEL_RANGE
 from kerasrnn.export.verification import Report, verify
+from kerasrnn.sequences import Sequences
 
 # int8 calibration: the training split, up to this many images. Measured on the sample,
 # the whole 4,000-image split gave closer TFLM/LiteRT int8 agreement than 500 images.
 CALIBRATION_IMAGES = 4000
-# Below this top-1 agreement with Keras an int8 file is flagged (README: 99.0-99.5% with
-# int16 activations; IRNN models measured 92.4%).
+# Below this top-1 agreement with Keras a written int8 file is flagged (README: 99.0-99.5%
+# with int16 activations); below `ParityBounds`' it is not written.
 INT8_AGREEMENT = 0.99
 log = logging.getLogger(__name__)
 
 
 def export_model(
-    model_path: str, out_path: str, config: ExportConfig, data_config: DataConfig
+    model_path: str,
+    out_path: str,
+    config: ExportConfig,
+    data_config: DataConfig,
+    sequences: Sequences | None = None,
 ) -> tuple[TfliteFile, Report, dict]:
-    """Converts a saved classifier, verifies it and writes the extras.
+    """Converts a saved model, verifies it and writes the extras.
 
-    Calibration (int8) uses real training images; verification uses the test split.
+    Calibration (int8) uses real training data; verification uses the test split. The
+    file is converted beside `out_path` and put in its place only once it agrees with
+    Keras (a quantized file: `ParityBounds`' agreement on the test data), so a refused
+    file never replaces a previous one.
 
     Args:
         model_path: the .keras file.
         out_path: the .tflite to write.
         config: see `ExportConfig`.
         data_config: where calibration and test digits come from (read in the model's
-            view, see `evaluation.model_view`).
+            view, see `evaluation.model_view`); unused with `sequences`.
+        sequences: the user's own data (`kerasrnn.sequences`) for a model of any input
+            shape: x calibrates, x_test (else x) verifies; the file takes any finite values.
 
     Returns:
         (the written file, the verification report, the extras asked for: {"stream": path,
@@ -52,6 +64,9 @@ def export_model(
             holds something other than this file's C array (see
             `micro.check_c_array_replaceable`); or `config.format` is not "tflite" (see
             `export_saved_model`).
+        ConversionError: the model cannot be rebuilt (named layer), or the file does not
+            agree with Keras on the test data; nothing is written.
+        DataError: `sequences` do not fit the model.
         MicroError: the file was written but fails the TensorFlow Lite Micro check.
     """
     if config.format != "tflite":
@@ -64,50 +79,56 @@ def export_model(
         if config.stream:
             check_c_array_replaceable(_outputs(out_path, config)["stream"])
     model = load_model(model_path)
-    data_config = dataclasses.replace(data_config, view=model_view(model, data_config.view))
-    calibration = None
-    if config.quantization == "int8":
-        images, _ = data.load_arrays(
-            dataclasses.replace(data_config, max_examples=None), "train+validation"
-        )
-        calibration = _views(images[:CALIBRATION_IMAGES], data_config.view)
+    calibration, test, input_range, class_names = _data(model, config, data_config, sequences)
     log.info(
         "converting %s to %s (%s%s)",
         model_path,
         out_path,
         config.quantization,
-        f", calibrated on {len(calibration):,} training digits" if calibration is not None else "",
+        f", calibrated on {len(calibration):,} training sequences"
+        if calibration is not None
+        else "",
     )
-    written = to_tflite(
-        model,
-        out_path,
-        config.quantization,
-        calibration,
-        config.batch_size,
-        activations=config.activations,
-        class_names=_class_names(model, data_config),
-    )
-    images, labels = data.load_arrays(data_config, "test")
+    options = {
+        "activations": config.activations,
+        "min_agreement": config.min_agreement,
+        "input_range": input_range,
+        "per_channel": config.per_channel,
+    }
     micro = config.micro and config.batch_size == 1 and config.quantization in MICRO_QUANTIZATIONS
     log.info(
-        "verifying %s against Keras on %d test digits%s",
+        "verifying %s against Keras on %d test sequences%s",
         out_path,
-        len(labels),
+        len(test[1]),
         " and in TensorFlow Lite Micro" if micro else "",
     )
+    staged = temporary_path(out_path)
     try:
-        report = verify(
-            out_path,
+        written = to_tflite(
             model,
-            (_views(images, data_config.view), labels),
-            micro=micro,
-            json_path=_outputs(out_path, config)["report"],
+            staged,
+            config.quantization,
+            calibration,
+            config.batch_size,
+            class_names=class_names,
+            **options,
         )
-    except MicroError as e:
-        raise MicroError(
-            f"{out_path} was written but fails the TensorFlow Lite Micro check "
-            f"(--no-micro skips it): {e}"
-        ) from None
+        try:
+            report = verify(staged, model, test, micro=micro)
+        except MicroError as e:
+            os.replace(staged, out_path)
+            raise MicroError(
+                f"{out_path} was written but fails the TensorFlow Lite Micro check "
+                f"(--no-micro skips it): {e}"
+            ) from None
+        _refuse_disagreement(out_path, written, report, config)
+        os.replace(staged, out_path)
+    finally:
+        if os.path.lexists(staged):
+            os.remove(staged)
+    written = dataclasses.replace(written, path=out_path)
+    report.tflite_path = out_path
+    write_json(_outputs(out_path, config)["report"], report.as_dict())
     _warn_about(written, report)
     extras = {}
     if config.stream:
@@ -119,7 +140,7 @@ def export_model(
             "int8" if config.quantization == "int8" else "none",
             calibration,
             stream=True,
-            activations=config.activations,
+            **options,
         )
     if config.c_array:
         arena = report.micro["arena_bytes"] if report.micro else None
@@ -127,6 +148,41 @@ def export_model(
         if config.stream:
             extras["stream_c_array"] = list(write_c_array(extras["stream"]))
     return written, report, extras
+
+
+def _data(model, config: ExportConfig, data_config: DataConfig, sequences: Sequences | None):
+    """(calibration inputs or None, (test inputs, test labels), the file's input range,
+    the class names it stores) for `export_model`."""
+    int8 = config.quantization == "int8"
+    if sequences is not None:
+        read = read_model(model)
+        sequences.check_model(read.input_shape, read.outputs)
+        calibration = sequences.x[:CALIBRATION_IMAGES] if int8 else None
+        return calibration, sequences.test, None, None
+    data_config = dataclasses.replace(data_config, view=model_view(model, data_config.view))
+    calibration = None
+    if int8:
+        images, _ = data.load_arrays(
+            dataclasses.replace(data_config, max_examples=None), "train+validation"
+        )
+        calibration = _views(images[:CALIBRATION_IMAGES], data_config.view)
+    images, labels = data.load_arrays(data_config, "test")
+    test = (_views(images, data_config.view), labels)
+    return calibration, test, PIXEL_RANGE, _class_names(model, data_config)
+
+
+def _refuse_disagreement(out_path: str, written: TfliteFile, report: Report, config) -> None:
+    """Raises `ConversionError` when a quantized classifier's top-1 agreement with Keras
+    on the test data is below its `ParityBounds`."""
+    bound = ParityBounds.for_file(
+        written.quantization, config.activations, config.min_agreement
+    ).top1_agreement
+    if bound is not None and report.keras_accuracy is not None and report.top1_agreement < bound:
+        raise ConversionError(
+            f"the {written.quantization} file agrees with Keras on {report.top1_agreement:.1%} "
+            f"of the {report.examples} test sequences, below {bound:.1%} (--min-agreement "
+            f"lowers it); nothing was written to {out_path}"
+        )
 
 
 def _class_names(model, data_config: DataConfig) -> tuple[str, ...] | None:
@@ -209,7 +265,7 @@ def _warn_about(written: TfliteFile, report: Report) -> None:
             f"{written.size_bytes:,}",
             f"{written.parameter_bytes:,}",
         )
-    if report.top1_agreement < INT8_AGREEMENT:
+    if report.keras_accuracy is not None and report.top1_agreement < INT8_AGREEMENT:
         log.warning(
             "%s: the int8 file agrees with Keras on only %.1f%% of the test digits "
             "(below %.0f%%): check its accuracy (%.2f%% vs Keras %.2f%%) before "

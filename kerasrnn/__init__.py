@@ -19,6 +19,8 @@ _EXPORTS = {
     "KerasRnnError": "kerasrnn.errors",
     "mnist": "kerasrnn.data",
     "load_arrays": "kerasrnn.data",
+    "sequences": "kerasrnn.sequences",
+    "load_npz": "kerasrnn.sequences",
     "ElmanCell": "kerasrnn.cells",
     "LearnableInitialState": "kerasrnn.cells",
     "build_classifier": "kerasrnn.models",

@@ -323,12 +323,21 @@ def cmd_export(args) -> None:
         micro=not args.no_micro,
         c_array=args.c_array,
         format=args.format,
+        min_agreement=args.min_agreement,
+        per_channel=args.per_channel,
     )
     if export_config.format == "saved_model":
         path = export_saved_model(args.model, args.out)
         print(f'wrote {path}: a SavedModel, signature "serving_default" (float32 logits)')
         return
-    written, report, extras = export_model(args.model, args.out, export_config, _data_config(args))
+    sequences = None
+    if args.npz:
+        from kerasrnn.sequences import load_npz
+
+        sequences = load_npz(args.npz)
+    written, report, extras = export_model(
+        args.model, args.out, export_config, _data_config(args), sequences
+    )
     print(
         f"wrote {written.path}: {written.size_bytes:,} bytes, {written.size_ratio:.2f}x the "
         f"{written.parameter_bytes:,} bytes of float32 parameters ({written.form})"
@@ -345,7 +354,12 @@ def cmd_firmware(args) -> None:
     firmware_config = FirmwareConfig(
         tflm_dir=args.tflm_dir, target=args.target, digits=args.digits, run=args.run
     )
-    images, _ = load_arrays(_data_config(args), "test")
+    if args.npz:
+        from kerasrnn.sequences import load_npz
+
+        images = load_npz(args.npz).test[0]
+    else:
+        images, _ = load_arrays(_data_config(args), "test")
     print(build_firmware(args.model, args.out, firmware_config, images).table())
 
 
@@ -471,7 +485,11 @@ def build_parser() -> argparse.ArgumentParser:
         "TensorFlow Lite Micro, then verify it; or write a SavedModel for serving "
         "(--format saved_model).",
     )
-    p.add_argument("model", help="a .keras file from `kerasrnn train`")
+    p.add_argument(
+        "model",
+        help="a .keras file: from `kerasrnn train`, or any recurrent Keras model (the "
+        "README's table of layers)",
+    )
     from kerasrnn.export.config import FORMATS
 
     p.add_argument(
@@ -511,6 +529,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--stream also NAME.step.h/.cc); never over another file's",
     )
     p.add_argument("--no-micro", action="store_true", help="skip the TFLM check")
+    p.add_argument(
+        "--min-agreement",
+        type=float,
+        default=_default(ExportConfig, "min_agreement"),
+        help="dynamic/int8: the least top-1 agreement with Keras on the test data of a "
+        "file that is written (default: 0.9; below 0.99 an int8 file is flagged)",
+    )
+    p.add_argument(
+        "--per-channel",
+        action="store_true",
+        help="int8: weight scales per output channel (closer to Keras for some models; "
+        "a larger file and arena)",
+    )
+    p.add_argument(
+        "--npz",
+        help="your own data for a model of any input shape: a .npz with x float "
+        "[n, steps, features], y int labels or float targets (optional x_test, y_test); "
+        "x calibrates int8, x_test (else x) verifies. Replaces --data",
+    )
     _add_data_flags(p)
     p.set_defaults(func=cmd_export)
 
@@ -544,6 +581,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=_default(FirmwareConfig, "digits"),
         help="test digits embedded and run",
+    )
+    p.add_argument(
+        "--npz",
+        help="the sequences to embed and run, for a model of any input shape: x_test "
+        "(else x) of a .npz as `kerasrnn export --npz` reads it. Replaces --data",
     )
     _add_data_flags(p)
     p.set_defaults(func=cmd_firmware)

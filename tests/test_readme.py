@@ -24,3 +24,15 @@ def test_readme_python_api_block_trains_tunes_exports_and_verifies(tmp_path, mon
     assert namespace["run"].test["test_accuracy"] >= 0.85
     assert all(row["status"] == "COMPLETED" for row in namespace["search"].rows)
     assert os.path.getsize(tmp_path / "runs" / "api-elman64.tflite") > 0
+
+
+def test_readme_support_table_is_the_conversion_matrix():
+    import sys
+
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    import support_table
+
+    assert support_table.readme_table() == support_table.table(), (
+        "README.md's table of layers differs from tests/conversion_matrix.py: paste "
+        "`python tools/support_table.py` between its markers"
+    )

@@ -14,7 +14,8 @@ from kerasrnn import data, models, training
 from kerasrnn.cell_kinds import CELL_KINDS, CELLS
 from kerasrnn.config import LOOPS, DataConfig, ModelConfig, TrainConfig
 from kerasrnn.errors import ConfigError, DataError
-from kerasrnn.export.graph import classifier_weights, sequence_function
+from kerasrnn.export.graph import sequence_function
+from kerasrnn.export.model_reader import read_model
 from kerasrnn.models import build_classifier
 
 # The layers of LSTM and GRU before `kerasrnn.cells` gave them leaner unrolled steps.
@@ -126,7 +127,7 @@ def test_export_graph_agrees_with_an_unrolled_model(cell):
         ]
     )
     assert all(layer.unroll for layer in _recurrent_layers(model))
-    classify = sequence_function(classifier_weights(model), batch_size=None)
+    classify = sequence_function(read_model(model), batch_size=None)
     assert relative_difference(classify(tf.constant(_x())).numpy(), model(_x()).numpy()) <= ROUNDING
 
 

@@ -34,7 +34,7 @@ def test_export_never_overwrites_the_model_it_reads(tmp_path, out, config):
 
 
 def _written(size: int, parameters: int) -> TfliteFile:
-    return TfliteFile("m.tflite", size, parameters, ("ADD",), "int8", "unrolled")
+    return TfliteFile("m.tflite", size, parameters, ("ADD",), "int8", "unrolled", {})
 
 
 def _report(agreement: float) -> Report:
