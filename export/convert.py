@@ -85,20 +85,11 @@ def choose_form(
     converter segfaults on the loop (with int8 and int16 activations alike), so int8 files
     of the other cells are unrolled.
 
-    Raises:
-        ConfigError: `form` names a form the model has not.
+    Args:
+        fusable, loopable: whether the model has the fused and loop forms (an explicit
+            `form` is checked against the model by `graph.check_form`).
     """
     check_choice("form", form, ("auto", *FORMS))
-    if form == "fused" and not fusable:
-        raise ConfigError(
-            "the fused form needs LSTM layers only (one after another, between per-step "
-            "layers), zero initial states, no mask and a static batch size"
-        )
-    if form == "loop" and not loopable:
-        raise ConfigError(
-            "the loop form needs forward recurrent layers one after another, between "
-            "per-step layers, and no mask"
-        )
     if form != "auto":
         return form
     if fusable and quantization == "int8":
@@ -187,7 +178,7 @@ def to_tflite(
     _check_arguments(quantization, representative_data, batch_size, activations)
     if class_names is not None and stream:
         raise ConfigError("class_names are stored in whole-sequence classifiers, not stream=True")
-    choose_form(quantization, form, fusable=True)  # checks the argument's spelling
+    choose_form(quantization, form)  # checks the argument's spelling
     bounds = ParityBounds.for_file(quantization, activations, min_agreement)
     low, high = (-np.inf, np.inf) if input_range is None else map(float, input_range)
     if not low < high:
@@ -264,10 +255,10 @@ def _form(read, quantization: str, form: str, batch_size, stream: bool) -> str:
             f"CEIL, which has no integer kernel; export it as float32 or float16"
         )
     if stream:
-        refusal = read.streaming_refusal()
-        if refusal:
-            raise ConversionError(f"cannot export this model as a stream: {refusal}")
+        read.check_streams()
         return "unrolled"  # the step function: one step of each layer
+    if form != "auto":
+        graph.check_form(read, form, batch_size)
     return choose_form(quantization, form, graph.can_fuse(read, batch_size), graph.can_loop(read))
 
 

@@ -240,6 +240,22 @@ def can_loop(model: ModelGraph) -> bool:
     return parts is not None and not any(s.masked for s in parts[1])
 
 
+def check_form(model: ModelGraph, form: str, batch_size: int | None) -> None:
+    """Raises `ConfigError` when `form` (one of `FORMS`) is not a form of `model`, saying
+    what the form needs."""
+    check_choice("form", form, FORMS)
+    if form == "fused" and not can_fuse(model, batch_size):
+        raise ConfigError(
+            "the fused form needs LSTM layers only (one after another, between per-step "
+            "layers), zero initial states, no mask and a static batch size"
+        )
+    if form == "loop" and not can_loop(model):
+        raise ConfigError(
+            "the loop form needs forward recurrent layers one after another, between "
+            "per-step layers, and no mask"
+        )
+
+
 def sequence_function(model: ModelGraph, batch_size: int | None = 1, form: str = "unrolled"):
     """The whole-sequence model as a `tf.function`.
 
@@ -257,17 +273,7 @@ def sequence_function(model: ModelGraph, batch_size: int | None = 1, form: str =
     Raises:
         ConfigError: a form the model has not (the message says what it needs).
     """
-    check_choice("form", form, FORMS)
-    if form == "fused" and not can_fuse(model, batch_size):
-        raise ConfigError(
-            "the fused form needs LSTM layers only (one after another, between per-step "
-            "layers), zero initial states, no mask and a static batch size"
-        )
-    if form == "loop" and not can_loop(model):
-        raise ConfigError(
-            "the loop form needs forward recurrent layers one after another, between "
-            "per-step layers, and no mask"
-        )
+    check_form(model, form, batch_size)
     steps, features = model.input_shape
     spec = tf.TensorSpec([batch_size, steps, features], tf.float32, name="sequence")
     body = {"loop": _loop, "fused": _fused, "unrolled": _unrolled}[form]
@@ -372,11 +378,9 @@ def step_function(model: ModelGraph):
         {"state": [1, state_size], "logits": [1, outputs]}.
 
     Raises:
-        ConversionError: the model has no streaming form (`streaming_refusal` says why).
+        ConversionError: the model has no streaming form (`ModelGraph.check_streams`).
     """
-    refusal = model.streaming_refusal()
-    if refusal:
-        raise ConversionError(f"cannot export {model.names[-1]}'s model as a stream: {refusal}")
+    model.check_streams()
     prefix, stack, head = model.split()
     layers = [stage.weights for stage in stack]
     features = model.input_shape[1]

@@ -244,6 +244,12 @@ class ModelGraph:
             )
         return None
 
+    def check_streams(self) -> None:
+        """Raises `ConversionError` saying why, when the model has no streaming form."""
+        refusal = self.streaming_refusal()
+        if refusal:
+            raise ConversionError(f"cannot export this model as a stream: {refusal}")
+
     @property
     def recurrent_stack(self) -> tuple[Recurrent, ...]:
         """The recurrent layers of a model that `split`s (empty otherwise)."""
