@@ -302,10 +302,10 @@ def test_unexportable_model_is_refused_before_the_converter_starts(tmp_path, mon
 
     monkeypatch.setattr(convert, "run_child", no_child)
     model = keras.Sequential(
-        [keras.Input((28, 28)), keras.layers.LSTM(4), keras.layers.LayerNormalization()]
+        [keras.Input((28, 28)), keras.layers.LSTM(4), keras.layers.LayerNormalization(name="norm")]
     )
     with pytest.raises(
-        ConversionError, match=r"layer_normalization \(LayerNormalization\): this layer is not"
+        ConversionError, match=r"layer norm \(LayerNormalization\): this layer is not"
     ):
         convert.to_tflite(model, str(tmp_path / "x.tflite"))
     assert not (tmp_path / "x.tflite").exists()
