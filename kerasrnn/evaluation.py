@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import struct
 import zipfile
+import zlib
 
 import keras
 import numpy as np
@@ -16,29 +18,70 @@ from kerasrnn.config import VIEWS, DataConfig
 from kerasrnn.errors import ConfigError, ModelFileError
 
 # A .keras file is a zip of JSON and HDF5 weights, which compress little; a zip bomb
-# inflates a thousandfold. Refuse archives that claim to inflate beyond this.
+# inflates a thousandfold. Refuse archives that inflate beyond this.
 _MAX_INFLATION = 100
 _MAX_SMALL_ARCHIVE = 1 << 24  # any archive may hold this much (16 MiB)
+_CHUNK = 1 << 16  # the most bytes the check reads or inflates at a time
+# A member's local header: its signature, then the lengths of its name and extra field.
+_LOCAL_HEADER = struct.Struct("<4s22xHH")
 
 
 def _check_archive(path: str) -> None:
-    """Checks a `.keras` zip's declared sizes before anything is decompressed.
+    """Checks that a `.keras` zip inflates to no more than a model's weights could, before
+    Keras decompresses anything.
+
+    The sizes are counted from the members' data as it inflates, in bounded chunks, never
+    taken from the headers, which a hostile file can make say anything: Python's zipfile
+    trusts them, and inflates a whole bzip2 or LZMA chunk at once before it cuts the
+    result to the size they state.
 
     Raises:
-        ModelFileError: the archive inflates to far more than a model's weights could.
+        ModelFileError: the archive inflates to far more than a model's weights could,
+            or a member is compressed otherwise than Keras writes (stored or deflated).
     """
+    size = os.path.getsize(path)
+    limit = max(_MAX_INFLATION * size, _MAX_SMALL_ARCHIVE)
     try:
-        with zipfile.ZipFile(path) as archive:
-            inflated = sum(member.file_size for member in archive.infolist())
+        archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, ValueError):
         return  # not a readable zip: Keras's own error says what is wrong with it
-    limit = max(_MAX_INFLATION * os.path.getsize(path), _MAX_SMALL_ARCHIVE)
-    if inflated > limit:
-        raise ModelFileError(
-            f"{path}: the archive inflates to {inflated:,} bytes from "
-            f"{os.path.getsize(path):,} (more than {limit:,}): not a .keras model, "
-            f"refused unread"
-        )
+    with archive, open(path, "rb") as f:
+        inflated = 0
+        for member in archive.infolist():
+            if member.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                method = zipfile.compressor_names.get(member.compress_type, "an unknown method")
+                raise ModelFileError(
+                    f"{path}: {member.filename} is compressed with {method}, which Keras "
+                    f"never writes (it stores or deflates): not a .keras model, refused unread"
+                )
+            try:
+                inflated += _member_size(f, member, limit - inflated)
+            except (zipfile.BadZipFile, OSError, struct.error, zlib.error):
+                return  # a damaged member: Keras's own error says what is wrong with it
+            if inflated > limit:
+                raise ModelFileError(
+                    f"{path}: the archive inflates to more than {limit:,} bytes from "
+                    f"{size:,}: not a .keras model, refused before loading"
+                )
+
+
+def _member_size(f, member: zipfile.ZipInfo, budget: int) -> int:
+    """The bytes a zip member's data gives, counted as it inflates from the archive `f`,
+    up to a little past `budget` (the caller refuses beyond it)."""
+    f.seek(member.header_offset)
+    signature, name_length, extra_length = _LOCAL_HEADER.unpack(f.read(_LOCAL_HEADER.size))
+    if signature != b"PK\x03\x04":
+        raise zipfile.BadZipFile(f"no local header for {member.filename}")
+    f.seek(name_length + extra_length, os.SEEK_CUR)
+    if member.compress_type == zipfile.ZIP_STORED:  # what zipfile reads: at most the file
+        return min(member.compress_size, os.fstat(f.fileno()).st_size - f.tell())
+    inflater, total = zlib.decompressobj(-zlib.MAX_WBITS), 0
+    while not inflater.eof and total <= budget:
+        data = inflater.unconsumed_tail or f.read(_CHUNK)
+        if not data:  # the file ends inside the stream
+            break
+        total += len(inflater.decompress(data, _CHUNK))
+    return total
 
 
 def load_model(path: str) -> keras.Model:
