@@ -9,6 +9,7 @@ RUN/logs/train/        TensorBoard, as Keras's callback writes it: epoch_loss, e
 RUN/logs/validation/   epoch_learning_rate (train) by epoch, and weight histograms on request
 RUN/model.keras        the final model; RUN/summary.json its test scores
 RUN/curves.png, RUN/confusion.png
+RUN/.lock              held by the process training into RUN (see `kerasrnn._lock`)
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@ then saves it, scores it on the test split and draws its figures."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import shutil
@@ -12,6 +13,7 @@ import tensorflow as tf
 
 from kerasrnn import data, distribute, plots
 from kerasrnn._io import atomic_write, write_json
+from kerasrnn._lock import folder_lock
 from kerasrnn.config import CLASS_NAMES, DataConfig, ModelConfig, TrainConfig
 from kerasrnn.errors import DataError
 from kerasrnn.evaluation import predict_logits, scores
@@ -80,7 +82,9 @@ def train(
         ConfigError: the strategy cannot be made (see `distribute.make_strategy`).
         DataError: a split holds no examples (nothing is written then).
         RunExistsError: `out_dir` holds a run and `resume` is false, or a different run.
-        RunFolderError: the workers of a multi-worker run resume from different epochs.
+        RunFolderError: another process is training into `out_dir` (see
+            `kerasrnn._lock`), or the workers of a multi-worker run resume from
+            different epochs.
     """
     # First: a strategy may set up TensorFlow's devices, which must not have started.
     strategy = distribute.make_strategy(config)
@@ -91,67 +95,70 @@ def train(
     num_samples = _check_splits(data_config, splits)
     run = RunDirectory(out_dir)
     chief = distribute.is_chief(strategy)
-    if chief:
-        run.begin(_settings(model_config, data_config, config), resume, _settings_of_old_runs())
-    # Each epoch's batches in an order fixed by the seeds and the epoch, so that a resumed
-    # run reads what an uninterrupted one would (see `data.epochs`).
-    train_batches = data.epochs(data_config, "train")
-    steps = steps_per_epoch(train_batches)
-    with distribute.scope(strategy):
-        model = compile_model(build_classifier(model_config), config, steps)
-        if strategy is not None:  # now, on every worker alike: making variables is collective
-            model.optimizer.build(model.trainable_variables)
-    if config.verbose:  # the layers and parameter counts, as Keras users expect to see first
-        model.summary()
-    checkpoint = tf.train.Checkpoint(
-        model=model,
-        optimizer=model.optimizer,
-        epoch=tf.Variable(0, dtype=tf.int64),
-        random=random_states(model),
-    )
-    initial_epoch = 0
-    latest = tf.train.latest_checkpoint(run.checkpoint_dir) if resume else None
-    if latest:
-        model.optimizer.build(model.trainable_variables)
-        checkpoint.restore(latest).assert_existing_objects_matched()
-        initial_epoch = int(checkpoint.epoch.numpy())
-        log.info("resuming %s after epoch %d", out_dir, initial_epoch)
-        if not config.deterministic and initial_epoch < config.epochs:
-            log.info(
-                "resumed without --deterministic: bit-exact only where TensorFlow's kernels "
-                "happen to be deterministic (usually on CPUs, not on GPUs)"
-            )
-    distribute.check_workers_agree(strategy, initial_epoch, run.path)
-    # Every worker runs the same recorder, so that all stop early at the same epoch and
-    # all save, as TensorFlow's multi-worker guide advises (a save may need every worker).
-    records = run if chief else RunDirectory(distribute.worker_folder())
-    try:
-        recorder = RunRecorder(
-            records,
-            checkpoint,
-            run.read_history()[:initial_epoch],
-            num_samples,
-            config.patience,
-            histograms=histograms,
+    # The chief alone writes the run folder, and holds it for the whole run: another
+    # `train` of it (a second --resume) is refused while this one runs.
+    with folder_lock(run.path, "run folder") if chief else contextlib.nullcontext():
+        if chief:
+            run.begin(_settings(model_config, data_config, config), resume, _settings_of_old_runs())
+        # Each epoch's batches in an order fixed by the seeds and the epoch, so that a resumed
+        # run reads what an uninterrupted one would (see `data.epochs`).
+        train_batches = data.epochs(data_config, "train")
+        steps = steps_per_epoch(train_batches)
+        with distribute.scope(strategy):
+            model = compile_model(build_classifier(model_config), config, steps)
+            if strategy is not None:  # now, on every worker alike: making variables is collective
+                model.optimizer.build(model.trainable_variables)
+        if config.verbose:  # the layers and parameter counts, as Keras users expect to see first
+            model.summary()
+        checkpoint = tf.train.Checkpoint(
+            model=model,
+            optimizer=model.optimizer,
+            epoch=tf.Variable(0, dtype=tf.int64),
+            random=random_states(model),
         )
-        if initial_epoch < config.epochs and not recorder.should_stop():
-            fit(
-                model,
-                train_batches,
-                splits["validation"],
-                config,
-                [recorder, *callbacks],
-                initial_epoch,
+        initial_epoch = 0
+        latest = tf.train.latest_checkpoint(run.checkpoint_dir) if resume else None
+        if latest:
+            model.optimizer.build(model.trainable_variables)
+            checkpoint.restore(latest).assert_existing_objects_matched()
+            initial_epoch = int(checkpoint.epoch.numpy())
+            log.info("resuming %s after epoch %d", out_dir, initial_epoch)
+            if not config.deterministic and initial_epoch < config.epochs:
+                log.info(
+                    "resumed without --deterministic: bit-exact only where TensorFlow's kernels "
+                    "happen to be deterministic (usually on CPUs, not on GPUs)"
+                )
+        distribute.check_workers_agree(strategy, initial_epoch, run.path)
+        # Every worker runs the same recorder, so that all stop early at the same epoch and
+        # all save, as TensorFlow's multi-worker guide advises (a save may need every worker).
+        records = run if chief else RunDirectory(distribute.worker_folder())
+        try:
+            recorder = RunRecorder(
+                records,
+                checkpoint,
+                run.read_history()[:initial_epoch],
+                num_samples,
+                config.patience,
+                histograms=histograms,
             )
-    finally:
-        if not chief:
-            shutil.rmtree(records.path, ignore_errors=True)
-    if not chief:  # the chief restores the best epoch, saves and scores the model
-        return TrainResult(distribute.local_copy(model), recorder.history, {}, run.path)
-    recorder.restore_best()
-    if strategy is not None:  # saved and scored on one device (see `distribute.local_copy`)
-        model = compile_model(distribute.local_copy(model), config, steps)
-    return _finish(run, model, splits["test"], recorder, CLASS_NAMES[data_config.dataset])
+            if initial_epoch < config.epochs and not recorder.should_stop():
+                fit(
+                    model,
+                    train_batches,
+                    splits["validation"],
+                    config,
+                    [recorder, *callbacks],
+                    initial_epoch,
+                )
+        finally:
+            if not chief:
+                shutil.rmtree(records.path, ignore_errors=True)
+        if not chief:  # the chief restores the best epoch, saves and scores the model
+            return TrainResult(distribute.local_copy(model), recorder.history, {}, run.path)
+        recorder.restore_best()
+        if strategy is not None:  # saved and scored on one device (see `distribute.local_copy`)
+            model = compile_model(distribute.local_copy(model), config, steps)
+        return _finish(run, model, splits["test"], recorder, CLASS_NAMES[data_config.dataset])
 
 
 def _settings(

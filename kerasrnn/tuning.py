@@ -8,7 +8,8 @@ oracle and writes the results), each worker with its own id.
 A search folder survives kills: OUT/search.json records what defines the search (a rerun
 with other settings is refused), Keras Tuner's state files are written atomically, and a
 kill between its two writes for one trial (trial.json, then oracle.json) is completed on
-the next run (`_reconcile`).
+the next run (`_reconcile`). A single search or a chief holds OUT/.lock while it runs
+(see `kerasrnn._lock`), so that a second search of OUT is refused; workers share OUT.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from keras_tuner.src import utils as kt_utils
 
 from kerasrnn import data, tuning_results
 from kerasrnn._io import atomic_write, remove_temporaries, write_json
+from kerasrnn._lock import folder_lock
 from kerasrnn.config import DataConfig, TuneConfig
 from kerasrnn.errors import ConfigError, KerasRnnError, RunExistsError, SearchSpaceError
 from kerasrnn.hypermodel import RNNHyperModel, objective
@@ -384,6 +386,7 @@ def tune(
 
     Raises:
         RunExistsError: `out_dir` holds a search with other settings.
+        RunFolderError: another search (not a worker of this one) runs in `out_dir`.
         SearchSpaceError: the stored search's state is damaged, or the data and the
             space both set the shift.
         KerasRnnError: a trial failed (Keras Tuner records failures and goes on).
@@ -391,22 +394,26 @@ def tune(
     data_config = dataclasses.replace(data_config, source=data.resolve_source(data_config))
     variables = distributed_environment(role, oracle, worker_id)
     hypermodel = RNNHyperModel(space, data_config, config)
-    _begin_search(out_dir, _search_definition(space, data_config, config))
-    if not _is_worker(variables):  # a worker shares the folder with a running chief
-        project = os.path.join(out_dir, PROJECT)
-        remove_temporaries(out_dir, project, *glob.glob(os.path.join(project, "trial_*")))
-    with _environment(variables), _atomic_state_writes():
-        tuner = make_tuner(hypermodel, config, out_dir)
-        finished = search(tuner, config)
-        distributed = "KERASTUNER_ORACLE_IP" in os.environ
-        role = os.environ.get("KERASTUNER_TUNER_ID", "single") if distributed else "single"
-        if role not in ("single", "chief"):  # a worker's oracle is a client of the chief's
-            return TuneOutcome(finished, role, [], None)
-        rows = tuning_results.trial_rows(tuner)
-        failed = [r["trial"] for r in rows if r["status"] in ("FAILED", "INVALID")]
-        if failed:
-            raise KerasRnnError(f"trials {failed} failed; see the logs in {out_dir}")
-        summary = None
-        if any(r["score"] is not None for r in rows):
-            summary = tuning_results.write_results(tuner, data_config, out_dir, retrain=retrain)
-    return TuneOutcome(finished, role, rows, summary)
+    # A worker shares the folder with its running chief; a single search or a chief holds
+    # it for the whole search: a second one in the same folder is refused.
+    worker = _is_worker(variables)
+    with contextlib.nullcontext() if worker else folder_lock(out_dir, "search folder"):
+        _begin_search(out_dir, _search_definition(space, data_config, config))
+        if not worker:
+            project = os.path.join(out_dir, PROJECT)
+            remove_temporaries(out_dir, project, *glob.glob(os.path.join(project, "trial_*")))
+        with _environment(variables), _atomic_state_writes():
+            tuner = make_tuner(hypermodel, config, out_dir)
+            finished = search(tuner, config)
+            distributed = "KERASTUNER_ORACLE_IP" in os.environ
+            role = os.environ.get("KERASTUNER_TUNER_ID", "single") if distributed else "single"
+            if role not in ("single", "chief"):  # a worker's oracle is a client of the chief's
+                return TuneOutcome(finished, role, [], None)
+            rows = tuning_results.trial_rows(tuner)
+            failed = [r["trial"] for r in rows if r["status"] in ("FAILED", "INVALID")]
+            if failed:
+                raise KerasRnnError(f"trials {failed} failed; see the logs in {out_dir}")
+            summary = None
+            if any(r["score"] is not None for r in rows):
+                summary = tuning_results.write_results(tuner, data_config, out_dir, retrain=retrain)
+        return TuneOutcome(finished, role, rows, summary)

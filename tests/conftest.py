@@ -170,3 +170,40 @@ def calibration():
 
     images, _ = load_arrays(DataConfig(source="sample"), "train+validation")
     return images.astype(np.float32) / 255.0
+
+
+_HOLD_LOCK = """
+import sys
+from kerasrnn._lock import folder_lock
+with folder_lock(sys.argv[1], "folder"):
+    print("locked", flush=True)
+    sys.stdin.read()  # held until the test kills this process
+"""
+
+
+@pytest.fixture
+def lock_holder():
+    """Starts a process that holds the lock of a folder (see `kerasrnn._lock`) until it is
+    killed: `holder = lock_holder(folder)`, then `holder.kill(); holder.wait()`."""
+    import subprocess
+    import sys
+
+    holders = []
+
+    def hold(folder: str) -> subprocess.Popen:
+        holder = subprocess.Popen(
+            [sys.executable, "-c", _HOLD_LOCK, folder],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        holders.append(holder)
+        assert holder.stdout.readline() == "locked\n"
+        return holder
+
+    yield hold
+    for holder in holders:
+        holder.kill()
+        holder.wait()
+        holder.stdin.close()
+        holder.stdout.close()

@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import pytest
 
 from kerasrnn import data, idx, training
 from kerasrnn.config import LOOPS, DataConfig, ModelConfig, TrainConfig
-from kerasrnn.errors import ConfigError, DataError, RunExistsError
+from kerasrnn.errors import ConfigError, DataError, RunExistsError, RunFolderError
 from kerasrnn.evaluation import evaluate, evaluate_file
 from kerasrnn.models import build_classifier
 from kerasrnn.training_run import train
@@ -142,6 +143,21 @@ def test_existing_run_is_never_overwritten(tmp_path):
             resume=True,
         )
     assert (tmp_path / "metrics.json").read_bytes() == before
+
+
+def test_a_second_train_of_a_run_folder_is_refused_until_the_first_ends(tmp_path, lock_holder):
+    run = str(tmp_path / "run")
+    first = lock_holder(run)
+    with pytest.raises(
+        RunFolderError,
+        match=rf"the run folder {re.escape(run)} is in use by process {first.pid}; wait",
+    ):
+        train(ModelConfig(units=8), SMALL, TrainConfig(epochs=1, verbose=0), run, resume=True)
+    assert not os.path.exists(os.path.join(run, "config.json"))  # refused before writing
+    first.kill()  # kill -9: the kernel drops its lock, none is left stale
+    first.wait()
+    result = train(ModelConfig(units=8), SMALL, TrainConfig(epochs=1, verbose=0), run)
+    assert len(result.history) == 1
 
 
 _KILLED_RUN = textwrap.dedent("""

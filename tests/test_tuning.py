@@ -16,7 +16,7 @@ import pytest
 
 from kerasrnn import data, tuning
 from kerasrnn.config import DataConfig, TuneConfig
-from kerasrnn.errors import ConfigError, RunExistsError, SearchSpaceError
+from kerasrnn.errors import ConfigError, RunExistsError, RunFolderError, SearchSpaceError
 from kerasrnn.hypermodel import RNNHyperModel, budget_score
 from kerasrnn.search_space import Choice, Range, SearchSpace
 
@@ -411,6 +411,25 @@ def test_resuming_a_search_with_more_trials_runs_only_the_new_ones(finished_sear
     outcome = tuning.tune(space, SMALL, grown, str(out), retrain=False)
     assert [r["status"] for r in outcome.rows] == ["COMPLETED"] * 2
     assert _trials(str(out))[trial_id]["metrics"] == first["metrics"]
+
+
+def test_a_second_search_in_a_search_folder_is_refused_until_the_first_ends(
+    finished_search, tmp_path, lock_holder
+):
+    out, space, config = finished_search
+    out = str(shutil.copytree(out, tmp_path / "search"))
+    first = lock_holder(out)
+    before = sorted(os.listdir(os.path.join(out, "search")))
+    with pytest.raises(
+        RunFolderError,
+        match=rf"the search folder {re.escape(out)} is in use by process {first.pid}; wait",
+    ):
+        tuning.tune(space, SMALL, config, out, retrain=False)
+    assert sorted(os.listdir(os.path.join(out, "search"))) == before
+    first.kill()  # kill -9: the kernel drops its lock, none is left stale
+    first.wait()
+    outcome = tuning.tune(space, SMALL, config, out, retrain=False)
+    assert [r["status"] for r in outcome.rows] == ["COMPLETED"]
 
 
 def test_damaged_search_state_names_the_file_and_what_to_do(finished_search, tmp_path):
