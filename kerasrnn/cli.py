@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import functools
 import importlib.util
 import json
@@ -15,6 +16,7 @@ import sys
 import numpy as np
 
 from kerasrnn import __version__, config
+from kerasrnn._terminal import PrintableFormatter, printable
 from kerasrnn.cell_kinds import CELL_KINDS
 from kerasrnn.config import DataConfig, ModelConfig, TrainConfig, TuneConfig
 from kerasrnn.errors import KerasRnnError
@@ -36,6 +38,13 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.default is None or action.default is False:
             return action.help
         return super()._get_help_string(action)
+
+
+def _say(text: str) -> None:
+    """Prints a command's result, each line `printable`: a model's names and a file's name
+    show as text, never as terminal control (a value that may hold a newline is made
+    `printable` where it enters its line)."""
+    print("\n".join(printable(line) for line in text.split("\n")))
 
 
 def _default(config_class, field: str):
@@ -272,21 +281,21 @@ def cmd_train(args) -> None:
     )
     if not result.test:  # a multi-worker run's worker other than the chief
         epochs = len(result.history)
-        print(f"worker done ({epochs} epochs); the chief writes the run folder {args.out}")
+        _say(f"worker done ({epochs} epochs); the chief writes the run folder {args.out}")
         return
-    print(
+    _say(
         f"test loss {result.test['test_loss']:.4f}, test accuracy "
         f"{result.test['test_accuracy']:.2%} on {result.test['test_examples']} test images "
         f"({result.test['epochs']} epochs, {result.test['parameters']} parameters)"
     )
-    print(f"run folder: {result.run_dir}")
+    _say(f"run folder: {result.run_dir}")
 
 
 def cmd_evaluate(args) -> None:
     from kerasrnn.evaluation import evaluate_file
 
     scores = evaluate_file(args.model, _data_config(args))
-    print(
+    _say(
         json.dumps(scores)
         if args.json
         else f"test loss {scores['loss']:.4f}, test accuracy {scores['accuracy']:.2%} "
@@ -309,7 +318,7 @@ def cmd_run(args) -> None:
         resume=args.resume,
         firmware=firmware,
     )
-    print(summary_table(summary))
+    _say(summary_table(summary))
 
 
 def cmd_export(args) -> None:
@@ -328,7 +337,7 @@ def cmd_export(args) -> None:
     )
     if export_config.format == "saved_model":
         path = export_saved_model(args.model, args.out)
-        print(f'wrote {path}: a SavedModel, signature "serving_default" (float32 logits)')
+        _say(f'wrote {path}: a SavedModel, signature "serving_default" (float32 logits)')
         return
     sequences = None
     if args.npz:
@@ -338,13 +347,13 @@ def cmd_export(args) -> None:
     written, report, extras = export_model(
         args.model, args.out, export_config, _data_config(args), sequences
     )
-    print(
+    _say(
         f"wrote {written.path}: {written.size_bytes:,} bytes, {written.size_ratio:.2f}x the "
         f"{written.parameter_bytes:,} bytes of float32 parameters ({written.form})"
     )
-    print(report.table())
+    _say(report.table())
     for kind, paths in extras.items():
-        print(f"{kind}: {paths if isinstance(paths, str) else ', '.join(paths)}")
+        _say(f"{kind}: {paths if isinstance(paths, str) else ', '.join(paths)}")
 
 
 def cmd_firmware(args) -> None:
@@ -360,7 +369,7 @@ def cmd_firmware(args) -> None:
         images = load_npz(args.npz).test[0]
     else:
         images, _ = load_arrays(_data_config(args), "test")
-    print(build_firmware(args.model, args.out, firmware_config, images).table())
+    _say(build_firmware(args.model, args.out, firmware_config, images).table())
 
 
 def cmd_predict(args) -> None:
@@ -381,7 +390,7 @@ def cmd_predict(args) -> None:
     names = classifier.class_names
     kind = "digit " if names == tuple(str(k) for k in range(len(names))) else ""
     for i, p in enumerate(probabilities):
-        print(f"{i}: {kind}{names[int(p.argmax())]} ({p.max():.1%})")
+        _say(f"{i}: {kind}{printable(names[int(p.argmax())])} ({p.max():.1%})")
 
 
 def cmd_tune(args) -> None:
@@ -412,7 +421,7 @@ def cmd_tune(args) -> None:
         worker_id=args.worker_id,
         retrain=not args.no_retrain,
     )
-    print(report(outcome))
+    _say(report(outcome))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -701,6 +710,42 @@ def _import_tensorflow_quietly() -> None:
         os.close(devnull)
 
 
+# The OSErrors a user fixes (a full disk, a folder they may not write, a missing file),
+# with what to do: `_error_line` names the path and the cause, as for a KerasRnnError.
+_USER_FIXABLE_OS_ERRORS = {
+    errno.ENOSPC: "free some space, or write elsewhere",
+    errno.EDQUOT: "free some space, or write elsewhere",
+    errno.EACCES: "choose a path you may write, or change its permissions",
+    errno.EPERM: "choose a path you may write, or change its permissions",
+    errno.EROFS: "choose a path on a writable file system",
+    errno.ENOENT: None,
+    errno.ENOTDIR: None,
+    errno.EISDIR: None,
+}
+
+
+def _error_line(e: Exception, out: str | None) -> str:
+    """What a failed command prints after "kerasrnn: ".
+
+    "error: ..." for what the user can fix: a `KerasRnnError`, or an OSError of
+    `_USER_FIXABLE_OS_ERRORS` (its path, or the --out folder `out` when it names none, and
+    its cause); "unexpected error: ..." with the way to the traceback for anything else.
+    """
+    if isinstance(e, KerasRnnError):
+        return f"error: {e}"
+    if isinstance(e, OSError) and e.errno in _USER_FIXABLE_OS_ERRORS:
+        cause = os.strerror(e.errno)
+        cause = cause[0].lower() + cause[1:]
+        if e.filename is not None:
+            paths = [os.fsdecode(p) for p in (e.filename, e.filename2) if p is not None]
+            line = f"{' -> '.join(paths)}: {cause}"
+        else:  # a write's error names no file: say which output it was writing
+            line = f"{cause} (writing into {out})" if out else cause
+        hint = _USER_FIXABLE_OS_ERRORS[e.errno]
+        return f"error: {line}: {hint}" if hint else f"error: {line}"
+    return f"unexpected error: {type(e).__name__}: {e} (run with --debug for the traceback)"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs the command line; returns the exit status (130 when interrupted by Ctrl-C).
 
@@ -711,9 +756,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.debug:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    logging.basicConfig(
-        level=logging.INFO if args.debug else logging.WARNING, format="kerasrnn: %(message)s"
-    )
+    handler = logging.StreamHandler()
+    handler.setFormatter(PrintableFormatter("kerasrnn: %(message)s"))
+    logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING, handlers=[handler])
     # The package says what it is doing (export's stages, a resumed run); TF's retracing
     # advice is for library authors, not for CLI users.
     logging.getLogger("kerasrnn").setLevel(logging.INFO)
@@ -734,19 +779,10 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         print("kerasrnn: interrupted", file=sys.stderr)
         return 130
-    except KerasRnnError as e:  # a problem the user can fix: one clear line
+    except Exception as e:  # one line, whatever went wrong
         if args.debug:
             raise
-        print(f"kerasrnn: error: {e}", file=sys.stderr)
-        return 1
-    except Exception as e:  # a bug or an environment failure: still one line
-        if args.debug:
-            raise
-        print(
-            f"kerasrnn: unexpected error: {type(e).__name__}: {e} (run with --debug for "
-            f"the traceback)",
-            file=sys.stderr,
-        )
+        print(f"kerasrnn: {printable(_error_line(e, getattr(args, 'out', None)))}", file=sys.stderr)
         return 1
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -5,6 +5,9 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import struct
+import zlib
+
 import numpy as np
 import pytest
 
@@ -21,6 +24,19 @@ def relative_difference(actual: np.ndarray, expected: np.ndarray) -> float:
     """max |actual - expected| over max |expected|: a bound that scales with the values
     compared, so that it holds however large a retrained model's outputs come out."""
     return float(np.abs(actual - expected).max() / np.abs(expected).max())
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that declares width x height grey pixels and holds none (no IDAT): opened,
+    it has a size; decoded, it would fail."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
 
 
 # The models the export, runtime and training tests share: name -> (cell, units, layers),

@@ -1,8 +1,10 @@
 """What the command line tells its user: errors name the flags to pass, Fashion-MNIST runs
-speak of images and name their classes, and a search reports each trial unless quiet."""
+speak of images and name their classes, a search reports each trial unless quiet, what a
+model or a name holds is shown as text, and a user-fixable failure is one clear line."""
 
 import contextlib
 import csv
+import errno
 import io
 import logging
 import os
@@ -10,8 +12,10 @@ import signal
 
 import numpy as np
 import pytest
+from conftest import png_header
 
 from kerasrnn import cli, data, idx, plots
+from kerasrnn._terminal import PrintableFormatter
 from kerasrnn.config import CLASS_NAMES, DataConfig, ModelConfig
 
 
@@ -161,3 +165,109 @@ def test_search_logs_a_line_per_finished_trial_unless_quiet(tmp_path, caplog, qu
         assert f"val_accuracy {float(row['val_accuracy']):.4f}" in line
         assert f"{int(float(row['model_bytes'])):,} bytes of float32 parameters" in line
         assert "1 epoch," in line and line.endswith(" s")
+
+
+class _HostileClassifier:
+    """Stands in for `runtime.Classifier`: a model whose class names would forge a line,
+    clear and colour the terminal, and reverse the text after them."""
+
+    class_names = ("cat\n1: digit 7 (99.9%)", "\x1b[2J\x1b[31mdog\r", "\u202etac\x00")
+
+    def __init__(self, path):
+        self.path = path
+
+    def predict(self, images):
+        return 10 * np.eye(3, dtype=np.float32)[: len(images)]  # image i is class i
+
+
+@pytest.fixture
+def hostile_classifier(monkeypatch):
+    from kerasrnn.export import runtime
+
+    monkeypatch.setattr(runtime, "Classifier", _HostileClassifier)
+
+
+def test_predict_prints_a_models_class_names_as_text_never_as_terminal_control(
+    tmp_path, hostile_classifier
+):
+    np.save(tmp_path / "digits.npy", np.zeros((3, 28, 28), np.uint8))
+    status, stdout, _ = run_cli("predict", "m.tflite", str(tmp_path / "digits.npy"))
+    assert status == 0
+    assert stdout.splitlines() == [
+        r"0: cat\n1: digit 7 (99.9%) (100.0%)",
+        r"1: \x1b[2J\x1b[31mdog\r (100.0%)",
+        r"2: \u202etac\x00 (100.0%)",
+    ]
+
+
+def test_an_error_shows_a_hostile_file_name_as_text_on_one_line(tmp_path, hostile_classifier):
+    line = _error_line("predict", "m.tflite", str(tmp_path / "x\nkerasrnn: done\x1b[0m.npy"))
+    assert (
+        line
+        == rf"kerasrnn: error: image file {tmp_path}/x\nkerasrnn: done\x1b[0m.npy does not exist"
+    )
+
+
+def test_a_logged_name_is_shown_as_text():
+    formatter = PrintableFormatter("kerasrnn: %(message)s")
+    record = logging.LogRecord(
+        "kerasrnn", logging.INFO, __file__, 1, "resuming %s", ("r\n\x1b[2J",), None
+    )
+    assert formatter.format(record) == r"kerasrnn: resuming r\n\x1b[2J"
+
+
+def test_a_png_too_large_to_be_a_digit_is_one_clear_line(tmp_path, hostile_classifier):
+    (tmp_path / "huge.png").write_bytes(png_header(20000, 20000))
+    line = _error_line("predict", "m.tflite", str(tmp_path / "huge.png"))
+    assert f"{tmp_path}/huge.png is an image of more than" in line
+
+
+def test_firmware_of_a_missing_model_is_one_clear_line(tmp_path, monkeypatch):
+    from kerasrnn.export import firmware, firmware_build
+
+    resolver = tmp_path / "tflm" / firmware_build.RESOLVER
+    resolver.parent.mkdir(parents=True)
+    resolver.touch()
+    monkeypatch.setattr(firmware.shutil, "which", lambda tool: f"/usr/bin/{tool}")
+    line = _error_line(
+        "firmware",
+        str(tmp_path / "missing.tflite"),
+        *("--tflm-dir", str(tmp_path / "tflm"), "--target", "host"),
+        *("--out", str(tmp_path / "fw"), "--data", "sample"),
+    )
+    assert f"{tmp_path}/missing.tflite" in line
+
+
+@pytest.mark.parametrize(
+    "error,message",
+    [
+        (
+            PermissionError(errno.EACCES, "Permission denied", "/ro/run"),
+            "/ro/run: permission denied: choose a path you may write, or change its permissions",
+        ),
+        (
+            PermissionError(errno.EPERM, "Operation not permitted", "/sys/run"),
+            "/sys/run: operation not permitted: choose a path you may write, or change its "
+            "permissions",
+        ),
+        (
+            OSError(errno.EROFS, "Read-only file system", "/ro/run/config.json"),
+            "/ro/run/config.json: read-only file system: choose a path on a writable file system",
+        ),
+        (  # a write's error names no file
+            OSError(errno.ENOSPC, "No space left on device"),
+            "no space left on device (writing into runs/x): free some space, or write elsewhere",
+        ),
+    ],
+    ids=["EACCES", "EPERM", "EROFS", "ENOSPC"],
+)
+def test_a_full_disk_or_a_folder_one_may_not_write_is_one_clear_line(monkeypatch, error, message):
+    from kerasrnn import training_run
+
+    def train(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(training_run, "train", train)
+    assert (
+        _error_line("train", "--data", "sample", "--out", "runs/x") == f"kerasrnn: error: {message}"
+    )

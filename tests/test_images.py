@@ -2,11 +2,10 @@
 its background, and an image too large to be a digit is refused before it is decoded."""
 
 import re
-import struct
-import zlib
 
 import numpy as np
 import pytest
+from conftest import png_header
 from PIL import Image
 
 from kerasrnn.errors import InputError
@@ -42,19 +41,6 @@ def test_black_strokes_on_transparent_read_as_ink_on_white_paper(tmp_path, mode)
     assert drawn[:, 14].max() == 255 and drawn[0].max() == 0  # a light stroke on black
 
 
-def _png_header(width: int, height: int) -> bytes:
-    """A PNG that declares width x height grey pixels and holds none (no IDAT): opened,
-    it has a size; decoded, it would fail."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-        )
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
-
-
 @pytest.mark.parametrize(
     "width,height,size",
     [
@@ -64,7 +50,7 @@ def _png_header(width: int, height: int) -> bytes:
 )
 def test_huge_image_is_refused_before_its_pixels_are_decoded(tmp_path, width, height, size):
     path = tmp_path / "huge.png"
-    path.write_bytes(_png_header(width, height))
+    path.write_bytes(png_header(width, height))
     with pytest.raises(
         InputError, match=re.escape(f"huge.png is {size}, more than the 67,108,864")
     ):
