@@ -10,9 +10,10 @@ digits quantized exactly as the Python interpreters quantize them, `main.cc` wit
 resolver of the model's operators, `arena.cc`, and for the boards a startup file and a
 linker script. It compiles only the TFLM sources those operators need, caching the objects
 per target and flags, links, and with `run=True` runs the firmware under `qemu-system-arm`
-(or natively for "host"), which prints each digit's output bytes through semihosting, and
-fits the arena to the smallest that runs on the target. QEMU is not cycle-accurate, so no
-cycle counts are given.
+(or natively for "host"), which prints each digit's output bytes on the board's UART, and
+fits the arena to the smallest that runs on the target. The firmware has no semihosting:
+QEMU gives it a console and a way to exit (a reset request under -no-reboot), never the
+host's files. QEMU is not cycle-accurate, so no cycle counts are given.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import numpy as np
 
 from kerasrnn._io import atomic_write, write_json
 from kerasrnn.errors import FirmwareError
-from kerasrnn.export import firmware_build, flatbuffer, micro
+from kerasrnn.export import c_text, firmware_build, flatbuffer, micro
 from kerasrnn.export.child_process import child_main, run_child
 from kerasrnn.export.config import FirmwareConfig
 from kerasrnn.export.micro import write_c_array
@@ -218,6 +219,7 @@ def build_firmware(
         ValueError: `images` is empty or not [n, steps, features].
     """
     check_tools(config)
+    out_dir = os.path.abspath(out_dir)  # no path a compiler reads as an option
     with open(tflite_path, "rb") as f:
         content = f.read()
     model = _ModelIO.read(content)
@@ -437,7 +439,7 @@ def _write_project(
     atomic_write(os.path.join(out_dir, "test_data.h"), _test_data(model, images))
     run_digit = _template("run_stream.inc" if model.streaming else "run_sequence.inc")
     main = string.Template(_template("main.cc.in")).substitute(
-        model_file=os.path.basename(tflite_path),
+        model_file=c_text.comment(os.path.basename(tflite_path)),
         digits=len(images),
         operator_count=len(operators),
         run_digit=run_digit.rstrip() + "\n",
@@ -449,7 +451,10 @@ def _write_project(
     sources = [os.path.join(out_dir, "main.cc"), model_source]
     if config.target != "host":
         board = firmware_build.BOARDS[config.target]
-        atomic_write(os.path.join(out_dir, "startup.c"), _template("startup.c"))
+        atomic_write(
+            os.path.join(out_dir, "startup.c"),
+            string.Template(_template("startup.c")).substitute(uart=f"0x{board.uart:08x}u"),
+        )
         atomic_write(
             os.path.join(out_dir, f"{board.machine}.ld"),
             string.Template(_template("cortex-m.ld.in")).substitute(
@@ -572,7 +577,8 @@ def _where(config: FirmwareConfig) -> str:
 
 
 def _execute(binary: str, config: FirmwareConfig) -> subprocess.CompletedProcess:
-    """Runs the firmware natively or under QEMU, with the timeout."""
+    """Runs the firmware natively or under QEMU, with the timeout; the result's return code
+    is the firmware's exit code (under QEMU, from its "exit CODE" line)."""
     if config.target == "host":
         command = [binary]
     else:
@@ -587,14 +593,13 @@ def _execute(binary: str, config: FirmwareConfig) -> subprocess.CompletedProcess
             "-monitor",
             "none",
             "-serial",
-            "none",
-            "-semihosting-config",
-            "enable=on,target=native",
+            "stdio",  # UART 0: the console, and all the firmware reaches
+            "-no-reboot",  # the firmware's reset request ends QEMU
             "-kernel",
             binary,
         ]
     try:
-        return subprocess.run(
+        result = subprocess.run(
             command,
             capture_output=True,
             text=True,
@@ -606,6 +611,17 @@ def _execute(binary: str, config: FirmwareConfig) -> subprocess.CompletedProcess
         raise FirmwareError(
             f"the firmware did not finish in {config.timeout_s:g} s {_where(config)}: {binary}"
         ) from None
+    if config.target == "host":
+        return result
+    exit_line = re.search(r"^exit (-?\d+)$", result.stdout, re.MULTILINE)
+    if result.returncode != 0 or exit_line is None:
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        raise FirmwareError(
+            f"QEMU ended with status {result.returncode} and no exit line {_where(config)}"
+            + (f": {lines[0]}" if lines else "")
+        )
+    result.returncode = int(exit_line.group(1))
+    return result
 
 
 def _parse_output(stdout: str, digits: int) -> tuple[int, np.ndarray]:

@@ -20,13 +20,15 @@ from kerasrnn.export.config import FirmwareConfig
 
 @dataclasses.dataclass(frozen=True)
 class Board:
-    """An ARM MPS2 board as QEMU emulates it: machine, CPU, compiler flags and memory map."""
+    """An ARM MPS2 board as QEMU emulates it: machine, CPU, compiler flags, memory map and
+    the console UART's address."""
 
     machine: str
     cpu: str
     flags: tuple[str, ...]
     flash_origin: int
     ram_origin: int
+    uart: int
 
 
 BOARDS = {
@@ -36,6 +38,7 @@ BOARDS = {
         ("-mcpu=cortex-m3", "-mthumb", "-mfloat-abi=soft"),
         0x00000000,
         0x20000000,
+        0x40004000,
     ),
     "cortex-m33": Board(
         "mps2-an505",
@@ -43,6 +46,7 @@ BOARDS = {
         ("-mcpu=cortex-m33", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv5-sp-d16"),
         0x10000000,
         0x38000000,
+        0x50200000,  # secure: the firmware runs in the M33's secure state
     ),
 }
 REGION_BYTES = 0x100000  # the linker script's flash and RAM regions; the boards have 4 MiB
@@ -194,11 +198,9 @@ def build(sources: list[str], tflm: list[str], config: FirmwareConfig) -> str:
         FirmwareError: a compiler or the linker failed (its first error line).
     """
     cc, cxx, target_flags = _toolchain(config.target)
-    project_dir = os.path.dirname(sources[0])
+    project_dir = os.path.dirname(os.path.abspath(sources[0]))
     includes = tuple(f"-I{os.path.join(os.path.abspath(config.tflm_dir), d)}" for d in _INCLUDES)
     cxx_flags = (*target_flags, *_CXX_FLAGS, *includes)
-    if config.target != "host":
-        cxx_flags += ("-DKERASRNN_SEMIHOSTING",)
     cache = _cache_folder(config, cxx, cxx_flags)
     jobs = [
         (os.path.join(config.tflm_dir, s), os.path.join(cache, s[:-3] + ".o"), cxx, cxx_flags)
@@ -226,10 +228,12 @@ def build(sources: list[str], tflm: list[str], config: FirmwareConfig) -> str:
             *target_flags,
             "-nostartfiles",
             "--specs=nano.specs",
-            "--specs=rdimon.specs",
+            "--specs=nosys.specs",  # startup.c writes the console and exits
             "-Wl,--gc-sections",
-            f"-Wl,-T,{script}",
-            f"-Wl,-Map,{binary[:-4]}.map",
+            "-T",  # paths as arguments of their own: -Wl,... would split them at commas
+            script,
+            "-Xlinker",
+            f"-Map={binary[:-4]}.map",
             "-o",
             binary,
             *objects,

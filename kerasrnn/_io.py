@@ -47,19 +47,44 @@ def atomic_write(path: str, data: bytes | str | Callable[[str], None]) -> None:
             temporary path it is given (for writers such as `model.save`). The
             temporary keeps the destination's extension (Keras checks it).
     """
+    if not callable(data):
+        atomic_write_all({path: data})
+        return
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fd, tmp = _create_temporary(path)
+    os.close(fd)
     try:
-        if callable(data):
-            os.close(fd)
-            data(tmp)
-        else:
-            with os.fdopen(fd, "w" if isinstance(data, str) else "wb") as f:
-                f.write(data)
+        data(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        raise
+
+
+def atomic_write_all(files: dict[str, bytes | str]) -> None:
+    """Writes files that belong together (a C array's header and source): every one to its
+    temporary first, then each moved into place, so that a failure while writing (a full
+    disk) leaves every file as it was. A kill between two moves can still leave the new
+    first file beside the old second: readers of such a set must check that its files
+    match (a C array's do, at compile time).
+
+    Args:
+        files: destination path -> bytes or text, in the order they are moved into place.
+    """
+    temporaries = {}
+    try:
+        for path, data in files.items():
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            fd, temporaries[path] = _create_temporary(path)
+            with os.fdopen(fd, "w" if isinstance(data, str) else "wb") as f:
+                f.write(data)
+        for path, tmp in temporaries.items():
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp in temporaries.values():
+            if os.path.exists(tmp):
+                os.unlink(tmp)
         raise
 
 

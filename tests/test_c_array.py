@@ -5,8 +5,12 @@ state); checked against LiteRT, TensorFlow Lite Micro and the host's compilers."
 import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
+import urllib.parse
 
+import hostile
 import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
@@ -15,10 +19,11 @@ from conftest import REPO
 from kerasrnn.config import DataConfig
 from kerasrnn.errors import ConfigError
 from kerasrnn.export import convert
+from kerasrnn.export.c_text import identifier as c_identifier
 from kerasrnn.export.config import ExportConfig
 from kerasrnn.export.firmware_build import resolver_methods
 from kerasrnn.export.integrity import verify_digest
-from kerasrnn.export.micro import c_identifier, resolver_method, run_micro, write_c_array
+from kerasrnn.export.micro import resolver_method, run_micro, write_c_array
 from kerasrnn.export.runtime import Stream
 from kerasrnn.export.workflow import export_model
 from kerasrnn.models import build_classifier
@@ -327,7 +332,7 @@ def test_another_files_c_array_is_never_replaced_but_its_own_is(exports, tmp_pat
     shutil.copy(tflite(exports, "elman64"), tmp_path / "m.tflite")
     shutil.copy(tflite(exports, "elman64_int8"), tmp_path / "m.lite")  # also m.h/.cc
     write_c_array(str(tmp_path / "m.tflite"), arena_bytes=1024)
-    with pytest.raises(ConfigError, match=r"m\.h exists and holds the C array of m\.tflite"):
+    with pytest.raises(ConfigError, match=r"m\.h exists and holds the C array of 'm\.tflite'"):
         write_c_array(str(tmp_path / "m.lite"), arena_bytes=1024)
     assert array_bytes(tmp_path / "m.cc") == (tmp_path / "m.tflite").read_bytes()
     # a new export of m.tflite replaces m.tflite, and its C array with it
@@ -359,3 +364,112 @@ def test_c_arrays_only_for_files_tflm_runs(kwargs, message):
         ConfigError, match=f"c_array needs a file TensorFlow Lite Micro runs.*{message}"
     ):
         ExportConfig(c_array=True, **kwargs)
+
+
+# Hostile names (tests/hostile.py): a C array carries a name only as a safe form.
+
+
+def _compile_c_array(header_path: str, source_path: str, tmp_path) -> str:
+    """Compiles a C array's source (which includes its header) to an object; returns it."""
+    obj = str(tmp_path / "array.o")
+    result = subprocess.run(
+        ["g++", "-std=c++17", "-Werror", "-c", source_path, "-o", obj],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return obj
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="no host g++ to compile the arrays")
+@pytest.mark.parametrize("name", hostile.TENSOR_NAMES, ids=range(len(hostile.TENSOR_NAMES)))
+def test_a_tensor_name_never_becomes_code_in_a_c_array(exports, tmp_path, name):
+    with open(tflite(exports, "elman64_int8"), "rb") as f:
+        (tmp_path / "m.tflite").write_bytes(hostile.with_input_name(f.read(), name))
+    header_path, source_path = write_c_array(str(tmp_path / "m.tflite"), arena_bytes=1024)
+    obj = _compile_c_array(header_path, source_path, tmp_path)
+    assert hostile.injected([obj], [source_path], [str(tmp_path)]) == []
+    macros = subprocess.run(
+        ["g++", "-std=c++17", "-dM", "-E", header_path], capture_output=True, text=True, check=True
+    ).stdout
+    for macro in ("INPUT0_SCALE", "OUTPUT0_ZERO_POINT", "ARENA_BYTES", "VARIABLE_TENSORS"):
+        assert f"#define M_TFLITE_{macro} " in macros  # no line swallowed by a splice
+    with open(header_path) as f:
+        described = re.search(r'^//   input 0 "(.*)": int8', f.read(), re.MULTILINE)
+    assert urllib.parse.unquote(described.group(1)) == name  # said, as a safe form
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="no host g++ to compile the arrays")
+@pytest.mark.parametrize("name", hostile.FILE_NAMES, ids=range(len(hostile.FILE_NAMES)))
+def test_a_file_name_never_becomes_code_and_is_never_included(exports, tmp_path, name):
+    path = tmp_path / f"{name}.tflite"
+    shutil.copy(tflite(exports, "elman64_int8"), path)
+    # firmware's use: the C array under names of its own
+    header_path, source_path = write_c_array(
+        str(path), str(tmp_path), "g_model", stem="model_data", arena_bytes=1024
+    )
+    obj = _compile_c_array(header_path, source_path, tmp_path)
+    assert hostile.injected([obj], [source_path], [str(tmp_path)]) == []
+    # export's use: the pair named after the file, which C cannot #include by that name
+    with pytest.raises(ConfigError, match=r"cannot be #included by C: it holds"):
+        write_c_array(str(path), arena_bytes=1024)
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        [path.name, "model_data.h", "model_data.cc", "array.o"]
+    )
+
+
+def test_export_refuses_a_c_array_name_that_c_cannot_include(sample_runs, tmp_path):
+    model = os.path.join(sample_runs["elman"].run_dir, "model.keras")
+    with pytest.raises(ConfigError, match=r"""'q"uote\.h' cannot be #included by C"""):
+        export_model(model, str(tmp_path / 'q"uote.tflite'), ExportConfig(c_array=True), SAMPLE)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="no host g++ to compile the arrays")
+def test_a_header_and_source_of_different_exports_do_not_compile(exports, tmp_path):
+    shutil.copy(tflite(exports, "elman64"), tmp_path / "m.tflite")
+    header_path, source_path = write_c_array(str(tmp_path / "m.tflite"), arena_bytes=1024)
+    old_header = (tmp_path / "m.h").read_text()
+    shutil.copy(tflite(exports, "elman64_int8"), tmp_path / "m.tflite")
+    write_c_array(str(tmp_path / "m.tflite"), arena_bytes=1024)
+    (tmp_path / "m.h").write_text(old_header)
+    result = subprocess.run(
+        ["g++", "-std=c++17", "-fsyntax-only", source_path], capture_output=True, text=True
+    )
+    assert result.returncode != 0
+    assert "header and source come from different exports: export again" in result.stderr
+
+
+_WRITE_PAIR = """
+import sys
+from kerasrnn.export.micro import write_c_array
+write_c_array(sys.argv[1], arena_bytes=1024)
+"""
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace injects the kill")
+@pytest.mark.skipif(shutil.which("g++") is None, reason="no host g++ to compile the arrays")
+def test_a_kill_between_the_pairs_moves_is_caught_and_repaired(exports, tmp_path):
+    shutil.copy(tflite(exports, "elman64"), tmp_path / "m.tflite")
+    write_c_array(str(tmp_path / "m.tflite"), arena_bytes=1024)
+    shutil.copy(tflite(exports, "elman64_int8"), tmp_path / "m.tflite")
+    killed = subprocess.run(
+        ["strace", "-f", "-qq", "-o", os.devnull, "-e", "trace=rename,renameat,renameat2"]
+        + ["-e", "inject=rename,renameat,renameat2:signal=SIGKILL:when=1"]
+        + ["-P", str(tmp_path / ".tmp-m.h"), sys.executable, "-c", _WRITE_PAIR]
+        + [str(tmp_path / "m.tflite")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert killed.returncode in (-signal.SIGKILL, 128 + signal.SIGKILL), killed.stderr[-2000:]
+    # the new source beside the old header: they refuse to compile together
+    assert array_bytes(tmp_path / "m.cc") == (tmp_path / "m.tflite").read_bytes()
+    torn = subprocess.run(
+        ["g++", "-std=c++17", "-fsyntax-only", str(tmp_path / "m.cc")], capture_output=True
+    )
+    assert torn.returncode != 0
+    write_c_array(str(tmp_path / "m.tflite"), arena_bytes=1024)  # the next export repairs it
+    _compile_c_array(str(tmp_path / "m.h"), str(tmp_path / "m.cc"), tmp_path)
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]

@@ -8,12 +8,13 @@ qemu-system-arm, and the TFLM tree in ../shared/tflm; skips, saying which is mis
 import dataclasses
 import os
 
+import hostile
 import numpy as np
 import pytest
 
 import kerasrnn
 from kerasrnn.errors import FirmwareError
-from kerasrnn.export import to_tflite
+from kerasrnn.export import c_text, firmware, firmware_build, to_tflite
 from kerasrnn.export.config import FirmwareConfig
 from kerasrnn.export.firmware import build_firmware, check_tools
 
@@ -149,3 +150,44 @@ def test_run_adds_the_firmware_row_to_its_summary(object_cache, tmp_path):
     assert (micro["reference"], micro["exact"], micro["digits"]) == ("TFLM (Python)", 5, 5)
     assert "firmware cortex-m3: flash" in summary_table(summary)
     assert os.path.isdir(tmp_path / "run" / "firmware-cortex-m3")
+
+
+def test_hostile_names_never_become_firmware_code(int8_files, test_images, object_cache, tmp_path):
+    """A file name and a tensor name that would be C code, and a project folder with a
+    comma (linker flags split at commas): the firmware builds, runs and agrees."""
+    with open(int8_files["elman", "sequence"], "rb") as f:
+        content = hostile.with_input_name(f.read(), hostile.TENSOR_NAMES[-2])
+    path = tmp_path / f"{hostile.FILE_NAMES[0]}.tflite"
+    path.write_bytes(content)
+    out = tmp_path / "fw,-T,x"
+    result = build_firmware(str(path), str(out), config("cortex-m3", object_cache), test_images)
+    assert result.agreement[0].exact == DIGITS
+    objects = [str(out / "build" / name) for name in ("main.o", "model_data.o")]
+    assert hostile.injected(objects, [str(out / "model_data.cc")], [str(out)]) == []
+    with open(out / "main.cc") as f:
+        assert f.readline().startswith(f"// Firmware for {c_text.comment(path.name)}: runs ")
+
+
+def test_firmware_cannot_reach_the_hosts_files(int8_files, test_images, object_cache, tmp_path):
+    """Firmware that opens a host file, as a model exploiting TFLM would: QEMU gives it
+    no semihosting, so the open fails and nothing is written."""
+    out = tmp_path / "fw"
+    build_firmware(
+        int8_files["elman", "sequence"], str(out), config("cortex-m3", object_cache), test_images
+    )
+    target = tmp_path / "written-by-firmware"
+    (out / "main.cc").write_text(
+        "#include <stdio.h>\n"
+        "extern const unsigned kArenaBytes = 0; unsigned char g_arena[1];\n"
+        "int main() {\n"
+        f'  FILE* f = fopen("{target}", "w");\n'
+        '  if (f) { fputs("x", f); fclose(f); }\n'
+        '  printf("opened %d\\n", f != 0);\n'
+        "  return 9;\n"
+        "}\n"
+    )
+    fw_config = config("cortex-m3", object_cache)
+    binary = firmware_build.build([str(out / "main.cc"), str(out / "startup.c")], [], fw_config)
+    ran = firmware._execute(binary, fw_config)
+    assert (ran.returncode, ran.stdout.splitlines()[0]) == (9, "opened 0")
+    assert not target.exists()
