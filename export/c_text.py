@@ -16,6 +16,8 @@ import urllib.parse
 # What a `//` comment may carry as it is: printable ASCII but the backslash (a line splice
 # at a line's end), "?" (trigraphs) and "%" (the escape of everything else).
 _COMMENT_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) not in "\\?%")
+# What a string literal may carry as it is: that, but quotes.
+_STRING_SAFE = frozenset(_COMMENT_SAFE) - {'"', "'"}
 # What a name in `#include "..."` may hold: C gives no escapes there.
 _INCLUDE_NAME = re.compile(r"[A-Za-z0-9_.+-]+", re.ASCII)
 
@@ -32,11 +34,10 @@ def string_literal(text: str) -> str:
     """`text` as a C string literal that reads back to its UTF-8 bytes: letters, digits
     and plain punctuation as they are, every other byte (quote, backslash, "?", controls,
     NUL, non-ASCII) as a three-digit octal escape."""
-    plain = set(_COMMENT_SAFE) - {'"', "'"}
     return (
         '"'
         + "".join(
-            chr(b) if chr(b) in plain else f"\\{b:03o}"
+            chr(b) if chr(b) in _STRING_SAFE else f"\\{b:03o}"
             for b in text.encode("utf-8", "surrogatepass")
         )
         + '"'

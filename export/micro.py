@@ -485,7 +485,7 @@ def _source(
     ]
     source = (
         f"{_generated_from(tflite_path)}\n"
-        f'#include "{c_text.include_name(os.path.basename(header_path))}"\n\n'
+        f'#include "{os.path.basename(header_path)}"\n\n'  # checked by c_array_paths
         f"static_assert({name.upper()}_PAIR == {_pair_id(content)},\n"
         "              \"this C array's header and source come from different exports: "
         'export again");\n\n'

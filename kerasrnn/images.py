@@ -12,6 +12,7 @@ from kerasrnn.errors import DataError, InputError
 # 48-megapixel phone photo of a digit fits, a decompression bomb (a small PNG that
 # declares 20000x20000) is refused before it fills the memory.
 MAX_IMAGE_PIXELS = 8192 * 8192
+_SIDE = int(MAX_IMAGE_PIXELS**0.5)  # the square image of that many pixels, for messages
 
 
 def load_images(path: str) -> np.ndarray:
@@ -70,7 +71,7 @@ def load_images(path: str) -> np.ndarray:
 def _too_large(path: str, what: str) -> InputError:
     """The refusal of an image that declares more than `MAX_IMAGE_PIXELS` pixels."""
     return InputError(
-        f"{path} is {what}, more than the {MAX_IMAGE_PIXELS:,} (8192x8192) that kerasrnn "
+        f"{path} is {what}, more than the {MAX_IMAGE_PIXELS:,} ({_SIDE}x{_SIDE}) that kerasrnn "
         f"reads: scale it down first (28x28 is what the model sees)"
     )
 
