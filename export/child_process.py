@@ -1,7 +1,8 @@
-"""Work that may crash the process (the TFLite converter, TFLM) runs in a child process,
-which sends its result back as JSON on a pipe: the parent reads data, never stderr text.
+"""Work that may crash or hang the process (the TFLite converter, TFLM) runs in a child
+process, which sends its result back as JSON on a pipe: the parent reads data, never stderr
+text, and kills a child that outlives its wall-clock limit.
 
-    parent: status, result = run_child("kerasrnn.export.micro", [path, folder])
+    parent: status, result = run_child("kerasrnn.export.micro", [path, folder], timeout_s=60)
     child:  sys.exit(child_main(_child, sys.argv[1:]))   # its last argument is the pipe
 """
 
@@ -9,23 +10,44 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 
 
-def run_child(module: str, args: list[str], env: dict | None = None) -> tuple[int, dict | None]:
+class ChildTimeout(TimeoutError):
+    """A child process ran past its wall-clock limit and was killed.
+
+    Attributes:
+        timeout_s: the limit, in seconds.
+    """
+
+    def __init__(self, timeout_s: float):
+        super().__init__(f"it did not finish within {timeout_s:g} s and was stopped")
+        self.timeout_s = timeout_s
+
+
+def run_child(
+    module: str, args: list[str], *, timeout_s: float, env: dict | None = None
+) -> tuple[int, dict | None]:
     """Runs `python -m module *args PIPE_FD` and reads the JSON the child sends.
 
     Args:
         module: a module whose `__main__` calls `child_main`.
         args: its arguments (strings), before the pipe's file descriptor.
+        timeout_s: the child's wall-clock limit, in seconds.
         env: the child's environment (default: this process's).
 
     Returns:
         (the child's exit status, negative for a signal; its result, or None when it sent
         none, as when it crashed).
+
+    Raises:
+        ChildTimeout: the child ran past `timeout_s`; it was killed.
     """
+    deadline = time.monotonic() + timeout_s
     read_end, write_end = os.pipe()
     try:
         child = subprocess.Popen(
@@ -37,10 +59,31 @@ def run_child(module: str, args: list[str], env: dict | None = None) -> tuple[in
         )
     finally:
         os.close(write_end)
-    with os.fdopen(read_end) as pipe:
-        message = pipe.read()
-    status = child.wait()
+    with os.fdopen(read_end, "rb") as pipe:
+        message = _read_until(pipe, deadline)
+    try:
+        if message is None:
+            raise subprocess.TimeoutExpired(module, timeout_s)
+        status = child.wait(timeout=max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+        raise ChildTimeout(timeout_s) from None
     return status, json.loads(message) if message else None
+
+
+def _read_until(pipe, deadline: float) -> bytes | None:
+    """Everything written to `pipe` until its writer closes it, or None at `deadline`
+    (`time.monotonic()` seconds)."""
+    message = bytearray()
+    while (remaining := deadline - time.monotonic()) > 0:
+        if not select.select([pipe], [], [], remaining)[0]:
+            break
+        chunk = os.read(pipe.fileno(), 1 << 16)
+        if not chunk:
+            return bytes(message)
+        message += chunk
+    return None
 
 
 def child_main(function: Callable[..., dict], argv: list[str]) -> int:

@@ -18,13 +18,14 @@ import threading
 import numpy as np
 import tensorflow as tf
 
-from kerasrnn._io import atomic_write
+from kerasrnn._io import atomic_write, check_replaceable
 from kerasrnn.config import check_choice, check_positive
 from kerasrnn.errors import ConfigError, ConversionError
 from kerasrnn.evaluation import load_model
 from kerasrnn.export import flatbuffer, graph, integer_io, model_reader
-from kerasrnn.export.child_process import child_main, run_child
+from kerasrnn.export.child_process import ChildTimeout, child_main, run_child
 from kerasrnn.export.config import FORMS, INT8_ACTIVATIONS, QUANTIZATIONS, ParityBounds
+from kerasrnn.export.integrity import is_sealed_model
 from kerasrnn.export.runtime import (
     CLASS_NAMES_METADATA,
     INITIAL_STATE_METADATA,
@@ -38,6 +39,9 @@ _FORM_NAMES = {"loop": "WHILE loop", "unrolled": "unrolled", "fused": "fused LST
 # Keras models are not saved from two threads at once; the conversions themselves (child
 # processes) run in parallel.
 _SAVING = threading.Lock()
+# The conversion child's wall-clock limit: far above any conversion measured here (the
+# 784-step models take minutes), so only a converter that hangs meets it.
+_CONVERT_TIMEOUT_S = 1800
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,13 +173,15 @@ def to_tflite(
         A `TfliteFile` describing the written file.
 
     Raises:
-        ConfigError: an argument out of its domain.
+        ConfigError: an argument out of its domain, or `path` holds something other than
+            a .tflite that kerasrnn wrote (`_io.check_replaceable`).
         ModelFileError: a model path that is missing or not a .keras model.
         ConversionError: a model this package cannot rebuild (named layer), the
             converter failed, crashed or emitted non-builtin ops (named), or the file does
             not compute what the Keras model does (the measured difference and bound).
     """
     _check_arguments(quantization, representative_data, batch_size, activations)
+    check_replaceable(path, "a .tflite", is_sealed_model)
     if class_names is not None and stream:
         raise ConfigError("class_names are stored in whole-sequence classifiers, not stream=True")
     choose_form(quantization, form)  # checks the argument's spelling
@@ -287,7 +293,12 @@ def _run_child(job: dict) -> dict:
         ConversionError: the child crashed or reported an error.
     """
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    status, result = run_child("kerasrnn.export.convert", [json.dumps(job)], env)
+    try:
+        status, result = run_child(
+            "kerasrnn.export.convert", [json.dumps(job)], timeout_s=_CONVERT_TIMEOUT_S, env=env
+        )
+    except ChildTimeout as e:
+        raise ConversionError(f"the TFLite conversion hung: {e}; no file was written") from None
     if status < 0:
         raise ConversionError(
             f"the TFLite converter or LiteRT's check of its output crashed (signal "

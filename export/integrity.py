@@ -3,15 +3,17 @@ without the interpreter, and a first load in a child process (NumPy, ai_edge_lit
 schema and the standard library only, like the device runtime that uses it).
 
 Every file `kerasrnn.export` writes carries its SHA-256 in its metadata (`DIGEST_METADATA`),
-verified on load: a changed file is refused. A file without a digest (from another tool) is
-checked (`check_model`), then loaded once in a child process (`probe`), since LiteRT aborts
-the whole process on some damaged files. (The digest detects damage, not tampering:
-whoever can change a file can write a new digest into it.)
+verified on load: a damaged file is refused, naming it. The digest detects damage, not
+tampering (whoever can change a file can write a new digest into it), so every file, with
+a digest or without, is also checked (`check_model`) and then loaded once in a child
+process (`probe`), since LiteRT aborts or hangs the whole process on some crafted files:
+`read_checked` does all three.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import os
 import signal
@@ -49,6 +51,12 @@ _PROBE = (
     "check_loads(sys.stdin.buffer.read())"
 )
 _PROBE_TIMEOUT_S = 60
+# The largest file `read_model_file` reads (2 GiB is TFLite's own limit).
+MAX_MODEL_BYTES = 256 * 1024 * 1024
+# The SHA-256 of every file content that passed `check_model` and `probe` in this process.
+_CHECKED: set[bytes] = set()
+
+logger = logging.getLogger(__name__)
 
 
 def digest_span(content: bytes) -> slice | None:
@@ -242,18 +250,79 @@ def check_model(model: schema.ModelT, file_size: int) -> None:
 
 
 def read_model_file(path: str) -> bytes:
-    """A model file's bytes, once they look like a TFLite file."""
+    """A model file's bytes, read only once its size and first 8 bytes look like a TFLite
+    file (a huge or foreign file is refused before it is read).
+
+    Raises:
+        ModelFileError: the file is missing, not a regular file, larger than
+            `MAX_MODEL_BYTES`, too short, or not TFLite.
+    """
     if not os.path.isfile(path):
         raise ModelFileError(f"{path}: no such model file")
     with open(path, "rb") as f:
-        content = f.read()
-    if len(content) < 8:
-        raise ModelFileError(f"{path}: {len(content)} bytes is too short for a TFLite model")
-    if content[4:8] != b"TFL3":
+        size = os.fstat(f.fileno()).st_size
+        header = f.read(8)
+        if len(header) < 8:
+            raise ModelFileError(f"{path}: {len(header)} bytes is too short for a TFLite model")
+        if header[4:8] != b"TFL3":
+            raise ModelFileError(
+                f"{path}: not a TFLite model (file identifier {header[4:8]!r}, expected b'TFL3')"
+            )
+        if size <= MAX_MODEL_BYTES:  # read at most one byte more, should it grow meanwhile
+            content = header + f.read(MAX_MODEL_BYTES + 1 - len(header))
+            size = len(content)
+    if size > MAX_MODEL_BYTES:
         raise ModelFileError(
-            f"{path}: not a TFLite model (file identifier {content[4:8]!r}, expected b'TFL3')"
+            f"{path}: {size:,} bytes is larger than the {MAX_MODEL_BYTES:,} this runtime "
+            f"reads (its classifiers are kilobytes to megabytes)"
         )
     return content
+
+
+def is_sealed_model(path: str) -> bool:
+    """Whether a file is a TFLite model that carries a kerasrnn digest entry (whatever
+    its digest's value): a file `kerasrnn export` may replace."""
+    try:
+        return digest_span(read_model_file(path)) is not None
+    except (ModelFileError, *MALFORMED):
+        return False
+
+
+def read_checked(path: str) -> tuple[bytes, str | None]:
+    """Reads a model file that may come from anyone, and checks it all: its digest
+    (`verify_digest`), its structure (`check_model`) and a first load and run in a child
+    process (`probe`), whether or not it carries a digest.
+
+    The digest is public (anyone can write one), so it only tells a damaged kerasrnn file
+    from an intact one; it never stands in for the other checks. A file already checked
+    by this process (the same bytes) is not probed again.
+
+    Args:
+        path: the .tflite file.
+
+    Returns:
+        (its bytes, its digest or None when it carries none, which is logged once).
+
+    Raises:
+        ModelFileError: naming the file and the first check it fails.
+    """
+    content = read_model_file(path)
+    digest = verify_digest(content, path)
+    if digest is None:
+        logger.warning(
+            "%s carries no kerasrnn digest, so changes to it cannot be detected "
+            "(files from `kerasrnn export` carry one)",
+            path,
+        )
+    key = hashlib.sha256(content).digest()
+    if key not in _CHECKED:
+        try:
+            check_model(schema.ModelT.InitFromPackedBuf(content, 0), len(content))
+        except MALFORMED as e:
+            raise ModelFileError(f"{path}: invalid or truncated TFLite model ({e})") from None
+        probe(content, path)
+        _CHECKED.add(key)
+    return content, digest
 
 
 def probe(content: bytes, path: str) -> None:

@@ -21,11 +21,11 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 from tflite_micro.python.tflite_micro import runtime as tflm
 
-from kerasrnn._io import atomic_write_all, temporary_path
+from kerasrnn._io import atomic_write_all, not_a_file, temporary_path
 from kerasrnn.errors import ConfigError, MicroError, ModelFileError
 from kerasrnn.export import c_text, flatbuffer
-from kerasrnn.export.child_process import child_main, run_child
-from kerasrnn.export.integrity import verify_digest
+from kerasrnn.export.child_process import ChildTimeout, child_main, run_child
+from kerasrnn.export.integrity import read_checked
 from kerasrnn.export.runtime import INITIAL_STATE_METADATA, dequantize, quantize
 
 # TFLM's report of what it allocated: the Python wrapper gives it only as text.
@@ -33,6 +33,11 @@ _ARENA_REPORT = re.compile(rb"Arena allocation total (\d+) bytes")
 # The first arena tried, and the largest: too small an arena fails to allocate (and a
 # fused LSTM may crash in it), so the first is generous and doubles while it fails.
 _LARGEST_ARENA = 64 * 1024 * 1024
+# A TFLM child's wall-clock limit: this many seconds, and one more per image (a 784-step
+# model takes well under a second per image), so only a model that hangs (a WHILE loop
+# that never ends) meets it.
+CHILD_SECONDS = 60.0
+CHILD_SECONDS_PER_IMAGE = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +69,14 @@ def run_micro(tflite_path: str, images: np.ndarray) -> MicroResult:
     images = np.asarray(images, np.float32)
     with tempfile.TemporaryDirectory(prefix="kerasrnn-micro-") as tmp:
         np.save(os.path.join(tmp, "images.npy"), images)
-        status, result = run_child("kerasrnn.export.micro", [os.path.abspath(tflite_path), tmp])
+        try:
+            status, result = run_child(
+                "kerasrnn.export.micro",
+                [os.path.abspath(tflite_path), tmp],
+                timeout_s=child_time_limit(len(images)),
+            )
+        except ChildTimeout as e:
+            raise MicroError(f"TensorFlow Lite Micro hung on {tflite_path}: {e}") from None
         if result is None:
             raise MicroError(
                 f"TensorFlow Lite Micro crashed on {tflite_path} (status "
@@ -74,6 +86,11 @@ def run_micro(tflite_path: str, images: np.ndarray) -> MicroResult:
             raise MicroError(f"TensorFlow Lite Micro failed on {tflite_path}: {result['error']}")
         logits = np.load(os.path.join(tmp, "logits.npy"))
     return MicroResult(logits, result["arena_bytes"])
+
+
+def child_time_limit(images: int) -> float:
+    """The wall-clock limit of a TFLM child that runs `images` images (see `CHILD_SECONDS`)."""
+    return CHILD_SECONDS + CHILD_SECONDS_PER_IMAGE * images
 
 
 def _detail(tflm_detail: dict) -> dict:
@@ -194,20 +211,23 @@ def check_c_array_replaceable(
     also when a kill left one of the pair new and the other old.
 
     Raises:
-        ConfigError: a C array path holds another file's C array, or a file kerasrnn did
-            not write.
+        ConfigError: a C array path holds another file's C array, a file kerasrnn did
+            not write, or a link, folder or device.
     """
     expected = _generated_from(tflite_path)
     for path in c_array_paths(tflite_path, out_dir, stem):
         if not os.path.lexists(path):
             continue
+        other = not_a_file(path)
         first = ""
-        if os.path.isfile(path):
+        if other is None:
             with open(path, errors="replace") as f:
                 first = f.readline(500).rstrip("\n")
         if first == expected:
             continue
-        if first.startswith(_GENERATED_FROM):
+        if other is not None:
+            holds = f"is {other}"
+        elif first.startswith(_GENERATED_FROM):
             holds = (
                 f"holds the C array of {urllib.parse.unquote(first[len(_GENERATED_FROM) : -1])!r}"
             )
@@ -255,7 +275,7 @@ def write_c_array(
     Raises:
         ValueError: `name` is not a C identifier.
         ConfigError: a path holds something else, and `overwrite` is False.
-        ModelFileError: the file does not match the digest it carries.
+        ModelFileError: the file fails its checks (`integrity.read_checked`).
         MicroError: TFLM cannot run the file.
     """
     name = name or c_text.identifier(os.path.basename(tflite_path))
@@ -263,9 +283,7 @@ def write_c_array(
         raise ValueError(f"name must be a C identifier, got {name!r}")
     if not overwrite:
         check_c_array_replaceable(tflite_path, out_dir, stem)
-    with open(tflite_path, "rb") as f:
-        content = f.read()
-    digest = verify_digest(content, tflite_path)
+    content, digest = read_checked(tflite_path)
     if arena_bytes is None:
         try:
             arena_bytes = measure_arena(tflite_path)

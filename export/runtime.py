@@ -13,29 +13,20 @@ LiteRT interpreter (export checks converted files with `check_loads`).
 
 A damaged file is refused with a `ModelFileError` naming it, never believed and never a
 crash (see `kerasrnn.export.integrity`: the digest, the structural check and the child
-process that a file without a digest is loaded in first). Logits that are not finite are
+process that every file is loaded in first). Logits that are not finite are
 an error, never a prediction.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 from kerasrnn.errors import InputError, ModelFileError
-from kerasrnn.export.integrity import (
-    MALFORMED,
-    check_model,
-    probe,
-    read_model_file,
-    verify_digest,
-)
-
-logger = logging.getLogger(__name__)
+from kerasrnn.export.integrity import check_model, read_checked
 
 # The metadata entry of a streaming file that holds its initial state (float32 [state]).
 INITIAL_STATE_METADATA = "kerasrnn.initial_state"
@@ -112,11 +103,7 @@ class Invoker:
 
 
 def _load(path: str) -> tuple[bytes, Interpreter]:
-    """Reads and verifies a model file, then builds its interpreter.
-
-    A file whose digest matches is what `kerasrnn.export` wrote, checked and ran: it loads
-    here directly. A file without a digest is checked (`check_model`) and loaded once in a
-    child process (`_probe`) first.
+    """Reads and checks a model file (`integrity.read_checked`), then builds its interpreter.
 
     Returns:
         (the file's bytes, its interpreter with tensors allocated).
@@ -124,18 +111,7 @@ def _load(path: str) -> tuple[bytes, Interpreter]:
     Raises:
         ModelFileError: the file is missing, damaged or changed, or LiteRT cannot load it.
     """
-    content = read_model_file(path)
-    if verify_digest(content, path) is None:
-        logger.warning(
-            "%s carries no kerasrnn digest, so changes to it cannot be detected "
-            "(files from `kerasrnn export` carry one)",
-            path,
-        )
-        try:
-            check_model(schema.ModelT.InitFromPackedBuf(content, 0), len(content))
-        except MALFORMED as e:
-            raise ModelFileError(f"{path}: invalid or truncated TFLite model ({e})") from None
-        probe(content, path)
+    content, _ = read_checked(path)
     try:
         interpreter = _interpreter(content)
     except (ValueError, RuntimeError) as e:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import os
 
 import numpy as np
 
@@ -13,6 +15,8 @@ from kerasrnn.export import flatbuffer
 from kerasrnn.export.micro import run_micro
 from kerasrnn.export.runtime import Classifier
 
+# A report is a few kilobytes: a larger file at its path is not one.
+_MAX_REPORT_BYTES = 1 << 20
 log = logging.getLogger(__name__)
 
 
@@ -47,6 +51,19 @@ class Report:
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def is_report(cls, path: str) -> bool:
+        """Whether a file is a saved report: a JSON object with every field of `Report`."""
+        if os.path.getsize(path) > _MAX_REPORT_BYTES:
+            return False
+        try:
+            with open(path, encoding="utf-8") as f:
+                saved = json.load(f)
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            return False
+        fields = {field.name for field in dataclasses.fields(cls)}
+        return isinstance(saved, dict) and fields <= saved.keys()
 
     def table(self) -> str:
         """The report as aligned text lines."""

@@ -11,12 +11,13 @@ import tempfile
 import tensorflow as tf
 
 from kerasrnn import data
-from kerasrnn._io import TEMPORARY_PREFIX, temporary_path, write_json
+from kerasrnn._io import TEMPORARY_PREFIX, check_replaceable, temporary_path, write_json
 from kerasrnn.config import CLASS_NAMES, DataConfig
 from kerasrnn.errors import ConfigError, ConversionError, MicroError
 from kerasrnn.evaluation import load_model, model_view
 from kerasrnn.export.config import MICRO_QUANTIZATIONS, ExportConfig, ParityBounds
 from kerasrnn.export.convert import TfliteFile, to_tflite
+from kerasrnn.export.integrity import is_sealed_model
 from kerasrnn.export.micro import c_array_paths, check_c_array_replaceable, write_c_array
 from kerasrnn.export.model_reader import read_model
 from kerasrnn.export.runtime import PIXEL_RANGE
@@ -60,10 +61,10 @@ def export_model(
         "c_array": [header, source], "stream_c_array": [header, source]}).
 
     Raises:
-        ConfigError: a file the export writes is the model itself, or a C array's path
-            holds something other than this file's C array (see
-            `micro.check_c_array_replaceable`); or `config.format` is not "tflite" (see
-            `export_saved_model`).
+        ConfigError: a file the export writes is the model itself, or its path holds
+            something other than kerasrnn's output of the same kind (a .tflite with a
+            kerasrnn digest, a report, this file's C array; never a link, folder or
+            device); or `config.format` is not "tflite" (see `export_saved_model`).
         ConversionError: the model cannot be rebuilt (named layer), or the file does not
             agree with Keras on the test data; nothing is written.
         DataError: `sequences` do not fit the model.
@@ -73,11 +74,7 @@ def export_model(
         raise ConfigError(
             f"export_model writes .tflite files; format {config.format!r} is export_saved_model's"
         )
-    _refuse_overwriting_the_model(model_path, out_path, config)
-    if config.c_array:  # before converting: a refusal leaves every file as it was
-        check_c_array_replaceable(out_path)
-        if config.stream:
-            check_c_array_replaceable(_outputs(out_path, config)["stream"])
+    _check_outputs(model_path, out_path, config)  # a refusal leaves every file as it was
     model = load_model(model_path)
     calibration, test, input_range, class_names = _data(model, config, data_config, sequences)
     log.info(
@@ -103,6 +100,8 @@ def export_model(
         " and in TensorFlow Lite Micro" if micro else "",
     )
     staged = temporary_path(out_path)
+    if os.path.lexists(staged):  # what a killed export left
+        os.remove(staged)
     try:
         written = to_tflite(
             model,
@@ -242,15 +241,30 @@ def _outputs(out_path: str, config: ExportConfig) -> dict[str, str]:
     return outputs
 
 
-def _refuse_overwriting_the_model(model_path: str, out_path: str, config: ExportConfig) -> None:
-    """Raises `ConfigError` when a file the export would write is the model it reads."""
+def _check_outputs(model_path: str, out_path: str, config: ExportConfig) -> None:
+    """Refuses, before anything is converted, an export that would replace the model it
+    reads or a file that is not kerasrnn's own output of the same kind.
+
+    Raises:
+        ConfigError: naming the file (see `_io.check_replaceable` and
+            `micro.check_c_array_replaceable`).
+    """
     model = os.path.realpath(model_path)
-    for kind, path in _outputs(out_path, config).items():
+    outputs = _outputs(out_path, config)
+    for kind, path in outputs.items():
         if os.path.realpath(path) == model:
             raise ConfigError(
                 f"the export's {kind} file {path} is the model {model_path} "
                 f"itself: choose another --out"
             )
+    for kind in ("tflite", "stream"):
+        if kind in outputs:
+            check_replaceable(outputs[kind], "a .tflite", is_sealed_model)
+    check_replaceable(outputs["report"], "a verification report", Report.is_report)
+    if config.c_array:
+        check_c_array_replaceable(out_path)
+        if config.stream:
+            check_c_array_replaceable(outputs["stream"])
 
 
 def _warn_about(written: TfliteFile, report: Report) -> None:

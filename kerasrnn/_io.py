@@ -11,9 +11,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import uuid
 from collections.abc import Callable
 from typing import Any
+
+from kerasrnn.errors import ConfigError
 
 TEMPORARY_PREFIX = ".tmp-"
 
@@ -86,6 +89,47 @@ def atomic_write_all(files: dict[str, bytes | str]) -> None:
             if os.path.exists(tmp):
                 os.unlink(tmp)
         raise
+
+
+def not_a_file(path: str) -> str | None:
+    """What `path` is when it is not a regular file (a link is never followed).
+
+    Returns:
+        None for a regular file or a missing path, else "a symbolic link", "a folder" or
+        "a device, pipe or socket".
+    """
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    return "a folder" if stat.S_ISDIR(mode) else "a device, pipe or socket"
+
+
+def check_replaceable(path: str, kind: str, is_own: Callable[[str], bool]) -> None:
+    """Refuses to replace anything but kerasrnn's own output of one kind.
+
+    Args:
+        path: the file a writer is about to replace.
+        kind: what the writer writes, for the message (e.g. "a .tflite").
+        is_own: whether the regular file at a path is kerasrnn's `kind` (checks its
+            contents, never its name).
+
+    Raises:
+        ConfigError: `path` exists and is not a regular file, or `is_own` rejects it.
+    """
+    if not os.path.lexists(path):
+        return
+    other = not_a_file(path)
+    if other is None and is_own(path):
+        return
+    raise ConfigError(
+        f"{path} exists and is {other or f'not {kind} that kerasrnn wrote'}: it is never "
+        f"replaced; remove it or choose another --out"
+    )
 
 
 def write_json(path: str, obj: Any) -> None:

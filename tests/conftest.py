@@ -26,6 +26,19 @@ def relative_difference(actual: np.ndarray, expected: np.ndarray) -> float:
     return float(np.abs(actual - expected).max() / np.abs(expected).max())
 
 
+def previous_export() -> bytes:
+    """A file that an export may replace (see `_io.check_replaceable`): the smallest
+    TFLite model that carries a kerasrnn digest."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    from kerasrnn.export import flatbuffer
+
+    model = schema.ModelT()
+    model.version, model.subgraphs, model.operatorCodes = 3, [], []
+    model.buffers, model.metadata = [schema.BufferT()], []
+    return flatbuffer.seal(flatbuffer.pack(model))
+
+
 def png_header(width: int, height: int) -> bytes:
     """A PNG that declares width x height grey pixels and holds none (no IDAT): opened,
     it has a size; decoded, it would fail."""

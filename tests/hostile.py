@@ -4,6 +4,9 @@ line, if it reached a C or C++ source as code."""
 
 import subprocess
 
+import numpy as np
+from ai_edge_litert import schema_py_generated as schema
+
 from kerasrnn.export import flatbuffer
 from kerasrnn.export.integrity import DIGEST_METADATA
 
@@ -27,15 +30,39 @@ TENSOR_NAMES = (
 )
 
 
+def drop_digest(model: schema.ModelT) -> None:
+    """Removes kerasrnn's digest from a model's schema objects, as another tool writes it."""
+    model.metadata = [e for e in model.metadata or [] if e.name != DIGEST_METADATA.encode()]
+    model.description = None
+
+
+def resealed(model: schema.ModelT) -> bytes:
+    """An edited model's bytes with a freshly computed digest, as anyone can write one."""
+    drop_digest(model)
+    return flatbuffer.seal(flatbuffer.pack(model))
+
+
 def with_input_name(content: bytes, name: str) -> bytes:
     """A .tflite whose first input tensor is named `name`, sealed again with its digest."""
     model = flatbuffer.unpack(content)
     graph = model.subgraphs[0]
     graph.tensors[graph.inputs[0]].name = name.encode()
-    digest = [i for i, e in enumerate(model.metadata or []) if e.name == DIGEST_METADATA.encode()]
-    model.metadata = [e for i, e in enumerate(model.metadata or []) if i not in digest]
-    model.description = None
-    return flatbuffer.seal(flatbuffer.pack(model))
+    return resealed(model)
+
+
+def endless_loop(model: schema.ModelT) -> None:
+    """Edits a WHILE-loop model so that its loop never ends: every int32 constant 1 added
+    to a counter (the loop's step) becomes 0, so the counters never reach their limit."""
+    for graph in model.subgraphs:
+        for op in graph.operators:
+            if flatbuffer.operator_name(model, op) != "ADD":
+                continue
+            for index in op.inputs:
+                tensor = graph.tensors[index]
+                data = model.buffers[tensor.buffer].data
+                if tensor.type == schema.TensorType.INT32 and data is not None:
+                    if np.frombuffer(bytes(data), np.int32).tolist() == [1]:
+                        model.buffers[tensor.buffer].data = np.zeros(4, np.uint8)
 
 
 def injected(objects: list[str], sources: list[str], include_dirs: list[str]) -> list[str]:

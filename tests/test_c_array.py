@@ -17,8 +17,8 @@ from ai_edge_litert.interpreter import Interpreter
 from conftest import REPO
 
 from kerasrnn.config import DataConfig
-from kerasrnn.errors import ConfigError
-from kerasrnn.export import convert
+from kerasrnn.errors import ConfigError, MicroError
+from kerasrnn.export import convert, flatbuffer, micro
 from kerasrnn.export.c_text import identifier as c_identifier
 from kerasrnn.export.config import ExportConfig
 from kerasrnn.export.firmware_build import resolver_methods
@@ -473,3 +473,15 @@ def test_a_kill_between_the_pairs_moves_is_caught_and_repaired(exports, tmp_path
     write_c_array(str(tmp_path / "m.tflite"), arena_bytes=1024)  # the next export repairs it
     _compile_c_array(str(tmp_path / "m.h"), str(tmp_path / "m.cc"), tmp_path)
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]
+
+
+def test_tflm_on_a_loop_that_never_ends_is_stopped_at_its_limit(exports, tmp_path, monkeypatch):
+    monkeypatch.setattr(micro, "CHILD_SECONDS", 3.0)
+    monkeypatch.setattr(micro, "CHILD_SECONDS_PER_IMAGE", 1.0)
+    with open(tflite(exports, "elman64"), "rb") as f:  # the float file loops
+        model = flatbuffer.unpack(f.read())
+    hostile.endless_loop(model)
+    path = tmp_path / "endless.tflite"
+    path.write_bytes(hostile.resealed(model))
+    with pytest.raises(MicroError, match=rf"TensorFlow Lite Micro hung on {re.escape(str(path))}"):
+        run_micro(str(path), np.zeros((2, 28, 28), np.float32))

@@ -10,7 +10,7 @@ import os
 import conversion_matrix as matrix
 import numpy as np
 import pytest
-from conftest import relative_difference
+from conftest import previous_export, relative_difference
 
 from kerasrnn.errors import ConversionError
 from kerasrnn.export import convert, flatbuffer
@@ -171,10 +171,10 @@ def test_unsupported_user_model_is_refused_by_name_and_nothing_is_written(name, 
     keras.utils.set_random_seed(0)
     row = REFUSED[name]
     target = tmp_path / "m.tflite"
-    target.write_bytes(b"a previous export")
+    target.write_bytes(previous_export())
     with pytest.raises(ConversionError, match=row.refused):
         convert.to_tflite(matrix.build(row), str(target))
-    assert target.read_bytes() == b"a previous export"
+    assert target.read_bytes() == previous_export()
     assert os.listdir(tmp_path) == ["m.tflite"]
 
 

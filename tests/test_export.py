@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import KINDS, relative_difference
+from conftest import KINDS, previous_export, relative_difference
 
 from kerasrnn.errors import ConfigError, ConversionError
 from kerasrnn.export import config, convert, flatbuffer, graph
@@ -315,12 +315,12 @@ def test_failed_export_keeps_the_previous_file(tmp_path):
     import keras
 
     target = tmp_path / "model.tflite"
-    target.write_bytes(b"previous export")
+    target.write_bytes(previous_export())
     inputs = keras.Input((28, 28))
     bad = keras.Model(inputs, keras.layers.Dense(10)(keras.layers.Flatten()(inputs)))
     with pytest.raises(ConversionError, match="cannot export model .* no recurrent layer"):
         convert.to_tflite(bad, str(target))
-    assert target.read_bytes() == b"previous export"
+    assert target.read_bytes() == previous_export()
 
 
 def test_int8_interface_refuses_a_model_without_int16_activations(exported):

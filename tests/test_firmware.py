@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import kerasrnn
-from kerasrnn.errors import FirmwareError
-from kerasrnn.export import c_text, firmware, firmware_build, to_tflite
+from kerasrnn.errors import FirmwareError, ModelFileError
+from kerasrnn.export import c_text, firmware, firmware_build, flatbuffer, integrity, to_tflite
 from kerasrnn.export.config import FirmwareConfig
 from kerasrnn.export.firmware import build_firmware, check_tools
 
@@ -191,3 +191,39 @@ def test_firmware_cannot_reach_the_hosts_files(int8_files, test_images, object_c
     ran = firmware._execute(binary, fw_config)
     assert (ran.returncode, ran.stdout.splitlines()[0]) == (9, "opened 0")
     assert not target.exists()
+    assert (out / firmware.PROJECT_MARKER).is_file()  # the folder is kerasrnn's
+
+
+def test_firmware_refuses_a_loop_that_never_ends_instead_of_hanging(
+    object_cache, test_images, tmp_path, monkeypatch
+):
+    """A WHILE loop that never ends, sealed with a digest anyone can compute: the checks
+    that run on every model file stop it at the probe's limit; nothing is built."""
+    monkeypatch.setattr(integrity, "_PROBE_TIMEOUT_S", 3)
+    model = kerasrnn.build_classifier(kerasrnn.ModelConfig(cell="elman", units=8))
+    exported = to_tflite(model, str(tmp_path / "loop.tflite"), form="loop").path
+    with open(exported, "rb") as f:
+        edited = flatbuffer.unpack(f.read())
+    hostile.endless_loop(edited)
+    path = tmp_path / "endless.tflite"
+    path.write_bytes(hostile.resealed(edited))
+    with pytest.raises(ModelFileError, match="LiteRT did not load and run it within 3 s"):
+        build_firmware(
+            str(path), str(tmp_path / "fw"), config("cortex-m3", object_cache), test_images
+        )
+    assert not (tmp_path / "fw").exists()
+
+
+def test_a_folder_kerasrnn_did_not_make_is_never_written_into(object_cache, test_images, tmp_path):
+    project = tmp_path / "myproject"
+    project.mkdir()
+    (project / "main.cc").write_text("int main() { return 0; }  // mine\n")
+    fw_config = config("cortex-m3", object_cache)
+    missing_model = str(tmp_path / "m.tflite")  # the folder is refused before the model is read
+    with pytest.raises(FirmwareError, match=r"myproject holds files that kerasrnn did not"):
+        build_firmware(missing_model, str(project), fw_config, test_images)
+    assert [p.name for p in project.iterdir()] == ["main.cc"]
+    assert (project / "main.cc").read_text() == "int main() { return 0; }  // mine\n"
+    (project / firmware.PROJECT_MARKER).touch()  # as kerasrnn marks the folders it makes
+    with pytest.raises(ModelFileError, match="no such model file"):
+        build_firmware(missing_model, str(project), fw_config, test_images)

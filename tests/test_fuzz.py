@@ -87,7 +87,7 @@ def _worker(manifest: str, start: int) -> None:
     from kerasrnn.errors import KerasRnnError, ModelFileError
 
     notices = logging.handlers.BufferingHandler(capacity=sys.maxsize)  # keeps every record
-    log = logging.getLogger("kerasrnn.export.runtime")
+    log = logging.getLogger("kerasrnn.export")  # the runtime's and integrity's notices
     log.addHandler(notices)
     log.propagate = False
     with open(manifest) as f:

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from ai_edge_litert import schema_py_generated as schema
 from conftest import relative_difference
+from hostile import drop_digest, endless_loop
 
 from kerasrnn.errors import InputError, ModelFileError
-from kerasrnn.export import flatbuffer, runtime
+from kerasrnn.export import flatbuffer, integrity, runtime
 from kerasrnn.export.integrity import DIGEST_METADATA, verify_digest
 from kerasrnn.export.runtime import Classifier, Stream
 
@@ -217,8 +218,7 @@ def without_digest(path: str, folder, edit=None) -> str:
     with `edit(model)` applied to its schema objects; returns the copy's path."""
     with open(path, "rb") as f:
         model = flatbuffer.unpack(f.read())
-    model.metadata = [m for m in model.metadata if m.name != DIGEST_METADATA.encode()]
-    model.description = None
+    drop_digest(model)
     if edit is not None:
         edit(model)
     copy = os.path.join(folder, f"foreign-{os.path.basename(path)}")
@@ -231,18 +231,33 @@ def load(kind: str, path: str):
     return Stream(path) if kind == "stream" else Classifier(path)
 
 
+def sealed(path: str) -> str:
+    """Writes a digest into a file, as anyone can (`flatbuffer.seal`); returns its path."""
+    with open(path, "rb") as f:
+        content = flatbuffer.seal(f.read())
+    with open(path, "wb") as f:
+        f.write(content)
+    return path
+
+
 @pytest.mark.parametrize("kind", ["float", "int8", "stream"])
-def test_exported_files_carry_a_digest_and_load_without_a_child_process(
+def test_a_file_with_a_digest_is_still_probed_in_a_child_once_per_process(
     files, kind, monkeypatch, caplog
 ):
     with open(files[kind], "rb") as f:
         assert re.fullmatch("[0-9a-f]{64}", verify_digest(f.read(), files[kind]))
+    monkeypatch.setattr(integrity, "_CHECKED", set())
+    children = []
+    real_run = subprocess.run
 
-    def no_child(*args, **kwargs):
-        raise AssertionError("a verified file was loaded in a child process")
+    def counting_run(*args, **kwargs):
+        children.append(args)
+        return real_run(*args, **kwargs)
 
-    monkeypatch.setattr(subprocess, "run", no_child)
+    monkeypatch.setattr(subprocess, "run", counting_run)
     load(kind, files[kind])
+    load(kind, files[kind])  # the same bytes: checked once
+    assert len(children) == 1
     assert not caplog.records
 
 
@@ -297,8 +312,11 @@ def _shrink_add_output_scale(model: schema.ModelT) -> None:
     quantization.scale = quantization.scale / 1e6
 
 
-def test_a_file_that_aborts_litert_is_refused_not_a_crash(files, tmp_path):
+@pytest.mark.parametrize("digest", ["recomputed digest", "no digest"])
+def test_a_file_that_aborts_litert_is_refused_not_a_crash(files, tmp_path, digest):
     path = without_digest(files["int8"], tmp_path, _shrink_add_output_scale)
+    if digest == "recomputed digest":
+        sealed(path)
     result = run_without_tensorflow(
         """
         import sys
@@ -315,6 +333,29 @@ def test_a_file_that_aborts_litert_is_refused_not_a_crash(files, tmp_path):
     assert f"{path}: invalid TFLite model: LiteRT crashed on it (signal 6: Aborted)" in (
         result.stdout
     )
+
+
+@pytest.mark.parametrize("digest", ["recomputed digest", "no digest"])
+def test_a_while_loop_that_never_ends_is_refused_after_the_probes_limit(
+    files, tmp_path, monkeypatch, digest
+):
+    monkeypatch.setattr(integrity, "_PROBE_TIMEOUT_S", 3)
+    path = without_digest(files["float"], tmp_path, endless_loop)  # the float file loops
+    if digest == "recomputed digest":
+        sealed(path)
+    with pytest.raises(ModelFileError, match=rf"{re.escape(path)}: LiteRT did not load and run"):
+        Classifier(path)
+
+
+def test_a_huge_file_is_refused_before_it_is_read(files, tmp_path):
+    with open(files["float"], "rb") as f:
+        header = f.read(8)
+    path = tmp_path / "huge.tflite"
+    with open(path, "wb") as f:
+        f.write(header)
+        f.truncate(3 << 30)  # 3 GiB, sparse: nothing of it is on disk
+    with pytest.raises(ModelFileError, match=r"3,221,225,472 bytes is larger than the 268,435,456"):
+        Classifier(str(path))
 
 
 # (what to damage in an int8 file, the attribute, its new value, the message)

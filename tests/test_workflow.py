@@ -1,6 +1,9 @@
 """`export_model`, behind `kerasrnn export` and `kerasrnn run`: what it refuses and flags."""
 
 import logging
+import os
+import re
+import stat
 
 import pytest
 
@@ -55,3 +58,72 @@ def test_int8_files_that_fall_short_are_flagged_in_one_line(caplog, written, rep
     assert len(caplog.records) == len(warnings)
     for record, text in zip(caplog.records, warnings):
         assert text in record.getMessage() and "\n" not in record.getMessage()
+
+
+def _put_a_users_file(path, what: str) -> None:
+    """Puts at `path` something a user owns that an export must never replace."""
+    if what == "a text file":
+        path.write_text("my notes\n")
+    elif what == "another run's model":
+        build_classifier(cell="elman", units=4).save(str(path.with_suffix(".keras")))
+        path.with_suffix(".keras").rename(path)
+    elif what == "a symbolic link":
+        (path.parent / "notes.txt").write_text("my notes\n")
+        path.symlink_to(path.parent / "notes.txt")
+    elif what == "a pipe":
+        os.mkfifo(path)
+    elif what == "a device":
+        try:
+            os.mknod(path, stat.S_IFCHR | 0o600, os.makedev(1, 3))  # /dev/null's numbers
+        except PermissionError:
+            pytest.skip("creating a device node needs root")
+    else:
+        path.mkdir()
+
+
+def _state(folder) -> dict:
+    """Each entry of a folder: its type, and a regular file's bytes."""
+    return {
+        p.name: (stat.S_IFMT(os.lstat(p).st_mode), p.read_bytes() if p.is_file() else None)
+        for p in folder.iterdir()
+    }
+
+
+@pytest.mark.parametrize(
+    "what,message",
+    [
+        ("a text file", "is not a .tflite that kerasrnn wrote"),
+        ("another run's model", "is not a .tflite that kerasrnn wrote"),
+        ("a symbolic link", "is a symbolic link"),
+        ("a pipe", "is a device, pipe or socket"),
+        ("a device", "is a device, pipe or socket"),
+        ("a folder", "is a folder"),
+    ],
+)
+@pytest.mark.parametrize("output", ["m.tflite", "m.step.tflite", "m.verify.json"])
+def test_export_never_replaces_a_users_file(tmp_path, what, message, output):
+    build_classifier(cell="elman", units=4).save(str(tmp_path / "model.keras"))
+    out = tmp_path / "out"
+    out.mkdir()
+    _put_a_users_file(out / output, what)
+    before = _state(out)
+    if output.endswith(".json") and message.startswith("is not"):
+        message = "is not a verification report that kerasrnn wrote"
+    with pytest.raises(ConfigError, match=rf"{re.escape(str(out / output))} exists and {message}"):
+        export_model(
+            str(tmp_path / "model.keras"), str(out / "m.tflite"), ExportConfig(stream=True), SAMPLE
+        )
+    assert _state(out) == before
+
+
+def test_export_replaces_its_own_files(tmp_path):
+    build_classifier(cell="elman", units=4).save(str(tmp_path / "model.keras"))
+    config = ExportConfig(stream=True, micro=False)
+    for _ in range(2):
+        export_model(str(tmp_path / "model.keras"), str(tmp_path / "m.tflite"), config, SAMPLE)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "m.step.tflite",
+        "m.tflite",
+        "m.verify.json",
+        "model.keras",
+    ]
