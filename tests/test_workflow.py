@@ -118,11 +118,10 @@ def test_export_never_replaces_a_users_file(tmp_path, what, message, output):
 
 def test_export_replaces_its_own_files(tmp_path):
     build_classifier(cell="elman", units=4).save(str(tmp_path / "model.keras"))
-    config = ExportConfig(stream=True, micro=False)
+    config = ExportConfig(micro=False)
     for _ in range(2):
         export_model(str(tmp_path / "model.keras"), str(tmp_path / "m.tflite"), config, SAMPLE)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "m.step.tflite",
         "m.tflite",
         "m.verify.json",
         "model.keras",
