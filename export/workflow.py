@@ -8,8 +8,6 @@ import logging
 import os
 import tempfile
 
-import tensorflow as tf
-
 from kerasrnn import data
 from kerasrnn._io import TEMPORARY_PREFIX, check_replaceable, temporary_path, write_json
 from kerasrnn.config import CLASS_NAMES, DataConfig
@@ -22,7 +20,7 @@ from kerasrnn.export.micro import c_array_paths, check_c_array_replaceable, writ
 from kerasrnn.export.model_reader import read_model
 from kerasrnn.export.runtime import PIXEL_RANGE
 from kerasrnn.export.verification import Report, verify
-from kerasrnn.sequences import Sequences
+from kerasrnn.sequences import Sequences, load_npz
 
 # int8 calibration: the training split, up to this many images. Measured on the sample,
 # the whole 4,000-image split gave closer TFLM/LiteRT int8 agreement than 500 images.
@@ -52,7 +50,8 @@ def export_model(
         out_path: the .tflite to write.
         config: see `ExportConfig`.
         data_config: where calibration and test digits come from (read in the model's
-            view, see `evaluation.model_view`); unused with `sequences`.
+            view, see `evaluation.model_view`; source "npz": its file, as `sequences`);
+            unused with `sequences`.
         sequences: the user's own data (`kerasrnn.sequences`) for a model of any input
             shape: x calibrates, x_test (else x) verifies; the file takes any finite values.
 
@@ -153,6 +152,8 @@ def _data(model, config: ExportConfig, data_config: DataConfig, sequences: Seque
     """(calibration inputs or None, (test inputs, test labels), the file's input range,
     the class names it stores) for `export_model`."""
     int8 = config.quantization == "int8"
+    if sequences is None and data_config.source == "npz":
+        sequences = load_npz(data_config.npz)
     if sequences is not None:
         read = read_model(model)
         sequences.check_model(read.input_shape, read.outputs)
@@ -161,12 +162,10 @@ def _data(model, config: ExportConfig, data_config: DataConfig, sequences: Seque
     data_config = dataclasses.replace(data_config, view=model_view(model, data_config.view))
     calibration = None
     if int8:
-        images, _ = data.load_arrays(
-            dataclasses.replace(data_config, max_examples=None), "train+validation"
+        calibration, _ = data.load_sequences(
+            dataclasses.replace(data_config, max_examples=CALIBRATION_IMAGES), "train+validation"
         )
-        calibration = _views(images[:CALIBRATION_IMAGES], data_config.view)
-    images, labels = data.load_arrays(data_config, "test")
-    test = (_views(images, data_config.view), labels)
+    test = data.load_sequences(data_config, "test")
     return calibration, test, PIXEL_RANGE, _class_names(model, data_config)
 
 
@@ -290,10 +289,3 @@ def _warn_about(written: TfliteFile, report: Report) -> None:
             100 * report.tflite_accuracy,
             100 * report.keras_accuracy,
         )
-
-
-def _views(images, view: str):
-    """uint8 [n, 28, 28] -> float32 [n, steps, features] in the given view (as `data` makes it)."""
-    dataset = tf.data.Dataset.from_tensor_slices((images, tf.zeros(len(images), tf.int32)))
-    batches = dataset.map(data.view_function(view)).batch(4096)
-    return tf.concat([x for x, _ in batches], axis=0).numpy()

@@ -19,7 +19,7 @@ from kerasrnn import __version__, config
 from kerasrnn._terminal import PrintableFormatter, printable
 from kerasrnn.cell_kinds import CELL_KINDS
 from kerasrnn.config import DataConfig, ModelConfig, TrainConfig, TuneConfig
-from kerasrnn.errors import KerasRnnError
+from kerasrnn.errors import ConfigError, KerasRnnError
 from kerasrnn.export.config import (
     FIRMWARE_TARGETS,
     INT8_ACTIVATIONS,
@@ -52,8 +52,17 @@ def _default(config_class, field: str):
     return next(f.default for f in dataclasses.fields(config_class) if f.name == field)
 
 
-def _add_data_flags(parser: argparse.ArgumentParser) -> None:
+# --npz of the commands that train and score classifiers.
+_NPZ_HELP = (
+    "your own labelled sequences instead of MNIST, of any shape: a .npz with x float "
+    "[n, steps, features] and int labels y (optional x_test, y_test: the test split, "
+    "else the validation split is). Replaces --data"
+)
+
+
+def _add_data_flags(parser: argparse.ArgumentParser, npz_help: str = _NPZ_HELP) -> None:
     group = parser.add_argument_group("data")
+    group.add_argument("--npz", help=npz_help)
     group.add_argument(
         "--data",
         dest="source",
@@ -88,8 +97,11 @@ def _add_data_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _data_config(args) -> DataConfig:
+    if args.npz and args.source != "auto":
+        raise ConfigError(f"--npz {args.npz} replaces --data {args.source}: give one")
     return DataConfig(
-        source=args.source,
+        source="npz" if args.npz else args.source,
+        npz=args.npz,
         dataset=args.dataset,
         data_dir=args.data_dir,
         manual_dir=args.manual_dir,
@@ -285,7 +297,8 @@ def cmd_train(args) -> None:
         return
     _say(
         f"test loss {result.test['test_loss']:.4f}, test accuracy "
-        f"{result.test['test_accuracy']:.2%} on {result.test['test_examples']} test images "
+        f"{result.test['test_accuracy']:.2%} on {result.test['test_examples']} test "
+        f"{'sequences' if args.npz else 'images'} "
         f"({result.test['epochs']} epochs, {result.test['parameters']} parameters)"
     )
     _say(f"run folder: {result.run_dir}")
@@ -299,7 +312,7 @@ def cmd_evaluate(args) -> None:
         json.dumps(scores)
         if args.json
         else f"test loss {scores['loss']:.4f}, test accuracy {scores['accuracy']:.2%} "
-        f"on {scores['examples']} test images"
+        f"on {scores['examples']} test {'sequences' if args.npz else 'images'}"
     )
 
 
@@ -551,13 +564,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="int8: weight scales per output channel (closer to Keras for some models; "
         "a larger file and arena)",
     )
-    p.add_argument(
-        "--npz",
-        help="your own data for a model of any input shape: a .npz with x float "
+    _add_data_flags(
+        p,
+        "your own data for a model of any input shape: a .npz with x float "
         "[n, steps, features], y int labels or float targets (optional x_test, y_test); "
         "x calibrates int8, x_test (else x) verifies. Replaces --data",
     )
-    _add_data_flags(p)
     p.set_defaults(func=cmd_export)
 
     p = commands.add_parser(
@@ -591,12 +603,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=_default(FirmwareConfig, "digits"),
         help="test digits embedded and run",
     )
-    p.add_argument(
-        "--npz",
-        help="the sequences to embed and run, for a model of any input shape: x_test "
+    _add_data_flags(
+        p,
+        "the sequences to embed and run, for a model of any input shape: x_test "
         "(else x) of a .npz as `kerasrnn export --npz` reads it. Replaces --data",
     )
-    _add_data_flags(p)
     p.set_defaults(func=cmd_firmware)
 
     p = commands.add_parser(

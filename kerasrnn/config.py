@@ -13,7 +13,7 @@ import math
 from kerasrnn.cell_kinds import CELLS
 from kerasrnn.errors import ConfigError
 
-SOURCES = ("auto", "sample", "idx", "tfds")
+SOURCES = ("auto", "sample", "idx", "tfds", "npz")
 DATASETS = ("mnist", "fashion_mnist")
 # Each dataset's class names, by label (figures and messages use them).
 CLASS_NAMES = {
@@ -78,8 +78,9 @@ class DataConfig:
     """Where the data comes from and how it is shaped and batched.
 
     Attributes:
-        source: one of `SOURCES`: the bundled `sample`, an `idx` folder, `tfds`, or `auto`
-            (TFDS when prepared or downloadable, otherwise the sample).
+        source: one of `SOURCES`: the bundled `sample`, an `idx` folder, `tfds`, `auto`
+            (TFDS when prepared or downloadable, otherwise the sample), or `npz`: the
+            user's own labelled sequences in the file `npz`.
         dataset: one of `DATASETS` (`sample` holds MNIST only).
         data_dir: the IDX folder for `idx`; TFDS's data_dir for `tfds`.
         manual_dir: for `tfds`, a folder of the original files to prepare from offline.
@@ -93,6 +94,9 @@ class DataConfig:
             vacated border black (0: no shift). Validation and test data are not touched.
         flip: augment the training batches by mirroring half of the images left to
             right (for Fashion-MNIST's clothing; a mirrored digit is no digit).
+        npz: for source `npz`, a .npz file of sequences x float [n, steps, features] and
+            int labels y (optionally x_test, y_test; see `kerasrnn.sequences`), read as
+            they are: views, `dataset` and augmentation are MNIST's.
     """
 
     source: str = "auto"
@@ -106,9 +110,15 @@ class DataConfig:
     seed: int = 0
     shift: int = 0
     flip: bool = False
+    npz: str | None = None
 
     def __post_init__(self):
         check_choice("source", self.source, SOURCES)
+        if (self.source == "npz") != (self.npz is not None):
+            raise ConfigError(
+                f"source 'npz' reads the file that npz names (--npz FILE), got source="
+                f"{self.source!r} and npz={self.npz!r}"
+            )
         check_choice("dataset", self.dataset, DATASETS)
         check_choice("view", self.view, VIEWS)
         check_positive("batch_size", self.batch_size, integer=True)
@@ -128,6 +138,19 @@ class DataConfig:
             raise ConfigError(
                 f"validation_fraction must be in (0, 1), got {self.validation_fraction}"
             )
+        if self.npz is not None:
+            mnist_only = {
+                "view": self.view != "rows",
+                "dataset": self.dataset != "mnist",
+                "shift": self.shift != 0,
+                "flip": self.flip,
+            }
+            if any(mnist_only.values()):
+                raise ConfigError(
+                    f"{', '.join(k for k, v in mnist_only.items() if v)}: views, datasets and "
+                    f"augmentation reshape MNIST images; the sequences of {self.npz} are read "
+                    f"as they are"
+                )
         if self.source == "sample" and self.dataset != "mnist":
             raise ConfigError(
                 f"the bundled sample holds MNIST only, not {self.dataset!r}: use "
@@ -137,7 +160,7 @@ class DataConfig:
 
     @property
     def input_shape(self) -> tuple[int, int]:
-        """(steps, features) of one example in this view."""
+        """(steps, features) of one MNIST example in this view (not for source `npz`)."""
         return view_shape(self.view)
 
 
@@ -157,6 +180,9 @@ class ModelConfig:
             784 x 1). The model keeps it (its input is named `sequence_{view}`), so that
             evaluation and export read digits the way it was trained on them.
         classes: number of output logits.
+        steps, features: the shape of the user's own sequences (`DataConfig.npz`)
+            instead of a view's; both or neither. Such a model's input is named
+            `sequence`: no view reads it.
     """
 
     cell: str = "elman"
@@ -167,11 +193,20 @@ class ModelConfig:
     recurrent_initializer: str = "orthogonal"
     view: str = "rows"
     classes: int = 10
+    steps: int | None = None
+    features: int | None = None
 
     def __post_init__(self):
         check_choice("cell", self.cell, CELLS)
         for name in ("units", "layers", "classes"):
             check_positive(name, getattr(self, name), integer=True)
+        for name in ("steps", "features"):
+            check_positive(name, getattr(self, name), optional=True, integer=True)
+        if (self.steps is None) != (self.features is None):
+            raise ConfigError(
+                f"steps and features give a sequence's shape together, got steps="
+                f"{self.steps} and features={self.features}"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         check_choice("activation", self.activation, ACTIVATIONS)
@@ -180,7 +215,9 @@ class ModelConfig:
 
     @property
     def input_shape(self) -> tuple[int, int]:
-        """(steps, features) of one example in this model's view."""
+        """(steps, features) of one example: `steps` and `features`, else the view's."""
+        if self.steps is not None:
+            return (self.steps, self.features)
         return view_shape(self.view)
 
 

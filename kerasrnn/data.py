@@ -10,6 +10,8 @@ Sources:
     tfds    TensorFlow Datasets (`mnist`, `fashion_mnist`); offline from a folder of the
             original files through `manual_dir`.
     auto    TFDS when prepared or downloadable, otherwise the sample.
+    npz     the user's own labelled sequences of any shape (`kerasrnn.sequences`), read as
+            they are: elements `(float32 [steps, features], int32 label)`.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ import tensorflow as tf
 
 from kerasrnn import idx
 from kerasrnn.config import FASHION_MNIST_DIR, SPLITS, VIEWS, DataConfig, check_choice
-from kerasrnn.errors import DataUnavailableError
+from kerasrnn.errors import DataError, DataUnavailableError
+from kerasrnn.sequences import Sequences, load_npz
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +161,54 @@ def _split_indices(n: int, config: DataConfig) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
+def labelled_sequences(path: str) -> Sequences:
+    """The sequences of a .npz file (`sequences.load_npz`) with labels of two classes or more.
+
+    Raises:
+        DataError: the file fails `load_npz`'s checks, holds float targets (kerasrnn trains,
+            tunes and scores classifiers) or a single class.
+    """
+    data = load_npz(path)
+    if data.y.dtype.kind != "i":
+        raise DataError(
+            f"{path}: y holds float targets (regression); kerasrnn trains, tunes and scores "
+            f"classifiers (int labels): train a regression model in Keras, and `kerasrnn "
+            f"export --npz` exports it"
+        )
+    labels = data.y if data.y_test is None else np.concatenate([data.y, data.y_test])
+    if labels.max() == 0:
+        raise DataError(f"{path}: every label is 0; a classifier needs two classes or more")
+    return data
+
+
+def model_shape(config: DataConfig) -> dict:
+    """The `ModelConfig` fields that fit a model to the data: for source `npz`, its
+    sequences' `steps` and `features` and its `classes` (the largest label + 1); none for
+    MNIST, whose views give the shape.
+
+    Raises:
+        DataError: see `labelled_sequences`.
+    """
+    if config.source != "npz":
+        return {}
+    data = labelled_sequences(config.npz)
+    labels = data.y if data.y_test is None else np.concatenate([data.y, data.y_test])
+    return {"steps": data.x.shape[1], "features": data.x.shape[2], "classes": int(labels.max()) + 1}
+
+
+def _npz_split(config: DataConfig, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """One split of a .npz's sequences: train and validation carved from x, y as from
+    MNIST's training images; test is x_test, y_test, or the validation split when the
+    file holds none (`training_run.train` says so)."""
+    data = labelled_sequences(config.npz)
+    if split == "test" and data.x_test is not None:
+        return data.x_test, data.y_test
+    if split == "train+validation":
+        return data.x, data.y
+    keep = _split_indices(len(data.y), config)[split != "train"]
+    return data.x[keep], data.y[keep]
+
+
 def load_arrays(config: DataConfig, split: str = "test") -> tuple[np.ndarray, np.ndarray]:
     """Loads one split as NumPy arrays (for calibration, verification, plots).
 
@@ -166,11 +217,14 @@ def load_arrays(config: DataConfig, split: str = "test") -> tuple[np.ndarray, np
         split: one of `SPLITS`.
 
     Returns:
-        (uint8 images [n, 28, 28], int32 labels [n]).
+        (uint8 images [n, 28, 28], int32 labels [n]); for source `npz`, (float32 sequences
+        [n, steps, features], int32 labels [n]).
     """
     check_choice("split", split, SPLITS)
     source = resolve_source(config)
-    if source == "tfds":
+    if source == "npz":
+        images, labels = _npz_split(config, split)
+    elif source == "tfds":
         images, labels = [], []
         for x, y in _tfds_split(config, split).batch(4096).as_numpy_iterator():
             images.append(x.reshape(-1, 28, 28))
@@ -185,6 +239,19 @@ def load_arrays(config: DataConfig, split: str = "test") -> tuple[np.ndarray, np
     if config.max_examples:
         images, labels = images[: config.max_examples], labels[: config.max_examples]
     return images, labels.astype(np.int32)
+
+
+def load_sequences(config: DataConfig, split: str = "test") -> tuple[np.ndarray, np.ndarray]:
+    """Loads one split as the model reads it: MNIST's images in `config.view`, scaled to
+    [0, 1] as `pipeline` makes them, or a .npz's sequences as they are.
+
+    Returns:
+        (float32 sequences [n, steps, features], int32 labels [n]).
+    """
+    x, labels = load_arrays(config, split)
+    if x.dtype == np.uint8:
+        x = _to_view(tf.constant(x, tf.float32) / 255.0, config.view).numpy()
+    return x, labels
 
 
 def _tfds_split(config: DataConfig, split: str) -> tf.data.Dataset:
@@ -342,6 +409,8 @@ def _examples(config: DataConfig, split: str) -> tf.data.Dataset:
             ds = ds.take(config.max_examples)
     else:
         ds = tf.data.Dataset.from_tensor_slices(load_arrays(config, split))
+        if config.source == "npz":  # sequences, not images: no view
+            return ds.cache()
     return ds.map(view_function(config.view), num_parallel_calls=tf.data.AUTOTUNE).cache()
 
 

@@ -127,7 +127,8 @@ def model_view(model: keras.Model, requested: str = "rows") -> str:
     if shape == (784, 1):
         return "permuted" if requested == "permuted" else "pixels"
     raise ModelFileError(
-        f"model {model.name!r} reads sequences of shape {shape}, which no view gives"
+        f"model {model.name!r} reads sequences of shape {shape}, which no view gives: give "
+        f"it its own data (npz, --npz)"
     )
 
 
@@ -162,14 +163,20 @@ def evaluate(model: keras.Model, dataset: tf.data.Dataset) -> dict[str, float]:
 def evaluate_file(model_path: str, data_config: DataConfig) -> dict:
     """Loads a saved classifier and scores it on the test split.
 
-    The digits are read in the model's own view (see `model_view`).
+    The digits are read in the model's own view (see `model_view`); a .npz's sequences
+    (source "npz") as they are, its test split as training made it (`data.load_arrays`).
 
     Returns:
         {"loss": float, "accuracy": float, "examples": int}.
+
+    Raises:
+        DataError: the .npz's sequences or labels do not fit the model.
     """
     model = load_model(model_path)
-    view = model_view(model, data_config.view)
-    labels, logits = predict_logits(
-        model, data.pipeline(dataclasses.replace(data_config, view=view), "test")
-    )
+    if data_config.source == "npz":
+        sequences = data.labelled_sequences(data_config.npz)
+        sequences.check_model(tuple(model.input_shape[1:]), model.output_shape[-1])
+    else:
+        data_config = dataclasses.replace(data_config, view=model_view(model, data_config.view))
+    labels, logits = predict_logits(model, data.pipeline(data_config, "test"))
     return {**scores(labels, logits), "examples": len(labels)}

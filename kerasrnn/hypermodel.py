@@ -14,6 +14,7 @@ import numpy as np
 
 from kerasrnn import data
 from kerasrnn.config import DataConfig, ModelConfig, TrainConfig, TuneConfig
+from kerasrnn.errors import SearchSpaceError
 from kerasrnn.models import build_classifier
 from kerasrnn.search_space import SearchSpace
 from kerasrnn.training import compile_model, fit, steps_per_epoch
@@ -61,13 +62,21 @@ class RNNHyperModel(kt.HyperModel):
         config: see `TuneConfig`.
 
     Raises:
-        SearchSpaceError: `data_config` and `space` both set the shift.
+        SearchSpaceError: `data_config` and `space` both set the shift, or the space sets
+            one for a .npz's sequences.
+        DataError: the .npz's labels fail `data.labelled_sequences`.
     """
 
     def __init__(self, space: SearchSpace, data_config: DataConfig, config: TuneConfig):
         super().__init__(name="kerasrnn")
         self.space = space.with_data_shift(data_config.shift)
+        if data_config.npz is not None and "shift" in dict(self.space.domains):
+            raise SearchSpaceError(
+                f"shift: augmentation moves MNIST images' pixels; the sequences of "
+                f"{data_config.npz} are read as they are"
+            )
         self.data_config = dataclasses.replace(data_config, shift=0)
+        self.model_shape = data.model_shape(data_config)
         self.config = config
         self._calibration = None
 
@@ -80,6 +89,7 @@ class RNNHyperModel(kt.HyperModel):
             dropout=values["dropout"],
             activation=values["activation"],
             view=self.data_config.view,
+            **self.model_shape,
         )
         config = self.train_config(values, self.config.max_epochs)
         # A learning-rate schedule spans the most epochs a trial may train.
@@ -173,7 +183,6 @@ class RNNHyperModel(kt.HyperModel):
         if self.config.size_measure != "int8_tflite":
             return None
         if self._calibration is None:
-            images, _ = data.load_arrays(self.data_config, "train")
-            x = images[:_CALIBRATION_IMAGES].astype(np.float32) / 255.0
-            self._calibration = x.reshape(len(x), *self.data_config.input_shape)
+            first = dataclasses.replace(self.data_config, max_examples=_CALIBRATION_IMAGES)
+            self._calibration, _ = data.load_sequences(first, "train")
         return self._calibration

@@ -73,7 +73,8 @@ def build_classifier(config: ModelConfig | None = None, **options) -> keras.Mode
     elif options:
         config = dataclasses.replace(config, **options)
     kind = CELL_KINDS[config.cell]
-    inputs = keras.Input(shape=config.input_shape, name=f"sequence_{config.view}")
+    name = "sequence" if config.steps is not None else f"sequence_{config.view}"
+    inputs = keras.Input(shape=config.input_shape, name=name)
     x = inputs
     for i in range(config.layers):
         last = i == config.layers - 1

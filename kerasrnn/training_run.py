@@ -65,7 +65,8 @@ def train(
     resume they read the chief's `out_dir` (which they must see: a shared file system).
 
     Args:
-        model_config: the architecture; its view is `data_config.view`.
+        model_config: the architecture; its view is `data_config.view`, and for a .npz's
+            sequences its steps, features and classes are the data's (`data.model_shape`).
         data_config: the data; `validation` is carved from the training split.
         config: see `TrainConfig`.
         out_dir: the run folder.
@@ -89,7 +90,15 @@ def train(
     # First: a strategy may set up TensorFlow's devices, which must not have started.
     strategy = distribute.make_strategy(config)
     data_config = dataclasses.replace(data_config, source=data.resolve_source(data_config))
-    model_config = dataclasses.replace(model_config, view=data_config.view)
+    model_config = dataclasses.replace(
+        model_config, view=data_config.view, **data.model_shape(data_config)
+    )
+    if data_config.npz is not None and data.labelled_sequences(data_config.npz).x_test is None:
+        log.warning(
+            "%s holds no x_test/y_test: the test scores are on the validation split, which "
+            "also chose the best epoch (optimistic)",
+            data_config.npz,
+        )
     make_reproducible(config)
     splits = {split: data.pipeline(data_config, split) for split in ("train", "validation", "test")}
     num_samples = _check_splits(data_config, splits)
@@ -207,7 +216,8 @@ def _check_splits(data_config: DataConfig, splits: dict[str, tf.data.Dataset]) -
     }
     empty = [split for split, count in counts.items() if count == 0]
     if empty:
-        where = f" in {data_config.data_dir}" if data_config.data_dir else ""
+        folder = data_config.npz or data_config.data_dir
+        where = f" in {folder}" if folder else ""
         sizes = ", ".join(f"{count} {split}" for split, count in counts.items())
         raise DataError(
             f"data {data_config.source!r}{where}: no {' or '.join(empty)} examples ({sizes}; "

@@ -149,3 +149,151 @@ def test_file_of_other_data_than_pixels_takes_any_finite_values(user_model, tmp_
     assert np.abs(classifier.predict(x) - expected).max() <= 1e-5
     with pytest.raises(InputError, match="inputs contain NaN"):
         classifier.predict(np.full_like(x, np.nan))
+
+
+# The user's own labelled sequences through kerasrnn's training, tuning and evaluation.
+
+
+@pytest.fixture(scope="module")
+def signals_npz(tmp_path_factory) -> str:
+    """A .npz of 1,200 training and 200 test signals [64, 3] of 4 classes."""
+    x, y = _signals(1200, 2)
+    x_test, y_test = _signals(200, 3)
+    path = tmp_path_factory.mktemp("signals") / "signals.npz"
+    np.savez(path, x=x, y=y, x_test=x_test, y_test=y_test)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def signals_run(signals_npz, tmp_path_factory):
+    """`kerasrnn train --npz` of a GRU-16 on the signals, and its printed summary."""
+    out = tmp_path_factory.mktemp("signals-run") / "run"
+    result = kerasrnn(
+        "train",
+        "--npz",
+        signals_npz,
+        "--cell",
+        "gru",
+        "--units",
+        "16",
+        "--epochs",
+        "8",
+        "--learning-rate",
+        "1e-2",
+        "--schedule",
+        "constant",
+        "--batch-size",
+        "32",
+        "--quiet",
+        "--out",
+        str(out),
+    )
+    return out, result.stdout
+
+
+def test_train_reads_the_users_sequences_and_learns_them(signals_run):
+    from kerasrnn.evaluation import load_model
+
+    out, stdout = signals_run
+    model = load_model(str(out / "model.keras"))
+    assert (model.input_shape, model.output_shape) == ((None, 64, 3), (None, 4))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["test_examples"] == 200
+    assert summary["test_accuracy"] >= 0.9, summary  # chance is 0.25
+    assert f"{summary['test_accuracy']:.2%} on 200 test sequences" in stdout
+
+
+def test_evaluate_scores_the_users_test_split_as_training_did(signals_run, signals_npz):
+    out, _ = signals_run
+    scores = json.loads(
+        kerasrnn("evaluate", str(out / "model.keras"), "--npz", signals_npz, "--json").stdout
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    assert scores["examples"] == 200
+    assert scores["accuracy"] == pytest.approx(summary["test_accuracy"], abs=1 / 200)
+
+
+def test_a_model_trained_on_sequences_exports_verified_on_them(signals_run, signals_npz):
+    from kerasrnn.config import DataConfig
+    from kerasrnn.evaluation import load_model
+    from kerasrnn.export.config import ExportConfig
+    from kerasrnn.export.workflow import export_model
+
+    out, _ = signals_run
+    written, report, _ = export_model(
+        str(out / "model.keras"),
+        str(out / "model.tflite"),
+        ExportConfig(),
+        DataConfig(source="npz", npz=signals_npz),
+    )
+    assert report.examples == 200 and report.micro["arena_bytes"] > 0
+    x_test = np.load(signals_npz)["x_test"]
+    scale = np.abs(load_model(str(out / "model.keras")).predict(x_test, verbose=0)).max()
+    assert report.max_abs_logit_diff <= 1e-5 * scale, (report, scale)  # float32 parity
+    assert report.top1_agreement == 1.0
+
+
+def test_tune_searches_models_of_the_users_sequences(signals_npz, tmp_path):
+    from kerasrnn.config import DataConfig, TuneConfig
+    from kerasrnn.evaluation import load_model
+    from kerasrnn.search_space import SearchSpace
+    from kerasrnn.tuning import tune
+
+    space = SearchSpace.parse(["cell=gru", "batch_size=32"], ["units=8,16"])
+    outcome = tune(
+        space,
+        DataConfig(source="npz", npz=signals_npz),
+        TuneConfig(max_trials=2, max_epochs=2, patience=None),
+        str(tmp_path),
+    )
+    assert [r["status"] for r in outcome.rows] == ["COMPLETED", "COMPLETED"]
+    best = load_model(str(tmp_path / "best_model.keras"))
+    assert (best.input_shape, best.output_shape) == ((None, 64, 3), (None, 4))
+    assert 0.0 <= outcome.summary["test_accuracy"] <= 1.0
+
+
+def test_training_refuses_float_targets_naming_the_file(tmp_path):
+    from kerasrnn.config import DataConfig, ModelConfig, TrainConfig
+    from kerasrnn.training_run import train
+
+    path = tmp_path / "series.npz"
+    np.savez(path, x=np.zeros((8, 5, 1), np.float32), y=np.zeros(8, np.float32))
+    with pytest.raises(DataError, match=r"series\.npz: y holds float targets \(regression\)"):
+        train(
+            ModelConfig(),
+            DataConfig(source="npz", npz=str(path)),
+            TrainConfig(),
+            str(tmp_path / "run"),
+        )
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        ({"shift": 2}, "shift: views, datasets and augmentation reshape MNIST images"),
+        ({"view": "pixels"}, "view: views"),
+        ({"source": "idx"}, "source 'npz' reads the file that npz names"),
+    ],
+)
+def test_mnist_only_options_are_refused_with_sequences(options, message):
+    from kerasrnn.config import DataConfig
+    from kerasrnn.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        DataConfig(**{"source": "npz", "npz": "data.npz", **options})
+
+
+def test_evaluate_names_the_shapes_that_differ(signals_run, signals_npz, tmp_path):
+    out, _ = signals_run
+    mnist_model = tmp_path / "mnist.keras"
+    from kerasrnn.models import build_classifier
+
+    build_classifier(units=4).save(str(mnist_model))
+    result = kerasrnn("evaluate", str(mnist_model), "--npz", signals_npz, check=False)
+    assert result.returncode != 0
+    assert "the data's sequences are [64, 3] but the model reads [28, 28]" in result.stderr
+    result = kerasrnn("evaluate", str(out / "model.keras"), "--data", "sample", check=False)
+    assert "reads sequences of shape (64, 3), which no view gives: give it its own data" in (
+        result.stderr
+    )
