@@ -56,6 +56,7 @@ benchmark: $(STAMP)
 	$(BIN)/python benchmarks/export_sizes.py
 	$(BIN)/python benchmarks/int8_agreement.py
 	$(BIN)/python benchmarks/firmware_sizes.py
+	$(BIN)/python benchmarks/edge_latency.py --data mnist --json $(BENCH_OUT)/edge_latency.json
 
 benchmark-quick: $(STAMP)
 	$(BIN)/python benchmarks/training_speed.py --quick
@@ -63,6 +64,7 @@ benchmark-quick: $(STAMP)
 	$(BIN)/python benchmarks/export_sizes.py --quick
 	$(BIN)/python benchmarks/int8_agreement.py --quick
 	$(BIN)/python benchmarks/firmware_sizes.py --quick
+	$(BIN)/python benchmarks/edge_latency.py --quick
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -22,6 +22,7 @@ QUICK_RUNS = {
     "export_sizes.py": "TFLM arena",
     "int8_agreement.py": "int8 acc",
     "firmware_sizes.py": "flash KiB",
+    "edge_latency.py": "xnnpack 1t",
 }
 
 
