@@ -64,12 +64,17 @@ def run_child(
     try:
         if message is None:
             raise subprocess.TimeoutExpired(module, timeout_s)
-        status = child.wait(timeout=max(0.0, deadline - time.monotonic()))
+        # a child that closed its pipe has finished its work: it gets a moment to exit
+        status = child.wait(timeout=max(_EXIT_GRACE_S, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
         child.kill()
         child.wait()
         raise ChildTimeout(timeout_s) from None
     return status, json.loads(message) if message else None
+
+
+# How long a child that sent its result may take to exit, past its limit.
+_EXIT_GRACE_S = 10.0
 
 
 def _read_until(pipe, deadline: float) -> bytes | None:

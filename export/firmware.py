@@ -239,7 +239,7 @@ def build_firmware(
     reference = _reference_outputs(tflite_path, model, x)
     sources = firmware_build.tflm_sources(config.tflm_dir, operators)
     os.makedirs(out_dir, exist_ok=True)
-    atomic_write(os.path.join(out_dir, PROJECT_MARKER), _MARKER_TEXT)  # before any source
+    mark_project_folder(out_dir)  # before any source
     project = _write_project(tflite_path, out_dir, config, model, operators, x)
     # The Python TFLM's measure leaves out AllocateTensors' planning scratch; twice it is
     # safe on 32- and 64-bit targets (measured: the streaming elman-16 needs 1.2x on the host).
@@ -297,6 +297,11 @@ def _check_project_folder(out_dir: str) -> None:
             f"firmware is written only into a new or empty folder or one it made; "
             f"choose another --out"
         )
+
+
+def mark_project_folder(out_dir: str) -> None:
+    """Writes `PROJECT_MARKER` into a project folder: kerasrnn may rewrite its files."""
+    atomic_write(os.path.join(out_dir, PROJECT_MARKER), _MARKER_TEXT)
 
 
 def _align(size: int) -> int:

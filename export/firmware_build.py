@@ -107,9 +107,20 @@ _CXX_FLAGS = (
 )
 
 
+# The wall-clock limit of one compiler, linker or tool run: far above the minutes a TFLM
+# kernel takes to compile, so only a hung tool meets it.
+TOOL_SECONDS = 900
+
+
 def tool_output(command: list[str]) -> str:
-    """A tool's standard output, stripped (empty when it fails)."""
-    return subprocess.run(command, capture_output=True, text=True, check=False).stdout.strip()
+    """A tool's standard output, stripped (empty when it fails or hangs)."""
+    try:
+        result = subprocess.run(
+            command, capture_output=True, text=True, check=False, timeout=TOOL_SECONDS
+        )
+    except subprocess.TimeoutExpired:
+        return ""
+    return result.stdout.strip()
 
 
 def tflm_sources(tflm_dir: str, operators: tuple[str, ...]) -> list[str]:
@@ -263,7 +274,12 @@ def _compile(source: str, obj: str, compiler: str, flags: tuple[str, ...]) -> st
 
 
 def _check_call(command: list[str], what: str) -> None:
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    try:
+        result = subprocess.run(
+            command, capture_output=True, text=True, check=False, timeout=TOOL_SECONDS
+        )
+    except subprocess.TimeoutExpired:
+        raise FirmwareError(f"{what} did not finish in {TOOL_SECONDS} s") from None
     if result.returncode != 0:
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         errors = [line for line in lines if "error:" in line or "undefined reference" in line]

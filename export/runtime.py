@@ -55,7 +55,7 @@ def _interpreter(content: bytes) -> Interpreter:
 
 def check_loads(content: bytes) -> None:
     """Checks a model (`check_model`), then loads and runs it once on zeros, as a device
-    would (used on freshly converted files, and in `_probe`'s child process).
+    would (used on freshly converted files, and in `integrity.probe`'s child process).
 
     Args:
         content: the model's bytes.

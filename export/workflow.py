@@ -20,7 +20,7 @@ from kerasrnn.export.micro import c_array_paths, check_c_array_replaceable, writ
 from kerasrnn.export.model_reader import read_model
 from kerasrnn.export.runtime import PIXEL_RANGE
 from kerasrnn.export.verification import Report, verify
-from kerasrnn.sequences import Sequences, load_npz
+from kerasrnn.sequences import Sequences
 
 # int8 calibration: the training split, up to this many images. Measured on the sample,
 # the whole 4,000-image split gave closer TFLM/LiteRT int8 agreement than 500 images.
@@ -50,7 +50,8 @@ def export_model(
         out_path: the .tflite to write.
         config: see `ExportConfig`.
         data_config: where calibration and test digits come from (read in the model's
-            view, see `evaluation.model_view`; source "npz": its file, as `sequences`);
+            view, see `evaluation.model_view`; source "npz": its splits as training
+            makes them, `data.load_sequences`);
             unused with `sequences`.
         sequences: the user's own data (`kerasrnn.sequences`) for a model of any input
             shape: x calibrates, x_test (else x) verifies; the file takes any finite values.
@@ -99,7 +100,7 @@ def export_model(
         " and in TensorFlow Lite Micro" if micro else "",
     )
     staged = temporary_path(out_path)
-    if os.path.lexists(staged):  # what a killed export left
+    if os.path.lexists(staged) and not os.path.isdir(staged):  # what a killed export left
         os.remove(staged)
     try:
         written = to_tflite(
@@ -114,13 +115,13 @@ def export_model(
         try:
             report = verify(staged, model, test, micro=micro)
         except MicroError as e:
-            os.replace(staged, out_path)
+            _put_in_place(staged, out_path)
             raise MicroError(
                 f"{out_path} was written but fails the TensorFlow Lite Micro check "
                 f"(--no-micro skips it): {e}"
             ) from None
         _refuse_disagreement(out_path, written, report, config)
-        os.replace(staged, out_path)
+        _put_in_place(staged, out_path)
     finally:
         if os.path.lexists(staged):
             os.remove(staged)
@@ -152,8 +153,11 @@ def _data(model, config: ExportConfig, data_config: DataConfig, sequences: Seque
     """(calibration inputs or None, (test inputs, test labels), the file's input range,
     the class names it stores) for `export_model`."""
     int8 = config.quantization == "int8"
-    if sequences is None and data_config.source == "npz":
-        sequences = load_npz(data_config.npz)
+    if sequences is None and data_config.source == "npz":  # split as training split it
+        sequences = Sequences(
+            *data.load_sequences(data_config, "train+validation"),
+            *data.load_sequences(data_config, "test"),
+        )
     if sequences is not None:
         read = read_model(model)
         sequences.check_model(read.input_shape, read.outputs)
@@ -264,6 +268,12 @@ def _check_outputs(model_path: str, out_path: str, config: ExportConfig) -> None
         check_c_array_replaceable(out_path)
         if config.stream:
             check_c_array_replaceable(outputs["stream"])
+
+
+def _put_in_place(staged: str, out_path: str) -> None:
+    """Moves a verified file to `out_path`, checked again (the conversion took minutes)."""
+    check_replaceable(out_path, "a .tflite", is_sealed_model)
+    os.replace(staged, out_path)
 
 
 def _warn_about(written: TfliteFile, report: Report) -> None:

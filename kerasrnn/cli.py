@@ -67,7 +67,7 @@ def _add_data_flags(parser: argparse.ArgumentParser, npz_help: str = _NPZ_HELP) 
         "--data",
         dest="source",
         default=_default(DataConfig, "source"),
-        choices=config.SOURCES,
+        choices=[source for source in config.SOURCES if source != "npz"],  # --npz FILE
         help="where the images come from (auto: TFDS if prepared or "
         "downloadable, else the bundled sample)",
     )
@@ -376,12 +376,13 @@ def cmd_firmware(args) -> None:
     firmware_config = FirmwareConfig(
         tflm_dir=args.tflm_dir, target=args.target, digits=args.digits, run=args.run
     )
+    data_config = _data_config(args)  # refuses --npz with --data
     if args.npz:
         from kerasrnn.sequences import load_npz
 
         images = load_npz(args.npz).test[0]
     else:
-        images, _ = load_arrays(_data_config(args), "test")
+        images, _ = load_arrays(data_config, "test")
     _say(build_firmware(args.model, args.out, firmware_config, images).table())
 
 

@@ -158,11 +158,6 @@ class DataConfig:
                 f"source='tfds' (--data tfds)"
             )
 
-    @property
-    def input_shape(self) -> tuple[int, int]:
-        """(steps, features) of one MNIST example in this view (not for source `npz`)."""
-        return view_shape(self.view)
-
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:

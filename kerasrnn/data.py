@@ -17,6 +17,7 @@ Sources:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import socket
@@ -168,17 +169,36 @@ def labelled_sequences(path: str) -> Sequences:
         DataError: the file fails `load_npz`'s checks, holds float targets (kerasrnn trains,
             tunes and scores classifiers) or a single class.
     """
-    data = load_npz(path)
+    if not os.path.isfile(path):
+        load_npz(path)  # raises its DataError naming the path
+    status = os.stat(path)
+    data = _load_npz(os.path.abspath(path), status.st_mtime_ns, status.st_size)
     if data.y.dtype.kind != "i":
         raise DataError(
             f"{path}: y holds float targets (regression); kerasrnn trains, tunes and scores "
             f"classifiers (int labels): train a regression model in Keras, and `kerasrnn "
             f"export --npz` exports it"
         )
-    labels = data.y if data.y_test is None else np.concatenate([data.y, data.y_test])
-    if labels.max() == 0:
+    if _classes(data) < 2:
         raise DataError(f"{path}: every label is 0; a classifier needs two classes or more")
     return data
+
+
+@functools.lru_cache(maxsize=2)
+def _load_npz(path: str, mtime_ns: int, size: int) -> Sequences:
+    """`load_npz`, once per file version (a run reads each split and the shape from it)."""
+    return load_npz(path)
+
+
+def _classes(data: Sequences) -> int:
+    """The number of classes of labelled sequences: their largest label + 1."""
+    return int(max(data.y.max(), -1 if data.y_test is None else data.y_test.max())) + 1
+
+
+def lacks_test_split(config: DataConfig) -> bool:
+    """Whether the data is a .npz without x_test/y_test, whose test split is then the
+    validation split (see `load_arrays`)."""
+    return config.source == "npz" and labelled_sequences(config.npz).x_test is None
 
 
 def model_shape(config: DataConfig) -> dict:
@@ -192,8 +212,7 @@ def model_shape(config: DataConfig) -> dict:
     if config.source != "npz":
         return {}
     data = labelled_sequences(config.npz)
-    labels = data.y if data.y_test is None else np.concatenate([data.y, data.y_test])
-    return {"steps": data.x.shape[1], "features": data.x.shape[2], "classes": int(labels.max()) + 1}
+    return {"steps": data.x.shape[1], "features": data.x.shape[2], "classes": _classes(data)}
 
 
 def _npz_split(config: DataConfig, split: str) -> tuple[np.ndarray, np.ndarray]:

@@ -10,7 +10,12 @@ from kerasrnn._io import write_json
 from kerasrnn.config import DataConfig, ModelConfig, TrainConfig
 from kerasrnn.errors import FirmwareError
 from kerasrnn.export.config import ExportConfig, FirmwareConfig
-from kerasrnn.export.firmware import build_firmware, check_tools
+from kerasrnn.export.firmware import (
+    PROJECT_MARKER,
+    build_firmware,
+    check_tools,
+    mark_project_folder,
+)
 from kerasrnn.export.workflow import export_model
 from kerasrnn.training_run import train
 
@@ -92,6 +97,9 @@ def _firmware(
         return None
     images, _ = data.load_arrays(data_config, "test")
     project = os.path.join(run_dir, f"firmware-{config.target}")
+    marker = os.path.join(project, PROJECT_MARKER)
+    if os.path.isfile(os.path.join(project, "report.json")) and not os.path.exists(marker):
+        mark_project_folder(project)  # this run's own, built before folders were marked
     return build_firmware(tflite_path, project, config, images).as_dict()
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import shutil
 
 import keras
@@ -90,10 +91,12 @@ def train(
     # First: a strategy may set up TensorFlow's devices, which must not have started.
     strategy = distribute.make_strategy(config)
     data_config = dataclasses.replace(data_config, source=data.resolve_source(data_config))
+    if data_config.npz is not None:  # a run resumes from any working directory
+        data_config = dataclasses.replace(data_config, npz=os.path.abspath(data_config.npz))
     model_config = dataclasses.replace(
         model_config, view=data_config.view, **data.model_shape(data_config)
     )
-    if data_config.npz is not None and data.labelled_sequences(data_config.npz).x_test is None:
+    if data.lacks_test_split(data_config):
         log.warning(
             "%s holds no x_test/y_test: the test scores are on the validation split, which "
             "also chose the best epoch (optimistic)",
@@ -222,7 +225,7 @@ def _check_splits(data_config: DataConfig, splits: dict[str, tf.data.Dataset]) -
         raise DataError(
             f"data {data_config.source!r}{where}: no {' or '.join(empty)} examples ({sizes}; "
             f"validation takes {data_config.validation_fraction:.0%} of the training "
-            f"images, at least one): training needs at least one example in every split"
+            f"examples, at least one): training needs at least one example in every split"
         )
     return counts["train"]
 

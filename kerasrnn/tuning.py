@@ -392,6 +392,12 @@ def tune(
         KerasRnnError: a trial failed (Keras Tuner records failures and goes on).
     """
     data_config = dataclasses.replace(data_config, source=data.resolve_source(data_config))
+    if retrain and data.lacks_test_split(data_config):
+        log.warning(
+            "%s holds no x_test/y_test: the retrained best model's test accuracy is on the "
+            "validation split, which it trains on (not a test score)",
+            data_config.npz,
+        )
     variables = distributed_environment(role, oracle, worker_id)
     hypermodel = RNNHyperModel(space, data_config, config)
     # A worker shares the folder with its running chief; a single search or a chief holds

@@ -297,3 +297,20 @@ def test_evaluate_names_the_shapes_that_differ(signals_run, signals_npz, tmp_pat
     assert "reads sequences of shape (64, 3), which no view gives: give it its own data" in (
         result.stderr
     )
+
+
+def test_without_x_test_export_verifies_on_the_split_training_scored(signals_run, tmp_path):
+    from kerasrnn.config import DataConfig
+    from kerasrnn.export.config import ExportConfig
+    from kerasrnn.export.workflow import export_model
+
+    out, _ = signals_run
+    x, y = _signals(1200, 2)
+    np.savez(tmp_path / "train_only.npz", x=x, y=y)
+    _, report, _ = export_model(
+        str(out / "model.keras"),
+        str(tmp_path / "m.tflite"),
+        ExportConfig(micro=False),
+        DataConfig(source="npz", npz=str(tmp_path / "train_only.npz")),
+    )
+    assert report.examples == 120  # the validation split (10%), never the training data
