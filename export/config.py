@@ -23,7 +23,11 @@ FORMS = ("loop", "unrolled", "fused")
 # TFLM runs float32 and full-int8 files; it has no float16 DEQUANTIZE or hybrid kernels.
 MICRO_QUANTIZATIONS = ("none", "int8")
 # Firmware targets: QEMU's MPS2 boards, or the host's g++ (see `export.firmware`).
-FIRMWARE_TARGETS = ("cortex-m3", "cortex-m33", "host")
+FIRMWARE_TARGETS = ("cortex-m3", "cortex-m4", "cortex-m7", "cortex-m33", "cortex-m55", "host")
+# Kernel sets of firmware: Arm's CMSIS-NN for every operator it has a kernel for (the others
+# stay TFLM's reference kernels), TFLM's reference kernels only, or "auto": CMSIS-NN when a
+# CMSIS-NN tree is found (see `FirmwareConfig.cmsis_nn_dir`), else reference, and says so.
+FIRMWARE_KERNELS = ("auto", "cmsis-nn", "reference")
 
 
 # The least top-1 agreement with Keras, on the probes and the test data, of a quantized file
@@ -166,6 +170,11 @@ class FirmwareConfig:
             margin, which is larger (elman-16 int8 on Cortex-M3: 47.4 KB vs 16.3 KB).
         stack_bytes: the boards' stack.
         heap_bytes: the boards' heap (newlib's stdio).
+        kernels: one of `FIRMWARE_KERNELS`.
+        cmsis_nn_dir: a CMSIS-NN tree (its Include/ and Source/) at the commit the TFLM
+            tree pins; None: found where TFLM's build puts it
+            (`tensorflow/lite/micro/tools/make/downloads/cmsis_nn`), in the tree's
+            `third_party/cmsis_nn`, or beside the tree as `cmsis-nn` or `cmsis_nn`.
     """
 
     tflm_dir: str
@@ -179,9 +188,12 @@ class FirmwareConfig:
     fit_arena: bool = True
     stack_bytes: int = 4096
     heap_bytes: int = 1024
+    kernels: str = "auto"
+    cmsis_nn_dir: str | None = None
 
     def __post_init__(self):
         check_choice("target", self.target, FIRMWARE_TARGETS)
+        check_choice("kernels", self.kernels, FIRMWARE_KERNELS)
         for name in ("digits", "jobs", "stack_bytes"):
             check_positive(name, getattr(self, name), integer=True)
         check_positive("timeout_s", self.timeout_s)

@@ -13,7 +13,14 @@ per target and flags, links, and with `run=True` runs the firmware under `qemu-s
 (or natively for "host"), which prints each digit's output bytes on the board's UART, and
 fits the arena to the smallest that runs on the target. The firmware has no semihosting:
 QEMU gives it a console and a way to exit (a reset request under -no-reboot), never the
-host's files. QEMU is not cycle-accurate, so no cycle counts are given.
+host's files.
+
+Kernels are Arm's CMSIS-NN for every operator TFLM's CMSIS-NN glue has (the others stay
+TFLM's reference kernels), or the reference kernels only. On the boards the firmware counts
+the instructions of each inference: QEMU runs with `-icount shift=0` (one instruction per
+virtual nanosecond), so SysTick, counting the board's processor clock, advances a fixed
+number of instructions per tick. QEMU does not model cycles: instruction counts compare
+kernels and cores; they are not cycles or microseconds.
 """
 
 from __future__ import annotations
@@ -64,7 +71,8 @@ class Agreement:
     """Firmware output bytes against a reference interpreter's.
 
     Attributes:
-        reference: "TFLM (Python)" or "LiteRT".
+        reference: "TFLM (Python)", "LiteRT", or another firmware build
+            ("reference kernels" in `compare_kernels`).
         exact: digits whose output bytes are identical.
         digits: digits compared.
         max_diff: the largest difference, in quantization steps for integer outputs, in
@@ -95,6 +103,17 @@ class FirmwareResult:
             than it needs, since memory planning takes scratch space.
         outputs: the output tensor's bytes per digit, uint8 [digits, bytes] (after a run).
         agreement: one `Agreement` per reference interpreter (after a run).
+        kernels: "cmsis-nn" or "reference", the kernel set built.
+        cmsis_nn_operators: the operators that run CMSIS-NN kernels (the others reference).
+        kernels_note: why an "auto" build has reference kernels only, or why an operator
+            that CMSIS-NN has stays on its reference kernel (else empty).
+        multiply_accumulates: of one inference (`flatbuffer.multiply_accumulates`; a
+            streaming model's: of one row), None when the file does not say.
+        instructions: instructions per digit, int64 [digits] (after a run on a board): the
+            whole sequence, from the input copy to the output (all rows of a stream).
+        operator_instructions: operator -> the instructions of its own kernels in digit 0
+            (a WHILE's body operators count as theirs), from a profiled rerun.
+        steps: the rows per digit (a streaming model's Invoke() calls per digit).
     """
 
     target: str
@@ -109,15 +128,47 @@ class FirmwareResult:
     arena_used_bytes: int | None = None
     outputs: np.ndarray | None = None
     agreement: tuple[Agreement, ...] = ()
+    kernels: str = "reference"
+    cmsis_nn_operators: tuple[str, ...] = ()
+    kernels_note: str = ""
+    multiply_accumulates: int | None = None
+    instructions: np.ndarray | None = None
+    operator_instructions: dict = dataclasses.field(default_factory=dict)
+    steps: int = 1
+
+    @property
+    def instructions_median(self) -> int | None:
+        """The median instructions per inference (per digit), None without a count."""
+        if self.instructions is None:
+            return None
+        return int(np.median(self.instructions))
+
+    @property
+    def macs_per_instruction(self) -> float | None:
+        """Multiply-accumulates per instruction at the median, None without both."""
+        if self.instructions is None or not self.multiply_accumulates:
+            return None
+        macs = self.multiply_accumulates * (self.steps if self.streaming else 1)
+        return macs / self.instructions_median
+
+    @property
+    def streaming(self) -> bool:
+        return self.steps > 1
 
     def as_dict(self) -> dict:
         """The result as JSON-ready values (the output bytes as hex, one string a digit)."""
         result = dataclasses.asdict(self)
         result["operators"] = list(self.operators)
+        result["cmsis_nn_operators"] = list(self.cmsis_nn_operators)
         result["agreement"] = [dataclasses.asdict(a) for a in self.agreement]
         result["outputs"] = (
             None if self.outputs is None else [bytes(row).hex() for row in self.outputs]
         )
+        result["instructions"] = (
+            None if self.instructions is None else [int(n) for n in self.instructions]
+        )
+        result["instructions_median"] = self.instructions_median
+        result["macs_per_instruction"] = self.macs_per_instruction
         return result
 
     def table(self) -> str:
@@ -126,6 +177,7 @@ class FirmwareResult:
             ("target", self.target),
             ("firmware", self.binary),
             ("operators", ", ".join(self.operators)),
+            ("kernels", self._kernels_text()),
             ("TFLM sources compiled", str(self.tflm_sources)),
         ]
         if self.flash_bytes is not None:
@@ -152,10 +204,42 @@ class FirmwareResult:
                     (f"{a.exact}/{a.digits} digits identical, largest difference {a.max_diff:g}"),
                 )
             )
+        if self.instructions is not None:
+            rows.append(("instructions per inference", self._instructions_text()))
+        if self.operator_instructions:
+            total = sum(self.operator_instructions.values()) or 1
+            shares = sorted(self.operator_instructions.items(), key=lambda kv: -kv[1])
+            rows.append(
+                (
+                    "by operator (digit 0)",
+                    ", ".join(f"{op} {n / total:.0%}" for op, n in shares),
+                )
+            )
         if self.outputs is None:
             rows.append(("run", "not run (pass run=True / --run)"))
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+    def _kernels_text(self) -> str:
+        note = f" ({self.kernels_note})" if self.kernels_note else ""
+        if self.kernels == "reference":
+            return "TFLM reference" + note
+        others = [op for op in self.operators if op not in self.cmsis_nn_operators]
+        return (
+            f"CMSIS-NN for {', '.join(self.cmsis_nn_operators) or 'no operator'}"
+            + (f"; TFLM reference for {', '.join(others)}" if others else "")
+            + note
+        )
+
+    def _instructions_text(self) -> str:
+        n = self.instructions
+        text = f"median {self.instructions_median:,} (min {n.min():,}, max {n.max():,})"
+        if self.streaming:
+            text += f", {self.instructions_median // self.steps:,} per row"
+        if self.macs_per_instruction is not None:
+            macs = self.multiply_accumulates * (self.steps if self.streaming else 1)
+            text += f"; {macs:,} MACs, {self.macs_per_instruction:.3f} MAC per instruction"
+        return text + " (QEMU -icount: instructions, not cycles)"
 
 
 def _kib(size: int) -> str:
@@ -236,29 +320,35 @@ def build_firmware(
     x = _as_float(images)[: config.digits]
     if x.ndim != 3 or len(x) == 0:
         raise ValueError(f"images must be [n, steps, features] with n > 0, got {x.shape}")
+    kernels = firmware_build.choose_kernels(config, content)
     reference = _reference_outputs(tflite_path, model, x)
-    sources = firmware_build.tflm_sources(config.tflm_dir, operators)
+    sources = firmware_build.tflm_sources(config.tflm_dir, operators, kernels.cmsis_nn_operators)
     os.makedirs(out_dir, exist_ok=True)
     mark_project_folder(out_dir)  # before any source
     project = _write_project(tflite_path, out_dir, config, model, operators, x)
     # The Python TFLM's measure leaves out AllocateTensors' planning scratch; twice it is
     # safe on 32- and 64-bit targets (measured: the streaming elman-16 needs 1.2x on the host).
     arena = 2 * _align(reference.arena_bytes) + config.arena_margin_bytes
-    binary = firmware_build.build([*project, _write_arena(out_dir, arena)], sources, config)
-    used = outputs = None
+    cmsis_nn_dir = kernels.cmsis_nn_dir
+    binary = firmware_build.build(
+        [*project, _write_arena(out_dir, arena)], sources, config, cmsis_nn_dir
+    )
+    run = None
     if config.run:
-        used, outputs = _run(binary, config, len(x))
+        run = _run(binary, config, len(x))
         if config.fit_arena:
-            arena = _smallest_arena(project, sources, config, used, arena)
+            arena = _smallest_arena(project, sources, config, cmsis_nn_dir, run.arena_used, arena)
             arena += config.arena_margin_bytes
-            binary = firmware_build.build([*project, _write_arena(out_dir, arena)], sources, config)
-            used, outputs = _run(binary, config, len(x))
+            binary = firmware_build.build(
+                [*project, _write_arena(out_dir, arena)], sources, config, cmsis_nn_dir
+            )
+            run = _run(binary, config, len(x))
     flash, ram = firmware_build.sizes(binary) if config.target != "host" else (None, None)
     agreement = (
         ()
-        if outputs is None
+        if run is None
         else tuple(
-            _agreement(name, outputs, expected, model.output_dtype)
+            _agreement(name, run.outputs, expected, model.output_dtype)
             for name, expected in reference.outputs.items()
         )
     )
@@ -272,9 +362,16 @@ def build_firmware(
         ram,
         x.size * np.dtype(model.image_input["dtype"]).itemsize,
         arena,
-        used,
-        outputs,
+        None if run is None else run.arena_used,
+        None if run is None else run.outputs,
         agreement,
+        kernels.name,
+        kernels.cmsis_nn_operators,
+        kernels.note,
+        flatbuffer.multiply_accumulates(content),
+        None if run is None else run.instructions,
+        {} if run is None else run.operator_instructions,
+        x.shape[1] if model.streaming else 1,
     )
     write_json(os.path.join(out_dir, "report.json"), result.as_dict())
     return result
@@ -492,25 +589,31 @@ def _write_project(
     atomic_write(os.path.join(out_dir, "main.cc"), main)
     sources = [os.path.join(out_dir, "main.cc"), model_source]
     if config.target != "host":
-        board = firmware_build.BOARDS[config.target]
-        atomic_write(
-            os.path.join(out_dir, "startup.c"),
-            string.Template(_template("startup.c")).substitute(uart=f"0x{board.uart:08x}u"),
-        )
-        atomic_write(
-            os.path.join(out_dir, f"{board.machine}.ld"),
-            string.Template(_template("cortex-m.ld.in")).substitute(
-                board=board.machine,
-                flash_origin=f"0x{board.flash_origin:08x}",
-                ram_origin=f"0x{board.ram_origin:08x}",
-                flash_length=f"0x{firmware_build.REGION_BYTES:x}",
-                ram_length=f"0x{firmware_build.REGION_BYTES:x}",
-                heap_bytes=config.heap_bytes,
-                stack_bytes=config.stack_bytes,
-            ),
-        )
-        sources.append(os.path.join(out_dir, "startup.c"))
+        sources.append(write_board_files(out_dir, config))
     return sources
+
+
+def write_board_files(out_dir: str, config: FirmwareConfig) -> str:
+    """Writes the board's startup.c and linker script into `out_dir`; returns startup.c's
+    path (a board firmware's sources are it and the program's)."""
+    board = firmware_build.BOARDS[config.target]
+    startup = os.path.join(out_dir, "startup.c")
+    atomic_write(
+        startup, string.Template(_template("startup.c")).substitute(uart=f"0x{board.uart:08x}u")
+    )
+    atomic_write(
+        os.path.join(out_dir, f"{board.machine}.ld"),
+        string.Template(_template("cortex-m.ld.in")).substitute(
+            board=board.machine,
+            flash_origin=f"0x{board.flash_origin:08x}",
+            ram_origin=f"0x{board.ram_origin:08x}",
+            flash_length=f"0x{board.flash_bytes:x}",
+            ram_length=f"0x{board.ram_bytes:x}",
+            heap_bytes=config.heap_bytes,
+            stack_bytes=config.stack_bytes,
+        ),
+    )
+    return startup
 
 
 def _write_arena(out_dir: str, arena: int) -> str:
@@ -528,7 +631,12 @@ def _write_arena(out_dir: str, arena: int) -> str:
 
 
 def _smallest_arena(
-    project: list[str], tflm: list[str], config: FirmwareConfig, used: int, arena: int
+    project: list[str],
+    tflm: list[str],
+    config: FirmwareConfig,
+    cmsis_nn_dir: str | None,
+    used: int,
+    arena: int,
 ) -> int:
     """The smallest arena (to 16 bytes) in which the firmware runs on the target, by
     bisection between the arena its interpreter used (less than it needs: AllocateTensors
@@ -541,7 +649,9 @@ def _smallest_arena(
     fails, fits = _align(used) - 16, arena
     while fits - fails > 16:
         middle = (fails + fits) // 32 * 16
-        binary = firmware_build.build([*project, _write_arena(out_dir, middle)], tflm, config)
+        binary = firmware_build.build(
+            [*project, _write_arena(out_dir, middle)], tflm, config, cmsis_nn_dir
+        )
         # 4: AllocateTensors failed; 1: a kernel's assertion on a missing scratch tensor
         if _execute(binary, config).returncode in (1, 4):
             fails = middle
@@ -599,8 +709,16 @@ def _test_data(model: _ModelIO, images: np.ndarray) -> str:
     return "\n".join(lines)
 
 
-def _run(binary: str, config: FirmwareConfig, digits: int) -> tuple[int, np.ndarray]:
-    """Runs the firmware; returns (arena used, output bytes uint8 [digits, bytes])."""
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    arena_used: int
+    outputs: np.ndarray  # uint8 [digits, output bytes]
+    instructions: np.ndarray | None  # int64 [digits], on the boards
+    operator_instructions: dict  # operator -> its own instructions in digit 0, on the boards
+
+
+def _run(binary: str, config: FirmwareConfig, digits: int) -> _Run:
+    """Runs the firmware and reads what it printed."""
     result = _execute(binary, config)
     if result.returncode != 0:
         meaning = _EXIT_CODES.get(result.returncode, "unexpected exit code")
@@ -609,7 +727,7 @@ def _run(binary: str, config: FirmwareConfig, digits: int) -> tuple[int, np.ndar
         raise FirmwareError(
             f"the firmware exited with {result.returncode} {_where(config)}: {meaning}{detail}"
         )
-    return _parse_output(result.stdout, digits)
+    return _parse_output(result.stdout, digits, config.target)
 
 
 def _where(config: FirmwareConfig) -> str:
@@ -637,6 +755,8 @@ def _execute(binary: str, config: FirmwareConfig) -> subprocess.CompletedProcess
             "-serial",
             "stdio",  # UART 0: the console, and all the firmware reaches
             "-no-reboot",  # the firmware's reset request ends QEMU
+            "-icount",
+            "shift=0",  # one instruction per virtual nanosecond: SysTick counts instructions
             "-kernel",
             binary,
         ]
@@ -666,14 +786,26 @@ def _execute(binary: str, config: FirmwareConfig) -> subprocess.CompletedProcess
     return result
 
 
-def _parse_output(stdout: str, digits: int) -> tuple[int, np.ndarray]:
+def _parse_output(stdout: str, digits: int, target: str) -> _Run:
     arena = re.search(r"^arena used (\d+)$", stdout, re.MULTILINE)
     rows = dict(re.findall(r"^out (\d+) ([0-9a-f]+)$", stdout, re.MULTILINE))
-    if arena is None or len(rows) != digits:
+    ticks = dict(re.findall(r"^ticks (\d+) (\d+)$", stdout, re.MULTILINE))
+    counted = target != "host"
+    if arena is None or len(rows) != digits or (counted and len(ticks) != digits):
         raise FirmwareError(f"the firmware printed {len(rows)} of {digits} outputs")
-    return (
+    instructions, by_operator = None, {}
+    if counted:
+        per_tick = firmware_build.BOARDS[target].instructions_per_tick
+        instructions = np.array([round(int(ticks[str(i)]) * per_tick) for i in range(digits)])
+        by_operator = {
+            op: round(int(n) * per_tick)
+            for op, n in re.findall(r"^op (\w+) (\d+)$", stdout, re.MULTILINE)
+        }
+    return _Run(
         int(arena.group(1)),
         np.array([np.frombuffer(bytes.fromhex(rows[str(i)]), np.uint8) for i in range(digits)]),
+        instructions,
+        by_operator,
     )
 
 

@@ -15,41 +15,101 @@ import re
 import subprocess
 
 from kerasrnn.errors import FirmwareError
+from kerasrnn.export import flatbuffer
 from kerasrnn.export.config import FirmwareConfig
 
 
 @dataclasses.dataclass(frozen=True)
 class Board:
-    """An ARM MPS2 board as QEMU emulates it: machine, CPU, compiler flags, memory map and
-    the console UART's address."""
+    """An ARM MPS2/MPS3 board as QEMU emulates it.
+
+    Attributes:
+        machine: QEMU's `-M` name.
+        cpu: QEMU's `-cpu` name.
+        flags: the compiler's target flags.
+        flash_origin: where code and constants go (the vector table first).
+        flash_bytes: the size of that memory.
+        ram_origin: where .data, .bss, the heap and the stack go.
+        ram_bytes: the size of that memory.
+        uart: the console UART's address (CMSDK APB UART 0).
+        clock_hz: the processor clock that SysTick counts; under `-icount shift=0` QEMU runs
+            one instruction per virtual nanosecond, so one tick is 1e9 / clock_hz
+            instructions.
+    """
 
     machine: str
     cpu: str
     flags: tuple[str, ...]
     flash_origin: int
+    flash_bytes: int
     ram_origin: int
+    ram_bytes: int
     uart: int
+    clock_hz: int
+
+    @property
+    def instructions_per_tick(self) -> float:
+        return 1e9 / self.clock_hz
 
 
+_MIB = 0x100000
 BOARDS = {
     "cortex-m3": Board(
         "mps2-an385",
         "cortex-m3",
         ("-mcpu=cortex-m3", "-mthumb", "-mfloat-abi=soft"),
         0x00000000,
+        _MIB,
         0x20000000,
+        _MIB,
         0x40004000,
+        25_000_000,
+    ),
+    "cortex-m4": Board(
+        "mps2-an386",
+        "cortex-m4",
+        ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16"),
+        0x00000000,
+        _MIB,
+        0x20000000,
+        _MIB,
+        0x40004000,
+        25_000_000,
+    ),
+    "cortex-m7": Board(
+        "mps2-an500",
+        "cortex-m7",
+        ("-mcpu=cortex-m7", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv5-d16"),
+        0x00000000,
+        _MIB,
+        0x20000000,
+        _MIB,
+        0x40004000,
+        25_000_000,
     ),
     "cortex-m33": Board(
         "mps2-an505",
         "cortex-m33",
         ("-mcpu=cortex-m33", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv5-sp-d16"),
-        0x10000000,
+        0x10000000,  # the secure aliases: the firmware runs in the M33's secure state
+        _MIB,
         0x38000000,
-        0x50200000,  # secure: the firmware runs in the M33's secure state
+        _MIB,
+        0x50200000,
+        20_000_000,
+    ),
+    "cortex-m55": Board(
+        "mps3-an547",
+        "cortex-m55",
+        ("-mcpu=cortex-m55", "-mthumb", "-mfloat-abi=hard"),  # Helium (MVE) included
+        0x10000000,  # ITCM and DTCM, secure aliases
+        0x80000,
+        0x30000000,
+        0x80000,
+        0x59303000,
+        32_000_000,
     ),
 }
-REGION_BYTES = 0x100000  # the linker script's flash and RAM regions; the boards have 4 MiB
 
 # The interpreter, its allocator and the kernel helpers: the sources a model with no
 # operators links against (found by resolving symbols, linking this tree's objects).
@@ -90,6 +150,7 @@ _CORE_SOURCES = tuple(
 )
 _KERNELS = "tensorflow/lite/micro/kernels"
 RESOLVER = "tensorflow/lite/micro/micro_mutable_op_resolver.h"
+_CMSIS_NN_HEADER = os.path.join("Include", "arm_nnfunctions.h")
 _INCLUDES = ("", "third_party/gemmlowp", "third_party/flatbuffers/include", "third_party/ruy")
 # Integer kernels give the same bytes at any optimization; -ffp-contract=off keeps float
 # ones from fusing multiply-adds that the host build does not fuse.
@@ -123,9 +184,17 @@ def tool_output(command: list[str]) -> str:
     return result.stdout.strip()
 
 
-def tflm_sources(tflm_dir: str, operators: tuple[str, ...]) -> list[str]:
+def tflm_sources(
+    tflm_dir: str, operators: tuple[str, ...], cmsis_nn_operators: tuple[str, ...] = ()
+) -> list[str]:
     """The TFLM .cc files (relative to `tflm_dir`) that firmware with these operators needs:
     the core, and each operator's kernel with the kernel sources its headers declare.
+
+    Args:
+        tflm_dir: the TFLM tree.
+        operators: builtin operator names, as `flatbuffer.operators` gives them.
+        cmsis_nn_operators: operators whose kernel is taken from TFLM's CMSIS-NN glue
+            (kernels/cmsis_nn/NAME.cc) instead of the reference kernel of the same name.
 
     Raises:
         FirmwareError: the tree lacks a core source, or has no kernel for an operator.
@@ -136,10 +205,137 @@ def tflm_sources(tflm_dir: str, operators: tuple[str, ...]) -> list[str]:
             f"{tflm_dir} is not a TFLM tree this version knows: {missing[0]} "
             f"is missing; pass --tflm-dir DIR"
         )
+    glue = {os.path.basename(_kernel_source(tflm_dir, op)) for op in cmsis_nn_operators}
     sources = set(_CORE_SOURCES)
     for op in operators:
-        sources |= _kernel_closure(tflm_dir, [_kernel_source(tflm_dir, op)])
+        sources |= _kernel_closure(tflm_dir, [_kernel_source(tflm_dir, op)], glue)
     return sorted(sources)
+
+
+def cmsis_nn_operators(tflm_dir: str, operators: tuple[str, ...]) -> tuple[str, ...]:
+    """The operators whose kernel TFLM's CMSIS-NN glue replaces (the others run TFLM's
+    reference kernels in a CMSIS-NN build)."""
+    return tuple(
+        op
+        for op in operators
+        if os.path.isfile(_cmsis_nn_source(tflm_dir, _kernel_source(tflm_dir, op)))
+    )
+
+
+# Why an operator stays on its reference kernel in a CMSIS-NN build of a given model.
+_FC_CONV_1X1 = (
+    "FULLY_CONNECTED stays on the reference kernel: an int8 FULLY_CONNECTED with a 3-D output "
+    "takes the CMSIS-NN glue's conv 1x1 path, whose check buffer_conv_1x1_idx >= 4 aborts "
+    "the firmware when its scratch buffer is among the model's first four (TFLM at this pin)"
+)
+
+
+def cmsis_nn_exclusions(model_bytes: bytes) -> dict[str, str]:
+    """Operators of this model that must not take CMSIS-NN's kernel -> why.
+
+    TFLM's CMSIS-NN FULLY_CONNECTED routes an int8 product with a 3-D output and a depth
+    divisible by 4 through `arm_convolve_1x1_s8_fast`, behind a check that aborts (exit 1)
+    when its per-tensor scratch buffer has an index below 4; which index it gets depends on
+    the whole graph, so every such model keeps the reference FULLY_CONNECTED.
+    """
+    model = flatbuffer.unpack(model_bytes)
+    for graph in model.subgraphs:
+        for op in graph.operators:
+            if flatbuffer.operator_name(model, op) != "FULLY_CONNECTED":
+                continue
+            x, w, y = (graph.tensors[i] for i in (op.inputs[0], op.inputs[1], op.outputs[0]))
+            if x.type == 9 and len(y.shape) > 2 and int(w.shape[-1]) % 4 == 0:  # int8
+                return {"FULLY_CONNECTED": _FC_CONV_1X1}
+    return {}
+
+
+def find_cmsis_nn(tflm_dir: str, cmsis_nn_dir: str | None) -> str | None:
+    """The CMSIS-NN tree to build with: `cmsis_nn_dir`, or one found where TFLM's build
+    puts it, in the TFLM tree's third_party/, or beside the tree; None when none is found.
+
+    Raises:
+        FirmwareError: `cmsis_nn_dir` is given and is not a CMSIS-NN tree.
+    """
+    if cmsis_nn_dir is not None:
+        if not os.path.isfile(os.path.join(cmsis_nn_dir, _CMSIS_NN_HEADER)):
+            raise FirmwareError(
+                f"no CMSIS-NN tree at {cmsis_nn_dir} (no {_CMSIS_NN_HEADER}): pass "
+                f"--cmsis-nn-dir DIR, CMSIS-NN at the commit the TFLM tree pins"
+            )
+        return os.path.abspath(cmsis_nn_dir)
+    tflm_dir = os.path.abspath(tflm_dir)
+    candidates = (
+        os.path.join(tflm_dir, "tensorflow/lite/micro/tools/make/downloads/cmsis_nn"),
+        os.path.join(tflm_dir, "third_party/cmsis_nn"),
+        os.path.join(os.path.dirname(tflm_dir), "cmsis-nn"),
+        os.path.join(os.path.dirname(tflm_dir), "cmsis_nn"),
+    )
+    return next((c for c in candidates if os.path.isfile(os.path.join(c, _CMSIS_NN_HEADER))), None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Kernels:
+    """The kernel set of one build.
+
+    Attributes:
+        cmsis_nn_dir: the CMSIS-NN tree compiled in; None: TFLM's reference kernels only.
+        cmsis_nn_operators: the operators whose CMSIS-NN kernel replaces the reference one.
+        note: why an "auto" build has reference kernels only, or why an operator that
+            CMSIS-NN has stays on its reference kernel (else empty).
+    """
+
+    cmsis_nn_dir: str | None
+    cmsis_nn_operators: tuple[str, ...] = ()
+    note: str = ""
+
+    @property
+    def name(self) -> str:
+        return "reference" if self.cmsis_nn_dir is None else "cmsis-nn"
+
+
+def choose_kernels(config: FirmwareConfig, model_bytes: bytes) -> Kernels:
+    """The kernels `config.kernels` asks for, for this model: CMSIS-NN for each operator
+    that has a CMSIS-NN kernel and that kernel runs it (`cmsis_nn_exclusions`).
+
+    Raises:
+        FirmwareError: "cmsis-nn" for the host, or without a CMSIS-NN tree; a
+            `config.cmsis_nn_dir` that is not one.
+    """
+    if config.kernels == "reference":
+        return Kernels(None)
+    if config.target == "host":
+        if config.kernels == "cmsis-nn":
+            raise FirmwareError(
+                "CMSIS-NN kernels are for the Cortex-M targets; the host builds TFLM's "
+                "reference kernels (--kernels reference)"
+            )
+        return Kernels(None, note="the host builds reference kernels")
+    found = find_cmsis_nn(config.tflm_dir, config.cmsis_nn_dir)
+    if found is None:
+        if config.kernels == "cmsis-nn":
+            raise FirmwareError(
+                f"no CMSIS-NN tree found beside or inside {config.tflm_dir}: pass "
+                f"--cmsis-nn-dir DIR, CMSIS-NN at the commit the TFLM tree pins"
+            )
+        return Kernels(None, note="no CMSIS-NN tree found: pass --cmsis-nn-dir DIR")
+    operators = tuple(flatbuffer.operators(model_bytes))
+    excluded = cmsis_nn_exclusions(model_bytes)
+    chosen = tuple(
+        op for op in cmsis_nn_operators(config.tflm_dir, operators) if op not in excluded
+    )
+    return Kernels(found, chosen, "; ".join(excluded.values()))
+
+
+def cmsis_nn_sources(cmsis_nn_dir: str) -> list[str]:
+    """CMSIS-NN's integer C sources (absolute paths); the linker keeps the functions used.
+
+    Its float kernels (`*_f16.c`, `*_f32.c`) are left out: TFLM's glue calls none of them
+    (float32 operators run TFLM's reference code) and they need CMSIS-DSP's types."""
+    return sorted(
+        path
+        for path in glob.glob(os.path.join(cmsis_nn_dir, "Source", "*", "*.c"))
+        if not path.endswith(("_f16.c", "_f32.c"))
+    )
 
 
 def resolver_methods(tflm_dir: str) -> dict[str, tuple[str, str]]:
@@ -166,13 +362,22 @@ def _kernel_source(tflm_dir: str, op: str) -> str:
     raise FirmwareError(f"no source in {tflm_dir}/{_KERNELS} defines {methods[op][1]}()")
 
 
-def _kernel_closure(tflm_dir: str, sources: list[str]) -> set[str]:
+def _cmsis_nn_source(tflm_dir: str, source: str) -> str:
+    """kernels/NAME.cc -> the path of TFLM's CMSIS-NN glue for it, kernels/cmsis_nn/NAME.cc
+    (which may not exist)."""
+    return os.path.join(tflm_dir, _KERNELS, "cmsis_nn", os.path.basename(source))
+
+
+def _kernel_closure(tflm_dir: str, sources: list[str], glue: set[str]) -> set[str]:
     """Kernel sources plus, for each kernel header they include (kernels/foo.h), the sources
-    that define it (foo.cc, foo_common.cc), recursively."""
+    that define it (foo.cc, foo_common.cc), recursively; those named in `glue` (foo.cc) are
+    taken from TFLM's CMSIS-NN glue."""
     include = re.compile(rf'#include "({_KERNELS}/\w+)\.h"')
     found, todo = set(), list(sources)
     while todo:
         source = todo.pop()
+        if os.path.dirname(source) == _KERNELS and os.path.basename(source) in glue:
+            source = os.path.relpath(_cmsis_nn_source(tflm_dir, source), tflm_dir)
         if source in found:
             continue
         found.add(source)
@@ -194,13 +399,17 @@ def _toolchain(target: str) -> tuple[str, str, tuple[str, ...]]:
     return "arm-none-eabi-gcc", "arm-none-eabi-g++", BOARDS[target].flags
 
 
-def build(sources: list[str], tflm: list[str], config: FirmwareConfig) -> str:
+def build(
+    sources: list[str], tflm: list[str], config: FirmwareConfig, cmsis_nn_dir: str | None = None
+) -> str:
     """Compiles the TFLM sources (cached) and the project's, and links.
 
     Args:
         sources: the project's .c/.cc files; objects go to `build/` beside them.
         tflm: TFLM sources relative to `config.tflm_dir` (see `tflm_sources`).
         config: the `FirmwareConfig` (target, TFLM tree, cache folder, jobs).
+        cmsis_nn_dir: a CMSIS-NN tree to compile in (`find_cmsis_nn`) when `tflm` holds
+            its glue; its C sources are cached like TFLM's.
 
     Returns:
         The linked binary, `build/fw.elf` (or `build/fw` on the host).
@@ -211,20 +420,26 @@ def build(sources: list[str], tflm: list[str], config: FirmwareConfig) -> str:
     cc, cxx, target_flags = _toolchain(config.target)
     project_dir = os.path.dirname(os.path.abspath(sources[0]))
     includes = tuple(f"-I{os.path.join(os.path.abspath(config.tflm_dir), d)}" for d in _INCLUDES)
+    c_flags = (*target_flags, "-Os", "-ffunction-sections", "-fdata-sections")
+    if cmsis_nn_dir is not None:
+        cmsis = (f"-I{cmsis_nn_dir}", f"-I{os.path.join(cmsis_nn_dir, 'Include')}")
+        includes += (*cmsis, "-DCMSIS_NN")
+        c_flags += (*cmsis, "-ffp-contract=off")
     cxx_flags = (*target_flags, *_CXX_FLAGS, *includes)
     cache = _cache_folder(config, cxx, cxx_flags)
     jobs = [
         (os.path.join(config.tflm_dir, s), os.path.join(cache, s[:-3] + ".o"), cxx, cxx_flags)
         for s in tflm
     ]
+    if cmsis_nn_dir is not None:
+        jobs += [
+            (s, os.path.join(cache, "cmsis_nn", os.path.relpath(s, cmsis_nn_dir))[:-2] + ".o")
+            + (cc, c_flags)
+            for s in cmsis_nn_sources(cmsis_nn_dir)
+        ]
     build = os.path.join(project_dir, "build")
     for source in sources:
-        compiler = cc if source.endswith(".c") else cxx
-        flags = (
-            (*target_flags, "-Os", "-ffunction-sections", "-fdata-sections")
-            if source.endswith(".c")
-            else cxx_flags
-        )
+        compiler, flags = (cc, c_flags) if source.endswith(".c") else (cxx, cxx_flags)
         name = os.path.splitext(os.path.basename(source))[0] + ".o"
         jobs.append((source, os.path.join(build, name), compiler, flags))
     with concurrent.futures.ThreadPoolExecutor(config.jobs) as pool:

@@ -142,6 +142,68 @@ def operators(model_bytes: bytes) -> list[str]:
     )
 
 
+def multiply_accumulates(model_bytes: bytes) -> int | None:
+    """The multiply-accumulates of one Invoke() of the main subgraph, the usual measure of
+    a network's work: the matrix products of FULLY_CONNECTED, BATCH_MATMUL, CONV_2D,
+    DEPTHWISE_CONV_2D and UNIDIRECTIONAL_SEQUENCE_LSTM (its input, recurrent and projection
+    weights at every step), and a WHILE's body times the trip count that its condition
+    compares with. Elementwise ops (gates, activations, adds) are not counted.
+
+    Returns:
+        The count, or None when a WHILE's trip count is not a constant of its condition.
+    """
+    model = unpack(model_bytes)
+    return _subgraph_macs(model, 0)
+
+
+def _subgraph_macs(model: schema.ModelT, index: int) -> int | None:
+    graph = model.subgraphs[index]
+
+    def shape(tensor: int) -> list[int]:
+        return [int(d) for d in graph.tensors[tensor].shape]
+
+    total = 0
+    for op in graph.operators:
+        name = operator_name(model, op)
+        if name == "FULLY_CONNECTED":
+            weights = shape(op.inputs[1])
+            total += int(np.prod(shape(op.inputs[0]))) // weights[-1] * int(np.prod(weights))
+        elif name == "BATCH_MATMUL":
+            lhs = shape(op.inputs[0])
+            inner = lhs[-2] if op.builtinOptions is not None and op.builtinOptions.adjX else lhs[-1]
+            total += int(np.prod(shape(op.outputs[0]))) * inner
+        elif name in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+            kernel = shape(op.inputs[1])  # [out, h, w, in] or [1, h, w, out]
+            per_output = int(np.prod(kernel[1:3])) * (kernel[3] if name == "CONV_2D" else 1)
+            total += int(np.prod(shape(op.outputs[0]))) * per_output
+        elif name == "UNIDIRECTIONAL_SEQUENCE_LSTM":
+            rows = int(np.prod(shape(op.inputs[0])[:-1]))  # batch x steps
+            weights = [*op.inputs[1:9], *op.inputs[16:17]]  # gates, recurrent, projection
+            total += rows * sum(int(np.prod(shape(w))) for w in weights if w >= 0)
+        elif name == "WHILE":
+            options = op.builtinOptions
+            trips = _trip_count(model, options.condSubgraphIndex)
+            body = _subgraph_macs(model, options.bodySubgraphIndex)
+            if trips is None or body is None:
+                return None
+            total += trips * body
+    return total
+
+
+def _trip_count(model: schema.ModelT, cond: int) -> int | None:
+    """The constant a WHILE condition's LESS compares its counter with (the smallest, when
+    TensorFlow adds a maximum_iterations counter)."""
+    graph = model.subgraphs[cond]
+    bounds = []
+    for op in graph.operators:
+        if operator_name(model, op) != "LESS":
+            continue
+        data = model.buffers[graph.tensors[op.inputs[1]].buffer].data
+        if data is not None and len(data) == 4:
+            bounds.append(int(np.asarray(data, np.uint8).view(np.int32)[0]))
+    return min(bounds) if bounds else None
+
+
 def is_builtin(name: str) -> bool:
     """Whether an operator name from `operators` is a TFLite builtin (not Flex/custom)."""
     return name in _OP_NAMES.values() and name != "CUSTOM"

@@ -21,6 +21,7 @@ from kerasrnn.cell_kinds import CELL_KINDS
 from kerasrnn.config import DataConfig, ModelConfig, TrainConfig, TuneConfig
 from kerasrnn.errors import ConfigError, KerasRnnError
 from kerasrnn.export.config import (
+    FIRMWARE_KERNELS,
     FIRMWARE_TARGETS,
     INT8_ACTIVATIONS,
     QUANTIZATIONS,
@@ -374,7 +375,12 @@ def cmd_firmware(args) -> None:
     from kerasrnn.export.firmware import build_firmware
 
     firmware_config = FirmwareConfig(
-        tflm_dir=args.tflm_dir, target=args.target, digits=args.digits, run=args.run
+        tflm_dir=args.tflm_dir,
+        target=args.target,
+        digits=args.digits,
+        run=args.run,
+        kernels=args.kernels,
+        cmsis_nn_dir=args.cmsis_nn_dir,
     )
     data_config = _data_config(args)  # refuses --npz with --data
     if args.npz:
@@ -590,7 +596,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--target",
         default=_default(FirmwareConfig, "target"),
         choices=FIRMWARE_TARGETS,
-        help="cortex-m3 (QEMU mps2-an385), cortex-m33 (mps2-an505) or host (g++)",
+        help="cortex-m3 (QEMU mps2-an385), cortex-m4 (mps2-an386), cortex-m7 (mps2-an500), "
+        "cortex-m33 (mps2-an505), cortex-m55 (mps3-an547) or host (g++)",
+    )
+    p.add_argument(
+        "--kernels",
+        default=_default(FirmwareConfig, "kernels"),
+        choices=FIRMWARE_KERNELS,
+        help="cmsis-nn: Arm's CMSIS-NN for every operator it has a kernel for, TFLM's "
+        "reference kernels for the rest; reference: reference kernels only; auto (default): "
+        "cmsis-nn when a CMSIS-NN tree is found, else reference, saying so",
+    )
+    p.add_argument(
+        "--cmsis-nn-dir",
+        help="the CMSIS-NN tree (default: found inside the TFLM tree, where its build "
+        "downloads it, or beside it as cmsis-nn/)",
     )
     p.add_argument("--out", required=True, help="the firmware project folder")
     p.add_argument(

@@ -243,6 +243,20 @@ def test_pixel_view_model_exports(tmp_path, test_digits):
     assert relative_difference(Classifier(path).predict(x), model.predict(x, verbose=0)) < 1e-5
 
 
+@pytest.mark.parametrize(
+    "cell, form, gates",
+    [("elman", "loop", 1), ("lstm", "fused", 4), ("gru", "loop", 3)],
+)
+def test_multiply_accumulates_count_every_step_of_the_recurrence(tmp_path, cell, form, gates):
+    """A 16-unit model on 28 x 28 digits: every step multiplies the row and the state by the
+    gates' weights (a WHILE body counted once per step of its trip count), then the head."""
+    model = build_classifier(cell=cell, units=16)
+    path = convert.to_tflite(model, str(tmp_path / "m.tflite"), form=form).path
+    with open(path, "rb") as f:
+        macs = flatbuffer.multiply_accumulates(f.read())
+    assert macs == 28 * gates * (28 * 16 + 16 * 16) + 16 * 10
+
+
 def test_fused_stacked_lstm_starts_every_sequence_from_zero(tmp_path, test_digits):
     model = build_classifier(cell="lstm", units=8, layers=2)
     written = convert.to_tflite(model, str(tmp_path / "l.tflite"), form="fused")

@@ -1,5 +1,7 @@
-"""Firmware: int8 models compiled with TensorFlow Lite Micro for Cortex-M3 and M33, run under
-QEMU, give the Python TFLM interpreter's output bytes on every embedded digit.
+"""Firmware: int8 models compiled with TensorFlow Lite Micro for the Cortex-M boards, run under
+QEMU, give the Python TFLM interpreter's output bytes on every embedded digit, with TFLM's
+reference kernels and with CMSIS-NN's (bit-exact with them, in fewer instructions), and count
+the instructions of each inference exactly.
 
 Needs Debian's gcc-arm-none-eabi, libnewlib-arm-none-eabi, libstdc++-arm-none-eabi-newlib and
 qemu-system-arm, and the TFLM tree in ../shared/tflm; skips, saying which is missing, without them.
@@ -41,8 +43,10 @@ def object_cache():
     return None
 
 
-def config(target: str, cache: str) -> FirmwareConfig:
-    return FirmwareConfig(tflm_dir=TFLM_DIR, target=target, digits=DIGITS, cache_dir=cache)
+def config(target: str, cache: str, kernels: str = "reference") -> FirmwareConfig:
+    return FirmwareConfig(
+        tflm_dir=TFLM_DIR, target=target, digits=DIGITS, cache_dir=cache, kernels=kernels
+    )
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +64,7 @@ def int8_files(object_cache, tmp_path_factory):
     calibration = calibration[:500].astype(np.float32) / 255.0
     folder = tmp_path_factory.mktemp("firmware-models")
     files = {}
-    for kind in ("elman", "lstm"):
+    for kind in ("elman", "lstm"):  # the Elman graph with int16 activations, the fused LSTM
         keras.utils.set_random_seed(0)
         model = kerasrnn.train(
             kerasrnn.ModelConfig(cell=kind, units=16),
@@ -96,6 +100,88 @@ def test_firmware_output_bytes_equal_python_tflm(
     assert 0 < result.arena_used_bytes <= result.arena_bytes
     assert 0 < result.flash_bytes < 200 * 1024 and 0 < result.ram_bytes < 64 * 1024
     assert os.path.isfile(tmp_path / "fw" / "report.json")
+
+
+@pytest.mark.parametrize("kind", ["elman", "lstm"])
+def test_cmsis_nn_firmware_is_bit_exact_with_reference_in_fewer_instructions(
+    int8_files, test_images, object_cache, tmp_path, kind
+):
+    """Cortex-M4 (DSP extension): CMSIS-NN's FULLY_CONNECTED and fused LSTM give the reference
+    kernels' output bytes on every digit, and count fewer instructions per inference."""
+    results = {
+        kernels: build_firmware(
+            int8_files[kind, "sequence"],
+            str(tmp_path / kernels),
+            config("cortex-m4", object_cache, kernels),
+            test_images,
+        )
+        for kernels in ("reference", "cmsis-nn")
+    }
+    reference, cmsis = results["reference"], results["cmsis-nn"]
+    assert (reference.kernels, cmsis.kernels) == ("reference", "cmsis-nn")
+    expected = {"elman": {"ADD", "FULLY_CONNECTED"}, "lstm": {"UNIDIRECTIONAL_SEQUENCE_LSTM"}}
+    assert expected[kind] <= set(cmsis.cmsis_nn_operators) <= set(cmsis.operators)
+    np.testing.assert_array_equal(cmsis.outputs, reference.outputs)
+    assert cmsis.agreement[0].exact == DIGITS
+    assert cmsis.instructions.shape == (DIGITS,) and reference.instructions.shape == (DIGITS,)
+    assert cmsis.instructions_median < 0.8 * reference.instructions_median
+    assert 0 < reference.macs_per_instruction < cmsis.macs_per_instruction < 2
+    by_operator = cmsis.operator_instructions  # digit 0, operator by operator
+    assert set(by_operator) == set(cmsis.operators)
+    assert 0.9 * cmsis.instructions[0] <= sum(by_operator.values()) <= cmsis.instructions[0]
+    report = cmsis.table()
+    assert "CMSIS-NN for " in report and "MAC per instruction" in report
+
+
+def test_int8_activation_fully_connected_keeps_the_reference_kernel(object_cache, tmp_path):
+    """The CMSIS-NN glue aborts on an int8 FULLY_CONNECTED with a 3-D output (the input
+    projection over all steps): such a model keeps the reference kernel for it, and says so."""
+    model = kerasrnn.build_classifier(kerasrnn.ModelConfig(cell="elman", units=8))
+    calibration = np.random.default_rng(0).random((16, 28, 28), np.float32)
+    path = to_tflite(
+        model, str(tmp_path / "m.tflite"), "int8", calibration, activations="int8"
+    ).path
+    with open(path, "rb") as f:
+        kernels = firmware_build.choose_kernels(config("cortex-m4", None, "cmsis-nn"), f.read())
+    assert kernels.name == "cmsis-nn"
+    assert "FULLY_CONNECTED" not in kernels.cmsis_nn_operators
+    assert "ADD" in kernels.cmsis_nn_operators
+    assert "conv 1x1 path" in kernels.note
+
+
+def test_cmsis_nn_refusals_name_the_fix(tmp_path):
+    with pytest.raises(FirmwareError, match="--kernels reference"):
+        firmware_build.choose_kernels(config("host", None, "cmsis-nn"), b"")
+    with pytest.raises(FirmwareError, match=r"no CMSIS-NN tree at .*--cmsis-nn-dir"):
+        firmware_build.find_cmsis_nn(TFLM_DIR, str(tmp_path))
+    lonely = tmp_path / "tflm"
+    lonely.mkdir()
+    assert firmware_build.find_cmsis_nn(str(lonely), None) is None
+
+
+@pytest.mark.parametrize("target", sorted(firmware_build.BOARDS))
+def test_systick_counts_instructions_exactly(object_cache, tmp_path, target):
+    """A loop of 2,000,000 instructions (subs + bne, 1,000,000 times) reads 2,000,000 plus
+    the counter's own few instructions on every board: the clock table is right."""
+    main = tmp_path / "main.c"
+    main.write_text(
+        "#include <stdint.h>\n#include <stdio.h>\n"
+        "uint32_t kerasrnn_ticks(void);\n"
+        "int main(void) {\n"
+        "  uint32_t n = 1000000, start = kerasrnn_ticks();\n"
+        '  __asm__ volatile("1: subs %0, %0, #1\\n\\tbne 1b" : "+r"(n) : : "cc");\n'
+        '  printf("ticks %lu\\n", (unsigned long)(kerasrnn_ticks() - start));\n'
+        "  return 0;\n"
+        "}\n"
+    )
+    fw_config = config(target, object_cache)
+    startup = firmware.write_board_files(str(tmp_path), fw_config)
+    binary = firmware_build.build([str(main), startup], [], fw_config)
+    ran = firmware._execute(binary, fw_config)
+    ticks = int(ran.stdout.split()[1])
+    instructions = ticks * firmware_build.BOARDS[target].instructions_per_tick
+    assert ran.returncode == 0
+    assert 2_000_000 <= instructions <= 2_000_000 + 2 * 50  # a tick is 31-50 instructions
 
 
 def test_streaming_firmware_matches_stream(int8_files, test_images, object_cache, tmp_path):
