@@ -71,8 +71,7 @@ class Agreement:
     """Firmware output bytes against a reference interpreter's.
 
     Attributes:
-        reference: "TFLM (Python)", "LiteRT", or another firmware build
-            ("reference kernels" in `compare_kernels`).
+        reference: "TFLM (Python)" or "LiteRT".
         exact: digits whose output bytes are identical.
         digits: digits compared.
         max_diff: the largest difference, in quantization steps for integer outputs, in
@@ -144,12 +143,16 @@ class FirmwareResult:
         return int(np.median(self.instructions))
 
     @property
+    def digit_macs(self) -> int | None:
+        """The multiply-accumulates of one digit (all its rows for a stream)."""
+        return None if self.multiply_accumulates is None else self.multiply_accumulates * self.steps
+
+    @property
     def macs_per_instruction(self) -> float | None:
         """Multiply-accumulates per instruction at the median, None without both."""
         if self.instructions is None or not self.multiply_accumulates:
             return None
-        macs = self.multiply_accumulates * (self.steps if self.streaming else 1)
-        return macs / self.instructions_median
+        return self.digit_macs / self.instructions_median
 
     @property
     def streaming(self) -> bool:
@@ -237,8 +240,9 @@ class FirmwareResult:
         if self.streaming:
             text += f", {self.instructions_median // self.steps:,} per row"
         if self.macs_per_instruction is not None:
-            macs = self.multiply_accumulates * (self.steps if self.streaming else 1)
-            text += f"; {macs:,} MACs, {self.macs_per_instruction:.3f} MAC per instruction"
+            text += (
+                f"; {self.digit_macs:,} MACs, {self.macs_per_instruction:.3f} MAC per instruction"
+            )
         return text + " (QEMU -icount: instructions, not cycles)"
 
 

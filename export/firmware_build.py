@@ -53,39 +53,31 @@ class Board:
 
 
 _MIB = 0x100000
+# The Cortex-M3 board; its M4 and M7 siblings share its memory map, UART and clock.
+_AN385 = Board(
+    "mps2-an385",
+    "cortex-m3",
+    ("-mcpu=cortex-m3", "-mthumb", "-mfloat-abi=soft"),
+    0x00000000,
+    _MIB,
+    0x20000000,
+    _MIB,
+    0x40004000,
+    25_000_000,
+)
 BOARDS = {
-    "cortex-m3": Board(
-        "mps2-an385",
-        "cortex-m3",
-        ("-mcpu=cortex-m3", "-mthumb", "-mfloat-abi=soft"),
-        0x00000000,
-        _MIB,
-        0x20000000,
-        _MIB,
-        0x40004000,
-        25_000_000,
+    "cortex-m3": _AN385,
+    "cortex-m4": dataclasses.replace(
+        _AN385,
+        machine="mps2-an386",
+        cpu="cortex-m4",
+        flags=("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16"),
     ),
-    "cortex-m4": Board(
-        "mps2-an386",
-        "cortex-m4",
-        ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16"),
-        0x00000000,
-        _MIB,
-        0x20000000,
-        _MIB,
-        0x40004000,
-        25_000_000,
-    ),
-    "cortex-m7": Board(
-        "mps2-an500",
-        "cortex-m7",
-        ("-mcpu=cortex-m7", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv5-d16"),
-        0x00000000,
-        _MIB,
-        0x20000000,
-        _MIB,
-        0x40004000,
-        25_000_000,
+    "cortex-m7": dataclasses.replace(
+        _AN385,
+        machine="mps2-an500",
+        cpu="cortex-m7",
+        flags=("-mcpu=cortex-m7", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv5-d16"),
     ),
     "cortex-m33": Board(
         "mps2-an505",
