@@ -104,8 +104,7 @@ class FirmwareResult:
         agreement: one `Agreement` per reference interpreter (after a run).
         kernels: "cmsis-nn" or "reference", the kernel set built.
         cmsis_nn_operators: the operators that run CMSIS-NN kernels (the others reference).
-        kernels_note: why an "auto" build has reference kernels only, or why an operator
-            that CMSIS-NN has stays on its reference kernel (else empty).
+        kernels_note: why an "auto" build has reference kernels only (else empty).
         multiply_accumulates: of one inference (`flatbuffer.multiply_accumulates`; a
             streaming model's: of one row), None when the file does not say.
         instructions: instructions per digit, int64 [digits] (after a run on a board): the

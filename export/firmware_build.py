@@ -159,6 +159,13 @@ _CXX_FLAGS = (
     "-ffp-contract=off",
 )
 
+# Flags of single TFLM sources. The CMSIS-NN FULLY_CONNECTED glue checks, before its conv 1x1
+# path (an int8 product with a 3-D output), that its scratch buffer's index is >= 4: a
+# wrong check (indices count from 0; the buffer it guards is the one it requested) that
+# aborts the firmware for most models. NDEBUG turns TFLITE_DCHECKs off in that file only;
+# its TF_LITE_ENSUREs stay, and every build's outputs are compared with the interpreter's.
+_SOURCE_FLAGS = {f"{_KERNELS}/cmsis_nn/fully_connected.cc": ("-DNDEBUG",)}
+
 
 # The wall-clock limit of one compiler, linker or tool run: far above the minutes a TFLM
 # kernel takes to compile, so only a hung tool meets it.
@@ -214,33 +221,6 @@ def cmsis_nn_operators(tflm_dir: str, operators: tuple[str, ...]) -> tuple[str, 
     )
 
 
-# Why an operator stays on its reference kernel in a CMSIS-NN build of a given model.
-_FC_CONV_1X1 = (
-    "FULLY_CONNECTED stays on the reference kernel: an int8 FULLY_CONNECTED with a 3-D output "
-    "takes the CMSIS-NN glue's conv 1x1 path, whose check buffer_conv_1x1_idx >= 4 aborts "
-    "the firmware when its scratch buffer is among the model's first four (TFLM at this pin)"
-)
-
-
-def cmsis_nn_exclusions(model_bytes: bytes) -> dict[str, str]:
-    """Operators of this model that must not take CMSIS-NN's kernel -> why.
-
-    TFLM's CMSIS-NN FULLY_CONNECTED routes an int8 product with a 3-D output and a depth
-    divisible by 4 through `arm_convolve_1x1_s8_fast`, behind a check that aborts (exit 1)
-    when its per-tensor scratch buffer has an index below 4; which index it gets depends on
-    the whole graph, so every such model keeps the reference FULLY_CONNECTED.
-    """
-    model = flatbuffer.unpack(model_bytes)
-    for graph in model.subgraphs:
-        for op in graph.operators:
-            if flatbuffer.operator_name(model, op) != "FULLY_CONNECTED":
-                continue
-            x, w, y = (graph.tensors[i] for i in (op.inputs[0], op.inputs[1], op.outputs[0]))
-            if x.type == 9 and len(y.shape) > 2 and int(w.shape[-1]) % 4 == 0:  # int8
-                return {"FULLY_CONNECTED": _FC_CONV_1X1}
-    return {}
-
-
 def find_cmsis_nn(tflm_dir: str, cmsis_nn_dir: str | None) -> str | None:
     """The CMSIS-NN tree to build with: `cmsis_nn_dir`, or one found where TFLM's build
     puts it, in the TFLM tree's third_party/, or beside the tree; None when none is found.
@@ -287,7 +267,7 @@ class Kernels:
 
 def choose_kernels(config: FirmwareConfig, model_bytes: bytes) -> Kernels:
     """The kernels `config.kernels` asks for, for this model: CMSIS-NN for each operator
-    that has a CMSIS-NN kernel and that kernel runs it (`cmsis_nn_exclusions`).
+    that has a CMSIS-NN kernel (TFLM's glue, kernels/cmsis_nn/NAME.cc).
 
     Raises:
         FirmwareError: "cmsis-nn" for the host, or without a CMSIS-NN tree; a
@@ -311,11 +291,7 @@ def choose_kernels(config: FirmwareConfig, model_bytes: bytes) -> Kernels:
             )
         return Kernels(None, note="no CMSIS-NN tree found: pass --cmsis-nn-dir DIR")
     operators = tuple(flatbuffer.operators(model_bytes))
-    excluded = cmsis_nn_exclusions(model_bytes)
-    chosen = tuple(
-        op for op in cmsis_nn_operators(config.tflm_dir, operators) if op not in excluded
-    )
-    return Kernels(found, chosen, "; ".join(excluded.values()))
+    return Kernels(found, cmsis_nn_operators(config.tflm_dir, operators))
 
 
 def cmsis_nn_sources(cmsis_nn_dir: str) -> list[str]:
@@ -418,9 +394,14 @@ def build(
         includes += (*cmsis, "-DCMSIS_NN")
         c_flags += (*cmsis, "-ffp-contract=off")
     cxx_flags = (*target_flags, *_CXX_FLAGS, *includes)
-    cache = _cache_folder(config, cxx, cxx_flags)
+    cache = _cache_folder(config, cxx, cxx_flags + c_flags)
     jobs = [
-        (os.path.join(config.tflm_dir, s), os.path.join(cache, s[:-3] + ".o"), cxx, cxx_flags)
+        (
+            os.path.join(config.tflm_dir, s),
+            os.path.join(cache, s[:-3] + ".o"),
+            cxx,
+            cxx_flags + _SOURCE_FLAGS.get(s, ()),
+        )
         for s in tflm
     ]
     if cmsis_nn_dir is not None:
@@ -464,7 +445,8 @@ def build(
 def _cache_folder(config: FirmwareConfig, compiler: str, flags: tuple[str, ...]) -> str:
     """The object cache of one target, compiler, flag set and TFLM tree."""
     version = tool_output([compiler, "--version"]).splitlines()[:1]
-    key = hashlib.sha256(repr((version, flags, os.path.realpath(config.tflm_dir))).encode())
+    key = (version, flags, sorted(_SOURCE_FLAGS.items()), os.path.realpath(config.tflm_dir))
+    key = hashlib.sha256(repr(key).encode())
     root = config.cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "kerasrnn", "tflm")
     return os.path.join(root, f"{config.target}-{key.hexdigest()[:12]}")
 

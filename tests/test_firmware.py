@@ -57,7 +57,8 @@ def test_images():
 
 @pytest.fixture(scope="module")
 def int8_files(object_cache, tmp_path_factory):
-    """(kind, "sequence" | "stream") -> int8 .tflite of small models trained 2 epochs."""
+    """(kind, "sequence" | "stream") -> int8 .tflite of small models trained 2 epochs; kind
+    "elman-int8" is the Elman model's graph with int8 activations."""
     import keras
 
     calibration, _ = kerasrnn.load_arrays(SAMPLE, "train+validation")
@@ -76,6 +77,9 @@ def int8_files(object_cache, tmp_path_factory):
             model, str(folder / f"{kind}.tflite"), "int8", calibration
         ).path
         if kind == "elman":
+            files["elman-int8", "sequence"] = to_tflite(
+                model, str(folder / "elman-int8.tflite"), "int8", calibration, activations="int8"
+            ).path
             files[kind, "stream"] = to_tflite(
                 model, str(folder / f"{kind}.step.tflite"), "int8", calibration, stream=True
             ).path
@@ -102,11 +106,12 @@ def test_firmware_output_bytes_equal_python_tflm(
     assert os.path.isfile(tmp_path / "fw" / "report.json")
 
 
-@pytest.mark.parametrize("kind", ["elman", "lstm"])
+@pytest.mark.parametrize("kind", ["elman", "elman-int8", "lstm"])
 def test_cmsis_nn_firmware_is_bit_exact_with_reference_in_fewer_instructions(
     int8_files, test_images, object_cache, tmp_path, kind
 ):
-    """Cortex-M4 (DSP extension): CMSIS-NN's FULLY_CONNECTED and fused LSTM give the reference
+    """Cortex-M4 (DSP extension): CMSIS-NN's FULLY_CONNECTED (int16 and int8 activations; the
+    int8 input projection takes the glue's conv 1x1 path) and fused LSTM give the reference
     kernels' output bytes on every digit, and count fewer instructions per inference."""
     results = {
         kernels: build_firmware(
@@ -119,7 +124,8 @@ def test_cmsis_nn_firmware_is_bit_exact_with_reference_in_fewer_instructions(
     }
     reference, cmsis = results["reference"], results["cmsis-nn"]
     assert (reference.kernels, cmsis.kernels) == ("reference", "cmsis-nn")
-    expected = {"elman": {"ADD", "FULLY_CONNECTED"}, "lstm": {"UNIDIRECTIONAL_SEQUENCE_LSTM"}}
+    elman = {"ADD", "FULLY_CONNECTED"}
+    expected = {"elman": elman, "elman-int8": elman, "lstm": {"UNIDIRECTIONAL_SEQUENCE_LSTM"}}
     assert expected[kind] <= set(cmsis.cmsis_nn_operators) <= set(cmsis.operators)
     np.testing.assert_array_equal(cmsis.outputs, reference.outputs)
     assert cmsis.agreement[0].exact == DIGITS
@@ -131,22 +137,6 @@ def test_cmsis_nn_firmware_is_bit_exact_with_reference_in_fewer_instructions(
     assert 0.9 * cmsis.instructions[0] <= sum(by_operator.values()) <= cmsis.instructions[0]
     report = cmsis.table()
     assert "CMSIS-NN for " in report and "MAC per instruction" in report
-
-
-def test_int8_activation_fully_connected_keeps_the_reference_kernel(object_cache, tmp_path):
-    """The CMSIS-NN glue aborts on an int8 FULLY_CONNECTED with a 3-D output (the input
-    projection over all steps): such a model keeps the reference kernel for it, and says so."""
-    model = kerasrnn.build_classifier(kerasrnn.ModelConfig(cell="elman", units=8))
-    calibration = np.random.default_rng(0).random((16, 28, 28), np.float32)
-    path = to_tflite(
-        model, str(tmp_path / "m.tflite"), "int8", calibration, activations="int8"
-    ).path
-    with open(path, "rb") as f:
-        kernels = firmware_build.choose_kernels(config("cortex-m4", None, "cmsis-nn"), f.read())
-    assert kernels.name == "cmsis-nn"
-    assert "FULLY_CONNECTED" not in kernels.cmsis_nn_operators
-    assert "ADD" in kernels.cmsis_nn_operators
-    assert "conv 1x1 path" in kernels.note
 
 
 def test_cmsis_nn_refusals_name_the_fix(tmp_path):
