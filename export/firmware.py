@@ -104,6 +104,8 @@ class FirmwareResult:
         agreement: one `Agreement` per reference interpreter (after a run).
         kernels: "cmsis-nn" or "reference", the kernel set built.
         cmsis_nn_operators: the operators that run CMSIS-NN kernels (the others reference).
+        table_operators: the operators whose int8 instances run as a table of TFLM's kernel
+            (`firmware_build.TABLE_OPERATORS`).
         kernels_note: why an "auto" build has reference kernels only (else empty).
         multiply_accumulates: of one inference (`flatbuffer.multiply_accumulates`; a
             streaming model's: of one row), None when the file does not say.
@@ -128,6 +130,7 @@ class FirmwareResult:
     agreement: tuple[Agreement, ...] = ()
     kernels: str = "reference"
     cmsis_nn_operators: tuple[str, ...] = ()
+    table_operators: tuple[str, ...] = ()
     kernels_note: str = ""
     multiply_accumulates: int | None = None
     instructions: np.ndarray | None = None
@@ -162,6 +165,7 @@ class FirmwareResult:
         result = dataclasses.asdict(self)
         result["operators"] = list(self.operators)
         result["cmsis_nn_operators"] = list(self.cmsis_nn_operators)
+        result["table_operators"] = list(self.table_operators)
         result["agreement"] = [dataclasses.asdict(a) for a in self.agreement]
         result["outputs"] = (
             None if self.outputs is None else [bytes(row).hex() for row in self.outputs]
@@ -226,9 +230,15 @@ class FirmwareResult:
         note = f" ({self.kernels_note})" if self.kernels_note else ""
         if self.kernels == "reference":
             return "TFLM reference" + note
-        others = [op for op in self.operators if op not in self.cmsis_nn_operators]
+        optimized = (*self.cmsis_nn_operators, *self.table_operators)
+        others = [op for op in self.operators if op not in optimized]
         return (
             f"CMSIS-NN for {', '.join(self.cmsis_nn_operators) or 'no operator'}"
+            + (
+                f"; int8 tables of TFLM's kernel for {', '.join(self.table_operators)}"
+                if self.table_operators
+                else ""
+            )
             + (f"; TFLM reference for {', '.join(others)}" if others else "")
             + note
         )
@@ -328,7 +338,7 @@ def build_firmware(
     sources = firmware_build.tflm_sources(config.tflm_dir, operators, kernels.cmsis_nn_operators)
     os.makedirs(out_dir, exist_ok=True)
     mark_project_folder(out_dir)  # before any source
-    project = _write_project(tflite_path, out_dir, config, model, operators, x)
+    project = _write_project(tflite_path, out_dir, config, model, operators, kernels, x)
     # The Python TFLM's measure leaves out AllocateTensors' planning scratch; twice it is
     # safe on 32- and 64-bit targets (measured: the streaming elman-16 needs 1.2x on the host).
     arena = 2 * _align(reference.arena_bytes) + config.arena_margin_bytes
@@ -370,6 +380,7 @@ def build_firmware(
         agreement,
         kernels.name,
         kernels.cmsis_nn_operators,
+        kernels.table_operators,
         kernels.note,
         flatbuffer.multiply_accumulates(content),
         None if run is None else run.instructions,
@@ -570,10 +581,17 @@ def _write_project(
     config: FirmwareConfig,
     model: _ModelIO,
     operators: tuple[str, ...],
+    kernels: firmware_build.Kernels,
     images: np.ndarray,
 ) -> list[str]:
     """Writes the firmware's sources but the arena's into `out_dir`; returns their paths."""
     methods = firmware_build.resolver_methods(config.tflm_dir)
+
+    def registration(op: str) -> str:
+        if op in kernels.table_operators:
+            return f"kerasrnn::Int8TableOf<tflite::{methods[op][1]}>()"
+        return ""
+
     # main.cc includes model_data.h and runs g_model; a project's files are its own to replace
     _, model_source = write_c_array(
         tflite_path, out_dir, "g_model", stem="model_data", overwrite=True
@@ -586,9 +604,11 @@ def _write_project(
         operator_count=len(operators),
         run_digit=run_digit.rstrip() + "\n",
         add_operators="\n".join(
-            f"  TF_LITE_ENSURE_STATUS(resolver.{methods[op][0]}());" for op in operators
+            f"  TF_LITE_ENSURE_STATUS(resolver.{methods[op][0]}({registration(op)}));"
+            for op in operators
         ),
     )
+    atomic_write(os.path.join(out_dir, "int8_tables.h"), _template("int8_tables.h"))
     atomic_write(os.path.join(out_dir, "main.cc"), main)
     sources = [os.path.join(out_dir, "main.cc"), model_source]
     if config.target != "host":

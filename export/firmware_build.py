@@ -252,12 +252,14 @@ class Kernels:
     Attributes:
         cmsis_nn_dir: the CMSIS-NN tree compiled in; None: TFLM's reference kernels only.
         cmsis_nn_operators: the operators whose CMSIS-NN kernel replaces the reference one.
-        note: why an "auto" build has reference kernels only, or why an operator that
-            CMSIS-NN has stays on its reference kernel (else empty).
+        table_operators: the operators whose int8 instances run as a lookup table of TFLM's
+            own kernel (`TABLE_OPERATORS`, firmware_templates/int8_tables.h).
+        note: why an "auto" build has reference kernels only (else empty).
     """
 
     cmsis_nn_dir: str | None
     cmsis_nn_operators: tuple[str, ...] = ()
+    table_operators: tuple[str, ...] = ()
     note: str = ""
 
     @property
@@ -265,9 +267,16 @@ class Kernels:
         return "reference" if self.cmsis_nn_dir is None else "cmsis-nn"
 
 
+# Element-wise operators that CMSIS-NN has no kernel for and whose int8 form TFLM computes
+# element by element in fixed point (int8 TANH: about 600 instructions an element on a
+# Cortex-M4): a CMSIS-NN build tabulates them over the 256 int8 inputs in Prepare.
+TABLE_OPERATORS = ("TANH", "LOGISTIC")
+
+
 def choose_kernels(config: FirmwareConfig, model_bytes: bytes) -> Kernels:
     """The kernels `config.kernels` asks for, for this model: CMSIS-NN for each operator
-    that has a CMSIS-NN kernel (TFLM's glue, kernels/cmsis_nn/NAME.cc).
+    that has a CMSIS-NN kernel (TFLM's glue, kernels/cmsis_nn/NAME.cc), and int8 tables
+    for its `TABLE_OPERATORS`.
 
     Raises:
         FirmwareError: "cmsis-nn" for the host, or without a CMSIS-NN tree; a
@@ -291,7 +300,22 @@ def choose_kernels(config: FirmwareConfig, model_bytes: bytes) -> Kernels:
             )
         return Kernels(None, note="no CMSIS-NN tree found: pass --cmsis-nn-dir DIR")
     operators = tuple(flatbuffer.operators(model_bytes))
-    return Kernels(found, cmsis_nn_operators(config.tflm_dir, operators))
+    return Kernels(
+        found, cmsis_nn_operators(config.tflm_dir, operators), int8_table_operators(model_bytes)
+    )
+
+
+def int8_table_operators(model_bytes: bytes) -> tuple[str, ...]:
+    """The `TABLE_OPERATORS` of this model with an int8 instance (in first-use order)."""
+    model = flatbuffer.unpack(model_bytes)
+    found = []
+    for graph in model.subgraphs:
+        for op in graph.operators:
+            name = flatbuffer.operator_name(model, op)
+            int8 = graph.tensors[op.inputs[0]].type == 9  # schema TensorType.INT8
+            if name in TABLE_OPERATORS and int8 and name not in found:
+                found.append(name)
+    return tuple(found)
 
 
 def cmsis_nn_sources(cmsis_nn_dir: str) -> list[str]:
