@@ -21,7 +21,7 @@ QUICK_RUNS = {
     "training_speed.py": "samples/s",
     "export_sizes.py": "TFLM arena",
     "int8_agreement.py": "int8 acc",
-    "firmware_sizes.py": "flash KiB",
+    "firmware_sizes.py": "MAC/instr",
     "edge_latency.py": "xnnpack 1t",
 }
 
