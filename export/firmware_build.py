@@ -14,6 +14,8 @@ import os
 import re
 import subprocess
 
+from ai_edge_litert import schema_py_generated as schema
+
 from kerasrnn.errors import FirmwareError
 from kerasrnn.export import flatbuffer
 from kerasrnn.export.config import FirmwareConfig
@@ -312,7 +314,7 @@ def int8_table_operators(model_bytes: bytes) -> tuple[str, ...]:
     for graph in model.subgraphs:
         for op in graph.operators:
             name = flatbuffer.operator_name(model, op)
-            int8 = graph.tensors[op.inputs[0]].type == 9  # schema TensorType.INT8
+            int8 = graph.tensors[op.inputs[0]].type == schema.TensorType.INT8
             if name in TABLE_OPERATORS and int8 and name not in found:
                 found.append(name)
     return tuple(found)
