@@ -56,34 +56,35 @@ def _step(layer: RecurrentWeights, xw_t, state):
         z = xw_t if state is None else xw_t + tf.matmul(state, w_h)
         h = _ACTIVATIONS[layer.activation](z)
         return h, h
-    units = layer.units
-    if layer.recurrence == "lstm":  # gates stored as [i, f, o | c] (see `model_reader`)
+    # Gates are cut apart with even SPLITs only: XNNPACK takes SPLIT but not SPLIT_V, and
+    # each SPLIT_V left outside it cut an unrolled LSTM or GRU into 29 delegated pieces.
+    if layer.recurrence == "lstm":  # gates in Keras's order [i, f, c, o]
         h, c = state if state is not None else (None, None)
         z = xw_t if h is None else xw_t + tf.matmul(h, w_h)
-        sigmoid_gates, g = tf.split(z, [3 * units, units], axis=-1)
-        i, f, o = tf.split(tf.sigmoid(sigmoid_gates), 3, axis=-1)  # one LOGISTIC for three
-        g = i * tf.tanh(g)
-        c = g if c is None else f * c + g
-        h = o * tf.tanh(c)
+        i, f, g, o = tf.split(z, 4, axis=-1)
+        g = tf.sigmoid(i) * tf.tanh(g)
+        c = g if c is None else tf.sigmoid(f) * c + g
+        h = tf.sigmoid(o) * tf.tanh(c)
         return h, (h, c)
-    x_zr, x_h = tf.split(xw_t, [2 * units, units], axis=-1)
+    x_z, x_r, x_h = tf.split(xw_t, 3, axis=-1)
     if state is None:  # h = 0: the recurrent terms are the bias alone
-        z, r = tf.split(tf.sigmoid(x_zr), 2, axis=-1)
+        z, r = tf.sigmoid(x_z), tf.sigmoid(x_r)
         # Zero constants are left out, not multiplied: int8 quantization of an all-zero
         # tensor gives a degenerate scale that LiteRT aborts on.
         has_bias = layer.b_h is not None and layer.b_h.any()
         candidate = tf.tanh(x_h + r * layer.b_h) if has_bias else tf.tanh(x_h)
         h = candidate - z * candidate
         return h, h
+    units = layer.units
     if layer.reset_after:
         # candidate = tanh(x_h + r * (h @ W_hh + b_hh)); the gate biases are already in
         # xw_t (see `RecurrentWeights.b_h`)
-        h_zr, h_h = tf.split(tf.matmul(state, w_h), [2 * units, units], axis=-1)
-        z, r = tf.split(tf.sigmoid(x_zr + h_zr), 2, axis=-1)  # one LOGISTIC for both gates
+        h_z, h_r, h_h = tf.split(tf.matmul(state, w_h), 3, axis=-1)
+        z, r = tf.sigmoid(x_z + h_z), tf.sigmoid(x_r + h_r)
         candidate = tf.tanh(x_h + r * (h_h + layer.b_h))
     else:  # candidate = tanh(x_h + (r * h) @ W_hh)
-        h_zr = tf.matmul(state, tf.constant(layer.w_h[:, : 2 * units]))
-        z, r = tf.split(tf.sigmoid(x_zr + h_zr), 2, axis=-1)
+        h_z, h_r = tf.split(tf.matmul(state, tf.constant(layer.w_h[:, : 2 * units])), 2, axis=-1)
+        z, r = tf.sigmoid(x_z + h_z), tf.sigmoid(x_r + h_r)
         candidate = tf.tanh(x_h + tf.matmul(r * state, tf.constant(layer.w_h[:, 2 * units :])))
     h = candidate + z * (state - candidate)  # = z * state + (1 - z) * candidate
     return h, h
@@ -317,7 +318,6 @@ def _fused(model: ModelGraph, sequence):
     x = _apply_all(prefix, sequence)
     for stage in stack:
         layer = stage.weights
-        keras_order = mr.swap_last_gates(layer.units)
         lstm = tf.function(
             _keras_lstm,
             autograph=False,
@@ -332,9 +332,9 @@ def _fused(model: ModelGraph, sequence):
             x,
             zeros,
             zeros,
-            tf.constant(layer.w_x[:, keras_order]),
-            tf.constant(layer.w_h[:, keras_order]),
-            tf.constant(layer.b_x[keras_order]),
+            tf.constant(layer.w_x),
+            tf.constant(layer.w_h),
+            tf.constant(layer.b_x),
         )
     return _apply_all(head, last)
 

@@ -32,7 +32,8 @@ class RecurrentWeights:
 
     Attributes:
         recurrence: the equations (`CellKind.recurrence`): "elman", "lstm" or "gru".
-        w_x: [features, gates * units] input kernel.
+        w_x: [features, gates * units] input kernel, gates in Keras's order (LSTM:
+            [i, f, c, o]; GRU: [z, r, h]).
         w_h: [units, gates * units] recurrent kernel.
         b_x: [gates * units] bias added to the input projection.
         b_h: [units] GRU's recurrent candidate bias b_hh (reset_after: it sits inside
@@ -302,10 +303,7 @@ def _recurrent_weights(layer: keras.layers.RNN, h0: np.ndarray | None) -> Recurr
     if b is None:  # use_bias=False
         gru_biases = kind.recurrence == "gru" and cell.reset_after
         b = np.zeros((2, w_x.shape[1]) if gru_biases else w_x.shape[1], np.float32)
-    if kind.recurrence == "lstm":
-        order = swap_last_gates(units)
-        w_x, w_h, b = w_x[:, order], w_h[:, order], b[order]
-    elif kind.recurrence == "gru":
+    if kind.recurrence == "gru":
         reset_after = bool(cell.reset_after)
         if reset_after:
             b, b_h = b  # reset_after: input and recurrent biases
@@ -315,13 +313,6 @@ def _recurrent_weights(layer: keras.layers.RNN, h0: np.ndarray | None) -> Recurr
     return RecurrentWeights(
         kind.recurrence, w_x, w_h, b, b_h, h0.astype(np.float32), activation, reset_after
     )
-
-
-def swap_last_gates(units: int) -> np.ndarray:
-    """Column order that swaps LSTM's last two gates: Keras's [i, f, c, o] <-> the stored
-    [i, f, o, c], where the three sigmoid gates are contiguous and share one LOGISTIC op.
-    The swap is its own inverse."""
-    return np.r_[0 : 2 * units, 3 * units : 4 * units, 2 * units : 3 * units]
 
 
 def _recurrent(layer, h0, masked: bool) -> Recurrent:
