@@ -1,17 +1,23 @@
 """Batch-1 latency of every edge file in LiteRT, with its size and accuracy beside it.
 
     python benchmarks/edge_latency.py --data mnist [--units 64 128] [--cells elman lstm gru]
+    python benchmarks/edge_latency.py --data mnist --recipe --cases defaults --units 128
     python benchmarks/edge_latency.py --quick     # elman-64 and LSTM-64 on the sample: minutes
 
-Each kind trains `--epochs` epochs (the default rate, held constant), is converted in every
-quantization x graph form x int8 activations that `to_tflite` writes (int8 calibrated on
-1,000 training digits), and each file is timed in a fresh process (an abort costs that
-process only) with LiteRT's builtin kernels (`BUILTIN_WITHOUT_DEFAULT_DELEGATES`, what
-`kerasrnn.export.runtime` uses) and with its default XNNPACK delegate, on one thread and on
+Each kind trains `--epochs` epochs at the default rate held constant (`--recipe`: the
+default recipe, `TrainConfig()`), and is converted the way `kerasrnn export` does by
+default for each target (`--target litert`, float32 and int8; `--target micro`, int8) and,
+with `--cases all`, in every quantization x graph form x int8 activations that `to_tflite`
+writes (int8 calibrated on 1,000 training digits). Each file is timed in a fresh process
+(an abort costs that process only) with LiteRT's builtin kernels
+(`BUILTIN_WITHOUT_DEFAULT_DELEGATES`) and with its XNNPACK delegate, on one thread and on
 `--threads` (4, a phone's big cores; more threads than cores only slow it): `--repeats`
 timings of `--invokes` invokes of one test digit, best and median microseconds per invoke.
-Accuracy: the file's on the test digits (builtin kernels), beside the Keras model's.
-Prints a table; `--json` also writes the rows.
+"runtime" names the kernels `kerasrnn.export.runtime.Classifier` (and `kerasrnn predict`)
+runs the file with. Accuracy and top-1 agreement with Keras: the file's on the test digits,
+in that runtime. A second table sets each default int8 file's latency beside the default
+float32 file's, both on the runtime's kernels and one thread.
+Prints the tables; `--json` also writes the rows.
 """
 
 from __future__ import annotations
@@ -27,17 +33,25 @@ import time
 
 import numpy as np
 
-# (quantization, graph form, int8 activations), as `benchmarks/export_sizes.py` lists them
-CASES = (
-    ("none", "loop", None),
-    ("none", "unrolled", None),
-    ("float16", "unrolled", None),
-    ("dynamic", "unrolled", None),
-    ("int8", "unrolled", "int16"),
-    ("int8", "unrolled", "int8"),
-    ("none", "fused", None),
-    ("int8", "fused", None),
+# (target or None, quantization, graph form, int8 activations): a target's row is what
+# `to_tflite` writes by default for it ("auto" form and activations); the others pin both,
+# as `benchmarks/export_sizes.py` lists them.
+DEFAULTS = (
+    ("litert", "none", "auto", "auto"),
+    ("litert", "int8", "auto", "auto"),
+    ("micro", "int8", "auto", "auto"),
 )
+EVERY_FORM = (
+    (None, "none", "loop", "auto"),
+    (None, "none", "unrolled", "auto"),
+    (None, "float16", "unrolled", "auto"),
+    (None, "dynamic", "unrolled", "auto"),
+    (None, "int8", "unrolled", "int16"),
+    (None, "int8", "unrolled", "int8"),
+    (None, "none", "fused", "auto"),
+    (None, "int8", "fused", "auto"),
+)
+CASES = {"defaults": DEFAULTS, "all": DEFAULTS + EVERY_FORM}
 
 
 def timings(threads: int) -> tuple[tuple[str, int], ...]:
@@ -84,8 +98,8 @@ def time_file(path: str, digit: str, kernels: str, threads: int, repeats: int, i
     print(json.dumps({"best_us": min(per_invoke), "median_us": statistics.median(per_invoke)}))
 
 
-def _timed(path: str, digit: str, kernels: str, threads: int, args) -> str:
-    """'best / median' microseconds of one file, measured in a child; or why none."""
+def _timed(path: str, digit: str, kernels: str, threads: int, args) -> dict | str:
+    """{"best_us", "median_us"} of one file, measured in a child; or why none."""
     child = subprocess.run(
         [sys.executable, __file__, "--time", path, digit, kernels, str(threads)]
         + ["--repeats", str(args.repeats), "--invokes", str(args.invokes)],
@@ -96,8 +110,29 @@ def _timed(path: str, digit: str, kernels: str, threads: int, args) -> str:
     )
     if child.returncode != 0:
         return "abort" if child.returncode < 0 else "fails"
-    result = json.loads(child.stdout.strip().splitlines()[-1])
-    return f"{result['best_us']:.1f} / {result['median_us']:.1f}"
+    return json.loads(child.stdout.strip().splitlines()[-1])
+
+
+def _shown(timing: dict | str) -> str:
+    if isinstance(timing, str):
+        return timing
+    return f"{timing['best_us']:.1f} / {timing['median_us']:.1f}"
+
+
+def _train(cell: str, units: int, config, args):
+    """A classifier of `cell` x `units` trained on `config`'s training split."""
+    from kerasrnn import data
+    from kerasrnn.config import TrainConfig
+    from kerasrnn.models import build_classifier
+    from kerasrnn.training import compile_model, fit
+
+    if args.recipe:
+        train = TrainConfig(verbose=0)
+    else:
+        train = TrainConfig(epochs=args.epochs, schedule="constant", verbose=0)
+    model = compile_model(build_classifier(cell=cell, units=units), train)
+    fit(model, data.epochs(config, "train"), None, train)
+    return model
 
 
 def _rows(args):
@@ -105,12 +140,8 @@ def _rows(args):
     from bench_data import data_config
 
     from kerasrnn import data
-    from kerasrnn.config import TrainConfig
-    from kerasrnn.evaluation import evaluate
     from kerasrnn.export.convert import to_tflite
     from kerasrnn.export.runtime import Classifier
-    from kerasrnn.models import build_classifier
-    from kerasrnn.training import compile_model, fit
 
     config = data_config(args.data, args.data_dir)
     calibration, _ = data.load_sequences(
@@ -122,36 +153,65 @@ def _rows(args):
         np.save(digit, test_x[:1])
         for cell in args.cells:
             for units in args.units:
-                train = TrainConfig(epochs=args.epochs, schedule="constant", verbose=0)
-                model = compile_model(build_classifier(cell=cell, units=units), train)
-                fit(model, data.epochs(config, "train"), None, train)
-                keras_accuracy = evaluate(model, data.pipeline(config, "test"))["accuracy"]
-                for quantization, form, activations in CASES:
+                model = _train(cell, units, config, args)
+                expected = model.predict(test_x, verbose=0, batch_size=500).argmax(-1)
+                for target, quantization, form, activations in CASES[args.cases]:
                     if form == "fused" and cell != "lstm":  # the fused op exists for LSTM only
                         continue
-                    path = os.path.join(tmp, f"{cell}{units}-{quantization}-{form}.tflite")
+                    name = f"{cell}{units}-{target}-{quantization}-{form}-{activations}"
+                    path = os.path.join(tmp, f"{name}.tflite")
                     written = to_tflite(
                         model,
                         path,
                         quantization,
                         calibration if quantization == "int8" else None,
                         form=form,
-                        activations=activations or "int16",
+                        activations=activations,
+                        target=target or "litert",
                     )
-                    predicted = Classifier(path).predict(test_x).argmax(-1)
+                    classifier = Classifier(path)
+                    predicted = classifier.predict(test_x).argmax(-1)
                     yield {
                         "model": f"{cell}-{units}",
+                        "default": f"{target} default" if target else "-",
                         "quantization": quantization,
-                        "form": form,
-                        "activations": activations or "-",
+                        "form": written.form.split(",")[0],
+                        "activations": written.activations or "-",
                         "bytes": written.size_bytes,
                         "accuracy": float((predicted == test_y).mean()),
-                        "keras_accuracy": keras_accuracy,
+                        "agreement": float((predicted == expected).mean()),
+                        "keras_accuracy": float((expected == test_y).mean()),
+                        "runtime": classifier.kernels,
                         **{
                             f"{kernels} {threads}t": _timed(path, digit, kernels, threads, args)
                             for kernels, threads in timings(args.threads)
                         },
                     }
+
+
+def _speedups(rows: list[dict]) -> list[str]:
+    """Lines of the second table: each model's default int8 file (LiteRT's) against its
+    default float32 file, on the runtime's kernels and one thread."""
+    lines = []
+    for model in dict.fromkeys(row["model"] for row in rows):
+        defaults = {
+            row["quantization"]: row
+            for row in rows
+            if row["model"] == model and row["default"] == "litert default"
+        }
+        if set(defaults) != {"none", "int8"}:
+            continue
+        float32, int8 = defaults["none"], defaults["int8"]
+        times = [row[f"{row['runtime']} 1t"] for row in (float32, int8)]
+        if any(isinstance(t, str) for t in times):
+            continue
+        best, median = (times[1][key] / times[0][key] for key in ("best_us", "median_us"))
+        lines.append(
+            f"{model:<10} {float32['form']:<9} {_shown(times[0]):>15} "
+            f"{int8['form']:<9} {int8['activations']:<5} {_shown(times[1]):>15} "
+            f"{best:>6.2f} {median:>6.2f}"
+        )
+    return lines
 
 
 def main() -> None:
@@ -161,6 +221,10 @@ def main() -> None:
     parser.add_argument("--cells", nargs="+", default=["simple", "elman", "lstm", "gru"])
     parser.add_argument("--units", nargs="+", type=int, default=[64, 128])
     parser.add_argument("--epochs", type=int, default=3, help="training epochs of each kind")
+    parser.add_argument(
+        "--recipe", action="store_true", help="train with the default recipe, not --epochs"
+    )
+    parser.add_argument("--cases", default="all", choices=tuple(CASES))
     parser.add_argument("--threads", type=int, default=4, help="XNNPACK's threads, beside 1")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--invokes", type=int, default=200)
@@ -178,11 +242,13 @@ def main() -> None:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     print(
         f"batch-1 LiteRT latency, us per invoke (best / median of {args.repeats} x "
-        f"{args.invokes} invokes); accuracy on the {args.data} test digits"
+        f"{args.invokes} invokes); accuracy and agreement with Keras on the {args.data} "
+        f"test digits"
     )
     header = (
-        f"{'model':<10} {'quant':<8} {'form':<8} {'act':<5} {'bytes':>8} {'accuracy':>8} "
-        f"{'Keras':>7} " + " ".join(f"{f'{k} {t}t':>17}" for k, t in timings(args.threads))
+        f"{'model':<10} {'default':<14} {'quant':<8} {'form':<9} {'act':<5} {'bytes':>8} "
+        f"{'accuracy':>8} {'agree':>7} {'Keras':>7} {'runtime':>8} "
+        + " ".join(f"{f'{k} {t}t':>15}" for k, t in timings(args.threads))
     )
     print(header)
     print("-" * len(header))
@@ -190,12 +256,23 @@ def main() -> None:
     for row in _rows(args):
         rows.append(row)
         print(
-            f"{row['model']:<10} {row['quantization']:<8} {row['form']:<8} "
-            f"{row['activations']:<5} {row['bytes']:>8,} {row['accuracy']:>8.2%} "
-            f"{row['keras_accuracy']:>7.2%} "
-            + " ".join(f"{row[f'{k} {t}t']:>17}" for k, t in timings(args.threads)),
+            f"{row['model']:<10} {row['default']:<14} {row['quantization']:<8} "
+            f"{row['form']:<9} {row['activations']:<5} {row['bytes']:>8,} "
+            f"{row['accuracy']:>8.2%} {row['agreement']:>7.2%} {row['keras_accuracy']:>7.2%} "
+            f"{row['runtime']:>8} "
+            + " ".join(f"{_shown(row[f'{k} {t}t']):>15}" for k, t in timings(args.threads)),
             flush=True,
         )
+    print()
+    print("LiteRT's defaults in the runtime's kernels, one thread: int8 / float32 latency")
+    header = (
+        f"{'model':<10} {'float32':<9} {'us':>15} {'int8':<9} {'act':<5} {'us':>15} "
+        f"{'best':>6} {'median':>6}"
+    )
+    print(header)
+    print("-" * len(header))
+    for line in _speedups(rows):
+        print(line)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)

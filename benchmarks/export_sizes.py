@@ -77,6 +77,7 @@ def main() -> None:
                     calibration if quantization == "int8" else None,
                     form=form,
                     activations=activations or "int16",
+                    target="micro",
                 )
                 arena = "-"
                 if quantization in ("none", "int8"):

@@ -163,6 +163,7 @@ def main() -> None:
                     stream=export.stream,
                     form=export.form,
                     activations=export.activations,
+                    target="micro",
                 ).path
                 kernel_sets = ("reference", "cmsis-nn")[: 2 if export.quantization == "int8" else 1]
                 for core in args.cores:

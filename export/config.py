@@ -18,8 +18,30 @@ QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
 # Activations inside an int8 file: int16 (int8 weights, int8 images and logits; see
 # `kerasrnn.export.integer_io`) or int8 throughout.
 INT8_ACTIVATIONS = ("int16", "int8")
+# What an export asks for: one of those, or "auto", the target's choice (`TARGETS`).
+ACTIVATION_CHOICES = ("auto", *INT8_ACTIVATIONS)
+# The runtimes a file is made for, which choose its "auto" graph form and activations:
+# - "litert": LiteRT with XNNPACK (phones, Linux boards; `runtime.Classifier`, `kerasrnn
+#   predict`): every form unrolled (XNNPACK runs the whole unrolled graph as one delegated
+#   piece and none of a WHILE loop's; up to `LITERT_UNROLL_MAX_STEPS` steps for float), int8
+#   activations where they keep `FAST_INT8_AGREEMENT` (XNNPACK has int8 kernels, no int16
+#   ones), else int16;
+# - "micro": TensorFlow Lite Micro: the smallest file and arena, int16 activations (LiteRT
+#   and TFLM give the same bytes), the WHILE loop for float, the fused LSTM op for int8.
+TARGETS = ("litert", "micro")
+# The longest sequence a "litert" float file unrolls; longer ones keep the WHILE loop (a
+# 784-step unrolled graph takes minutes to convert and hundreds of kilobytes).
+LITERT_UNROLL_MAX_STEPS = 64
+# The least top-1 agreement with Keras, on the probes, of a file whose activations "auto"
+# made int8; below it the file is made again with int16 activations, and says why.
+FAST_INT8_AGREEMENT = 0.995
 # Graph forms of `kerasrnn.export.graph.sequence_function`.
 FORMS = ("loop", "unrolled", "fused")
+# The LiteRT kernels that run a file (`runtime.Classifier`, `kerasrnn predict`): "xnnpack"
+# (LiteRT's default delegate, for the operators it takes: the fastest on CPUs, README
+# "Latency on LiteRT"), "builtin" (LiteRT's own kernels only), or "auto": XNNPACK where
+# the child process that loads every file first (`integrity.probe`) ran it, else builtin.
+RUNTIME_KERNELS = ("auto", "xnnpack", "builtin")
 # TFLM runs float32 and full-int8 files; it has no float16 DEQUANTIZE or hybrid kernels.
 MICRO_QUANTIZATIONS = ("none", "int8")
 # Firmware targets: QEMU's MPS2 boards, or the host's g++ (see `export.firmware`).
@@ -35,7 +57,7 @@ FIRMWARE_KERNELS = ("auto", "cmsis-nn", "reference")
 # misread layer agreed on 4.6%). Quantization alone stays above it: the README measures
 # int16 activations at 99.0-99.5%, int8 activations at 96.8-99.1%, IRNNs at 92.4%, and
 # barely trained toy models at 97%; `export_model` flags a written int8 file below 99%.
-QUANTIZED_AGREEMENT = {"int16": 0.9, "int8": 0.9, "dynamic": 0.9}
+QUANTIZED_AGREEMENT = 0.9
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,9 +74,7 @@ class ParityBounds:
     top1_agreement: float | None = None
 
     @classmethod
-    def for_file(
-        cls, quantization: str, activations: str = "int16", min_agreement: float | None = None
-    ) -> ParityBounds:
+    def for_file(cls, quantization: str, min_agreement: float | None = None) -> ParityBounds:
         """The bounds of a file: float32 differs from Keras by round-off (measured 1e-6
         relative; bound 1e-4), float16 weights by about 1e-3 (bound 0.05); quantized files
         keep `QUANTIZED_AGREEMENT` (or `min_agreement`), and a one-output (regression)
@@ -65,8 +85,7 @@ class ParityBounds:
             return cls(1e-4)
         if quantization == "float16":
             return cls(0.05)
-        agreement = QUANTIZED_AGREEMENT["dynamic" if quantization == "dynamic" else activations]
-        return cls(0.1, agreement if min_agreement is None else min_agreement)
+        return cls(0.1, QUANTIZED_AGREEMENT if min_agreement is None else min_agreement)
 
     def failure(self, measured: dict) -> str | None:
         """Why `measured` (see `convert.TfliteFile.parity`) is outside the bounds, or None."""
@@ -94,8 +113,10 @@ class ExportConfig:
     Attributes:
         quantization: one of `QUANTIZATIONS`: "none" (float32), "float16" (weights),
             "dynamic" (int8 weights, float activations) or "int8" (full integer).
-        activations: int8 only: "int16" inside the graph (int8 weights, input and output)
-            or "int8" throughout (see `convert.to_tflite`).
+        activations: int8 only: "int16" inside the graph (int8 weights, input and output),
+            "int8" throughout, or "auto": the target's choice (see `convert.to_tflite`).
+        target: one of `TARGETS`: the runtime the file is made for ("litert": the fastest
+            file that keeps the accuracy in LiteRT with XNNPACK; "micro": TFLM's).
         batch_size: static batch size of the file (1 runs on microcontrollers), or None
             (dynamic; LiteRT only).
         stream: also write the streaming step model next to the file (`NAME.step.tflite`).
@@ -112,7 +133,8 @@ class ExportConfig:
     """
 
     quantization: str = "none"
-    activations: str = "int16"
+    activations: str = "auto"
+    target: str = "litert"
     batch_size: int | None = 1
     stream: bool = False
     micro: bool = True
@@ -123,8 +145,9 @@ class ExportConfig:
 
     def __post_init__(self):
         check_choice("quantization", self.quantization, QUANTIZATIONS)
-        ParityBounds.for_file(self.quantization, self.activations, self.min_agreement)
-        check_choice("activations", self.activations, INT8_ACTIVATIONS)
+        ParityBounds.for_file(self.quantization, self.min_agreement)
+        check_choice("activations", self.activations, ACTIVATION_CHOICES)
+        check_choice("target", self.target, TARGETS)
         check_positive("batch_size", self.batch_size, optional=True, integer=True)
         check_choice("format", self.format, FORMATS)
         if self.format == "saved_model":

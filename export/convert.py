@@ -24,7 +24,15 @@ from kerasrnn.errors import ConfigError, ConversionError
 from kerasrnn.evaluation import load_model
 from kerasrnn.export import flatbuffer, graph, integer_io, model_reader
 from kerasrnn.export.child_process import ChildTimeout, child_main, run_child
-from kerasrnn.export.config import FORMS, INT8_ACTIVATIONS, QUANTIZATIONS, ParityBounds
+from kerasrnn.export.config import (
+    ACTIVATION_CHOICES,
+    FAST_INT8_AGREEMENT,
+    FORMS,
+    LITERT_UNROLL_MAX_STEPS,
+    QUANTIZATIONS,
+    TARGETS,
+    ParityBounds,
+)
 from kerasrnn.export.integrity import is_sealed_model
 from kerasrnn.export.runtime import (
     CLASS_NAMES_METADATA,
@@ -57,6 +65,10 @@ class TfliteFile:
         form: the graph form, e.g. "unrolled, batch 1, int16 activations".
         parity: what the check before writing measured, LiteRT vs Keras on the probes:
             {"probes", "max_abs_diff", "relative_diff", "top1_agreement"}.
+        target: the runtime it was made for (one of `config.TARGETS`).
+        activations: an int8 file's activations ("int8" or "int16"; None for other files
+            and the fused LSTM, which has its own scheme).
+        why: one line: why this form and these activations.
     """
 
     path: str
@@ -66,6 +78,9 @@ class TfliteFile:
     quantization: str
     form: str
     parity: dict
+    target: str = "litert"
+    activations: str | None = None
+    why: str = ""
 
     @property
     def size_ratio(self) -> float:
@@ -74,36 +89,67 @@ class TfliteFile:
 
 
 def choose_form(
-    quantization: str, form: str = "auto", fusable: bool = False, loopable: bool = True
+    quantization: str,
+    form: str = "auto",
+    fusable: bool = False,
+    loopable: bool = True,
+    target: str = "litert",
+    steps: int = 1,
 ) -> str:
     """The graph form of a file.
 
-    "auto" picks the smallest file that runs everywhere and keeps parity: for int8, TFLite's
-    fused LSTM op for models of LSTM layers (`graph.can_fuse`; lstm-32 int8: 11.4 KB vs
-    33.3 KB unrolled); else the WHILE loop (elman-64: 30.0 KB float vs 35.9 KB unrolled)
-    where the model has one (`graph.can_loop`). Float files are not fused: LiteRT's float
-    fused LSTM kernel drifts from Keras (trained LSTM-16 -> Dense(16, relu), 28 steps:
-    2.5e-5 of the largest logit; LSTM-16 over 56 steps: 3.4e-5, vs 5.0e-7 for the loop),
-    and the dynamic-range quantizer leaves the fused op's weights float. `form="fused"`
-    still writes it (its TFLM arena is smaller: LSTM-64 14.2 KB vs 94.0 KB). The int8
-    converter segfaults on the loop (with int8 and int16 activations alike), so int8 files
-    of the other cells are unrolled.
+    "auto" picks, for target "litert", the fastest form: unrolled. XNNPACK runs the whole
+    unrolled graph as one delegated piece, and leaves a WHILE loop to the builtin kernels
+    step by step (64 units, one thread: elman 8.8 us unrolled vs 25.0 us loop, LSTM 39.7
+    vs 52.8, GRU 34.7 vs 47.7; README "Latency on LiteRT"); the fused int8 LSTM has no
+    fast kernel (562 us vs 23.5 us unrolled). Float files of more than
+    `LITERT_UNROLL_MAX_STEPS` steps keep the loop where the model has one.
+
+    For target "micro", the smallest file and TFLM arena that runs everywhere and keeps
+    parity: for int8, TFLite's fused LSTM op for models of LSTM layers (`graph.can_fuse`;
+    lstm-32 int8: 11.4 KB vs 33.3 KB unrolled); else the WHILE loop (elman-64: 30.0 KB
+    float vs 35.9 KB unrolled) where the model has one (`graph.can_loop`). Float files are
+    not fused: LiteRT's float fused LSTM kernel drifts from Keras (trained LSTM-16 ->
+    Dense(16, relu), 28 steps: 2.5e-5 of the largest logit; LSTM-16 over 56 steps: 3.4e-5,
+    vs 5.0e-7 for the loop), and the dynamic-range quantizer leaves the fused op's weights
+    float. `form="fused"` still writes it (its TFLM arena is smaller: LSTM-64 14.2 KB vs
+    94.0 KB). The int8 converter segfaults on the loop (with int8 and int16 activations
+    alike), so int8 files of the other cells are unrolled.
 
     Args:
         fusable, loopable: whether the model has the fused and loop forms (an explicit
             `form` is checked against the model by `graph.check_form`).
+        target: one of `config.TARGETS`.
+        steps: the model's sequence length.
     """
     check_choice("form", form, ("auto", *FORMS))
+    check_choice("target", target, TARGETS)
     if form != "auto":
         return form
+    if target == "litert":
+        long_float = quantization != "int8" and steps > LITERT_UNROLL_MAX_STEPS
+        return "loop" if long_float and loopable else "unrolled"
     if fusable and quantization == "int8":
         return "fused"
     return "unrolled" if quantization == "int8" or not loopable else "loop"
 
 
+def activation_trials(quantization: str, activations: str, target: str, form: str) -> tuple:
+    """The activations an int8 file is made with, in the order they are tried: the first
+    that keeps its bounds is written. "auto": int8, then int16, for target "litert"
+    (XNNPACK has int8 kernels, no int16 ones: elman-64 5.0 us vs 102 us), int16 for
+    "micro". (None,) for files without int8 activations (float, dynamic, the fused LSTM).
+    """
+    if quantization != "int8" or form == "fused":
+        return (None,)
+    if activations != "auto":
+        return (activations,)
+    return ("int8", "int16") if target == "litert" else ("int16",)
+
+
 def _check_arguments(quantization, representative_data, batch_size, activations) -> None:
     check_choice("quantization", quantization, QUANTIZATIONS)
-    check_choice("activations", activations, INT8_ACTIVATIONS)
+    check_choice("activations", activations, ACTIVATION_CHOICES)
     check_positive("batch_size", batch_size, optional=True, integer=True)
     if quantization == "int8" and representative_data is None:
         raise ConfigError(
@@ -120,7 +166,8 @@ def to_tflite(
     batch_size: int | None = 1,
     stream: bool = False,
     form: str = "auto",
-    activations: str = "int16",
+    activations: str = "auto",
+    target: str = "litert",
     class_names: tuple[str, ...] | None = None,
     min_agreement: float | None = None,
     input_range: tuple[float, float] | None = PIXEL_RANGE,
@@ -154,8 +201,13 @@ def to_tflite(
             reset them between sequences, as `runtime.Classifier` does).
         activations: for int8, the activations inside the graph: "int16" (the recurrent
             state keeps 16 bits, so LiteRT and TFLM agree; a streaming file's state is
-            int16) or "int8" (every tensor int8). The fused LSTM op has its own int8
+            int16), "int8" (every tensor int8: XNNPACK's fast kernels) or "auto" (see
+            `activation_trials`: for target "litert", int8 where the file keeps
+            `config.FAST_INT8_AGREEMENT` top-1 agreement with Keras on the probes, else
+            int16, and `TfliteFile.why` says so). The fused LSTM op has its own int8
             scheme (int16 cell state) and ignores this.
+        target: "litert" (LiteRT with XNNPACK: `runtime.Classifier`) or "micro"
+            (TensorFlow Lite Micro): what "auto" form and activations choose for.
         class_names: what each output means, stored in the file (`runtime.Classifier`
             reads them as `class_names`); one per class. Not for a streaming file.
         min_agreement: for "dynamic" and "int8", the top-1 agreement with Keras the file
@@ -184,8 +236,8 @@ def to_tflite(
     check_replaceable(path, "a .tflite", is_sealed_model)
     if class_names is not None and stream:
         raise ConfigError("class_names are stored in whole-sequence classifiers, not stream=True")
-    choose_form(quantization, form)  # checks the argument's spelling
-    bounds = ParityBounds.for_file(quantization, activations, min_agreement)
+    choose_form(quantization, form, target=target)  # checks the arguments' spelling
+    bounds = ParityBounds.for_file(quantization, min_agreement)
     low, high = (-np.inf, np.inf) if input_range is None else map(float, input_range)
     if not low < high:
         raise ConfigError(f"input_range must be (low, high) with low < high, got {input_range}")
@@ -196,7 +248,8 @@ def to_tflite(
             "batch_size": batch_size,
             "stream": stream,
             "form": form,
-            "activations": activations,
+            "activations": None,
+            "fast_agreement": FAST_INT8_AGREEMENT,
             "class_names": None if class_names is None else list(class_names),
             "out": os.path.join(tmp, "out.tflite"),
             "representative": None,
@@ -209,7 +262,8 @@ def to_tflite(
                 model = load_model(model)
             # a model this package cannot rebuild fails here, not in the child
             read = model_reader.read_model(model)
-            job["form"] = _form(read, quantization, form, batch_size, stream)
+            job["form"] = _form(read, quantization, form, batch_size, stream, target)
+            job["activations"] = activation_trials(quantization, activations, target, job["form"])
             if class_names is not None and len(class_names) != read.outputs:
                 raise ConfigError(
                     f"class_names must name each of the model's {read.outputs} classes, got "
@@ -234,12 +288,12 @@ def to_tflite(
             f"the converted graph needs non-builtin ops {foreign}; nothing was written to {path}"
         )
     atomic_write(path, content)
-    form = info["form"]
-    shape = "streaming step" if stream else _FORM_NAMES[form]
+    written, chosen = info["form"], info["activations"]
+    shape = "streaming step" if stream else _FORM_NAMES[written]
     batch = f"batch {batch_size}" if batch_size else "dynamic batch"
     inside = ""
     if quantization == "int8":
-        inside = ", int16 cell state" if form == "fused" else f", {activations} activations"
+        inside = ", int16 cell state" if written == "fused" else f", {chosen} activations"
     return TfliteFile(
         path,
         len(content),
@@ -248,10 +302,13 @@ def to_tflite(
         quantization,
         f"{shape}, {batch}{inside}",
         info["parity"],
+        target,
+        chosen,
+        _why(target, form, activations, stream, {**info, "fast_agreement": job["fast_agreement"]}),
     )
 
 
-def _form(read, quantization: str, form: str, batch_size, stream: bool) -> str:
+def _form(read, quantization: str, form: str, batch_size, stream: bool, target: str) -> str:
     """The form the child writes (see `choose_form`); refuses a stream the model has not,
     and an int8 file of a masked model."""
     masks = [n for n, s in zip(read.names, read.stages) if isinstance(s, model_reader.Mask)]
@@ -265,7 +322,45 @@ def _form(read, quantization: str, form: str, batch_size, stream: bool) -> str:
         return "unrolled"  # the step function: one step of each layer
     if form != "auto":
         graph.check_form(read, form, batch_size)
-    return choose_form(quantization, form, graph.can_fuse(read, batch_size), graph.can_loop(read))
+    return choose_form(
+        quantization,
+        form,
+        graph.can_fuse(read, batch_size),
+        graph.can_loop(read),
+        target,
+        read.input_shape[0],
+    )
+
+
+_RUNTIMES = {"litert": "LiteRT with XNNPACK", "micro": "TensorFlow Lite Micro"}
+
+
+def _why(target: str, form_asked: str, activations_asked: str, stream: bool, info: dict) -> str:
+    """One line: why a written file has its form and activations (`TfliteFile.why`)."""
+    if stream:
+        reasons = ["one step of every layer, for streaming"]
+    elif form_asked != "auto":
+        reasons = [f"{_FORM_NAMES[info['form']]}: as asked"]
+    else:
+        best = "fastest" if target == "litert" else "smallest"
+        reasons = [f"{_FORM_NAMES[info['form']]}: the {best} form for {_RUNTIMES[target]}"]
+    chosen, agreement = info["activations"], info["parity"]["top1_agreement"]
+    if chosen is None:
+        pass
+    elif activations_asked != "auto":
+        reasons.append(f"{chosen} activations: as asked")
+    elif info["rejected"] is not None:
+        reasons.append(
+            f"int16 activations: int8 ones agreed with Keras on {info['rejected']:.1%} of "
+            f"the probes, below {info['fast_agreement']:.1%} (XNNPACK has no int16 kernels: "
+            f"slower)"
+        )
+    elif chosen == "int8":
+        kept = "" if agreement is None else f", {agreement:.1%} top-1 agreement with Keras"
+        reasons.append(f"int8 activations: XNNPACK's kernels{kept}")
+    else:
+        reasons.append("int16 activations: TFLM and LiteRT give the same bytes")
+    return "; ".join(reasons)
 
 
 def _representative(data, input_shape: tuple[int, int], input_range) -> np.ndarray:
@@ -320,21 +415,58 @@ def _run_child(job: dict) -> dict:
 
 
 def _convert(job: dict) -> dict:
-    """The child process: build the graph, convert, slim, write `job["out"]`.
+    """The child process: build the graph, convert, slim, check; write `job["out"]`.
+
+    `job["activations"]` lists the activations to try (`activation_trials`): each but the
+    last must keep `job["fast_agreement"]` (`FAST_INT8_AGREEMENT`) on the probes, the last
+    `job["bounds"]`.
 
     Returns:
-        {"parameters": int, "form": str, "parity": `_parity`'s measures}.
+        {"parameters": int, "form": str, "activations": the ones written (or None),
+        "parity": `_parity`'s measures, "rejected": the top-1 agreement of the
+        activations tried and passed over (or None)}.
 
     Raises:
         ConversionError: the file does not compute what the Keras model does.
     """
     model = load_model(job["model"])
     weights = model_reader.read_model(model)
-    quantization, form = job["quantization"], job["form"]
     if job["stream"]:
         function = graph.step_function(weights)
     else:
-        function = graph.sequence_function(weights, job["batch_size"], form)
+        function = graph.sequence_function(weights, job["batch_size"], job["form"])
+    rejected = None
+    for k, activations in enumerate(job["activations"]):
+        content = _converted(job, weights, function, activations)
+        parity = _parity(content, model, weights, job)
+        last = k == len(job["activations"]) - 1
+        fast = {**job["bounds"], "top1_agreement": job["fast_agreement"]}
+        bounds = job["bounds"] if last else fast
+        failure = ParityBounds(**bounds).failure(parity)
+        if failure is None:
+            break
+        if last:
+            raise ConversionError(
+                f"the converted file does not compute what the Keras model does on "
+                f"{parity['probes']} probe sequences: {failure}; nothing was written"
+            )
+        rejected = parity["top1_agreement"]
+    with open(job["out"], "wb") as f:
+        f.write(content)
+    return {
+        "parameters": int(model.count_params()),
+        "form": job["form"],
+        "activations": activations,
+        "parity": parity,
+        "rejected": rejected,
+    }
+
+
+def _converted(job: dict, weights, function, activations: str | None) -> bytes:
+    """The file's bytes: `function` converted as `job` asks (int8 with `activations`),
+    slimmed and sealed, and loaded and run once by LiteRT (a file it rejects or aborts on
+    fails the conversion, not a later caller)."""
+    quantization, form = job["quantization"], job["form"]
     if form == "fused":  # the converter fuses marked functions only on this (newer) path
         holder = tf.Module()
         holder.function = function
@@ -346,7 +478,7 @@ def _convert(job: dict) -> dict:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if quantization == "float16":
         converter.target_spec.supported_types = [tf.float16]
-    int16_inside = quantization == "int8" and job["activations"] == "int16" and form != "fused"
+    int16_inside = activations == "int16"
     if quantization == "int8":
         images = np.load(job["representative"])
         converter.representative_dataset = _calibration(weights, function, images, job)
@@ -373,13 +505,8 @@ def _convert(job: dict) -> dict:
     if tuple(job["input_range"]) != PIXEL_RANGE:
         metadata[INPUT_RANGE_METADATA] = np.array(job["input_range"], np.float32).tobytes()
     content = flatbuffer.seal(flatbuffer.slim(content, metadata, outputs))
-    # LiteRT loads and runs it once here: a file it rejects or aborts on fails the
-    # conversion, not a later caller.
     check_loads(content)
-    parity = _parity(content, model, weights, job)
-    with open(job["out"], "wb") as f:
-        f.write(content)
-    return {"parameters": int(model.count_params()), "form": form, "parity": parity}
+    return content
 
 
 def _probes(weights: model_reader.ModelGraph, job: dict) -> np.ndarray:
@@ -402,15 +529,11 @@ def _probes(weights: model_reader.ModelGraph, job: dict) -> np.ndarray:
 
 
 def _parity(content: bytes, model, weights: model_reader.ModelGraph, job: dict) -> dict:
-    """Runs the file in LiteRT beside the Keras model on `_probes`; refuses a file outside
-    `job["bounds"]` (a `ParityBounds`).
+    """Runs the file in LiteRT beside the Keras model on `_probes`.
 
     Returns:
         {"probes": n, "max_abs_diff", "relative_diff" (over the largest |Keras output|),
-        "top1_agreement" (None for one output)}.
-
-    Raises:
-        ConversionError: the file is outside its bounds (the message gives both numbers).
+        "top1_agreement" (None for one output)}, what `ParityBounds.failure` reads.
     """
     probes = _probes(weights, job)
     expected = model.predict(probes, verbose=0, batch_size=256)
@@ -432,7 +555,7 @@ def _parity(content: bytes, model, weights: model_reader.ModelGraph, job: dict) 
         )[: len(probes)]
     diff = float(np.abs(got - expected).max())
     scale = float(np.abs(expected).max()) or 1.0
-    measured = {
+    return {
         "probes": len(probes),
         "max_abs_diff": diff,
         "relative_diff": diff / scale,
@@ -440,13 +563,6 @@ def _parity(content: bytes, model, weights: model_reader.ModelGraph, job: dict) 
             float((got.argmax(-1) == expected.argmax(-1)).mean()) if got.shape[-1] > 1 else None
         ),
     }
-    failure = ParityBounds(**job["bounds"]).failure(measured)
-    if failure:
-        raise ConversionError(
-            f"the converted file does not compute what the Keras model does on "
-            f"{len(probes)} probe sequences: {failure}; nothing was written"
-        )
-    return measured
 
 
 def _calibration(weights: model_reader.ModelGraph, function, images: np.ndarray, job: dict):

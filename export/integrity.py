@@ -45,16 +45,20 @@ _DTYPES = {
     if name.isupper() and hasattr(np, name.lower())
 }
 _TENSOR_TYPES = {v for k, v in vars(schema.TensorType).items() if k.isupper()}
-# A child process that loads and runs a file once, as `check_loads` does (see `probe`).
+# A child process that loads and runs a file once with LiteRT's builtin kernels, then with
+# its XNNPACK delegate, as `check_loads` does, saying which ran (see `probe`).
 _PROBE = (
     "import sys; from kerasrnn.export.runtime import check_loads; "
-    "check_loads(sys.stdin.buffer.read())"
+    "content = sys.stdin.buffer.read(); "
+    "check_loads(content, 'builtin'); print('builtin', flush=True); "
+    "check_loads(content, 'xnnpack'); print('xnnpack', flush=True)"
 )
 _PROBE_TIMEOUT_S = 60
 # The largest file `read_model_file` reads (2 GiB is TFLite's own limit).
 MAX_MODEL_BYTES = 256 * 1024 * 1024
-# The SHA-256 of every file content that passed `check_model` and `probe` in this process.
-_CHECKED: set[bytes] = set()
+# The SHA-256 of every file content that passed `check_model` and `probe` in this process
+# -> why XNNPACK cannot run it, or None where it ran (see `xnnpack_failure`).
+_CHECKED: dict[bytes, str | None] = {}
 
 logger = logging.getLogger(__name__)
 
@@ -314,22 +318,38 @@ def read_checked(path: str) -> tuple[bytes, str | None]:
             "(files from `kerasrnn export` carry one)",
             path,
         )
+    xnnpack_failure(content, path)
+    return content, digest
+
+
+def xnnpack_failure(content: bytes, path: str) -> str | None:
+    """Why LiteRT's XNNPACK delegate cannot run a model, or None where it ran: checks the
+    model (`check_model`) and probes it in a child (`probe`) once per content and process.
+
+    Raises:
+        ModelFileError: the model fails the structural check, or LiteRT's builtin kernels
+            cannot load and run it.
+    """
     key = hashlib.sha256(content).digest()
     if key not in _CHECKED:
         try:
             check_model(schema.ModelT.InitFromPackedBuf(content, 0), len(content))
         except MALFORMED as e:
             raise ModelFileError(f"{path}: invalid or truncated TFLite model ({e})") from None
-        probe(content, path)
-        _CHECKED.add(key)
-    return content, digest
+        _CHECKED[key] = probe(content, path)
+    return _CHECKED[key]
 
 
-def probe(content: bytes, path: str) -> None:
-    """Loads and runs a model once in a child process, where a LiteRT abort costs nothing.
+def probe(content: bytes, path: str) -> str | None:
+    """Loads and runs a model once in a child process, where a LiteRT abort costs nothing:
+    with LiteRT's builtin kernels, then with its XNNPACK delegate.
+
+    Returns:
+        None where XNNPACK ran it too, else why not (one line: the error, or the signal
+        that ended the child).
 
     Raises:
-        ModelFileError: the child failed, crashed or hung.
+        ModelFileError: the builtin kernels failed, crashed or hung on it.
     """
     # The child sees this process's import path, wherever kerasrnn was found.
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
@@ -342,15 +362,21 @@ def probe(content: bytes, path: str) -> None:
             timeout=_PROBE_TIMEOUT_S,
             check=False,
         )
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired as e:
+        if b"builtin" in (e.stdout or b"").split():
+            return f"it did not load and run within {_PROBE_TIMEOUT_S} s"
         raise ModelFileError(
             f"{path}: LiteRT did not load and run it within {_PROBE_TIMEOUT_S} s"
         ) from None
+    ran = child.stdout.split()
     if child.returncode < 0:
-        raise ModelFileError(
-            f"{path}: invalid TFLite model: LiteRT crashed on it "
-            f"(signal {-child.returncode}: {signal.strsignal(-child.returncode)})"
-        )
-    if child.returncode:
-        lines = child.stderr.decode(errors="replace").strip().splitlines()
+        ending = f"signal {-child.returncode}: {signal.strsignal(-child.returncode)}"
+        if b"builtin" in ran:
+            return f"it crashed LiteRT ({ending})"
+        raise ModelFileError(f"{path}: invalid TFLite model: LiteRT crashed on it ({ending})")
+    lines = child.stderr.decode(errors="replace").strip().splitlines()
+    if b"builtin" not in ran:
         raise ModelFileError(f"{path}: invalid TFLite model ({lines[-1] if lines else ''})")
+    if b"xnnpack" not in ran:
+        return lines[-1] if lines else f"the check ended with status {child.returncode}"
+    return None

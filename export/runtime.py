@@ -15,18 +15,25 @@ A damaged file is refused with a `ModelFileError` naming it, never believed and 
 crash (see `kerasrnn.export.integrity`: the digest, the structural check and the child
 process that every file is loaded in first). Logits that are not finite are
 an error, never a prediction.
+
+Kernels (`config.RUNTIME_KERNELS`): LiteRT's XNNPACK delegate where the child process
+ran the file with it, else LiteRT's builtin kernels ("auto", the default); or either one
+by name.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
+from kerasrnn.config import check_choice, check_positive
 from kerasrnn.errors import InputError, ModelFileError
-from kerasrnn.export.integrity import check_model, read_checked
+from kerasrnn.export.config import RUNTIME_KERNELS
+from kerasrnn.export.integrity import check_model, read_checked, xnnpack_failure
 
 # The metadata entry of a streaming file that holds its initial state (float32 [state]).
 INITIAL_STATE_METADATA = "kerasrnn.initial_state"
@@ -37,35 +44,49 @@ CLASS_NAMES_METADATA = "kerasrnn.class_names"
 # other data than pixels ((-inf, inf): any finite values); a file without it takes pixels.
 INPUT_RANGE_METADATA = "kerasrnn.input_range"
 PIXEL_RANGE = (0.0, 1.0)
+_RESOLVERS = {
+    "builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+    "xnnpack": OpResolverType.AUTO,
+}
+log = logging.getLogger(__name__)
 
 
-def _interpreter(content: bytes) -> Interpreter:
+def _interpreter(content: bytes, kernels: str = "builtin", threads: int = 1) -> Interpreter:
     """A LiteRT interpreter over `content`, its tensors allocated.
 
-    LiteRT's own kernels, not the XNNPACK delegate: XNNPACK aborts the process on some
-    valid int8 graphs, and these are the kernels `kerasrnn export` verified.
+    Args:
+        kernels: "builtin" or "xnnpack" (see `config.RUNTIME_KERNELS`).
+        threads: the interpreter's threads (one gives the lowest batch-1 latency here).
     """
     interpreter = Interpreter(
         model_content=content,
-        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+        experimental_op_resolver_type=_RESOLVERS[kernels],
+        num_threads=threads,
     )
     interpreter.allocate_tensors()
     return interpreter
 
 
-def check_loads(content: bytes) -> None:
+def delegated(interpreter: Interpreter) -> bool:
+    """Whether a delegate (XNNPACK) runs any of the interpreter's operators: it takes none
+    of a file whose tensors are all int16, say."""
+    return any(op["op_name"] == "DELEGATE" for op in interpreter._get_ops_details())
+
+
+def check_loads(content: bytes, kernels: str = "builtin") -> None:
     """Checks a model (`check_model`), then loads and runs it once on zeros, as a device
     would (used on freshly converted files, and in `integrity.probe`'s child process).
 
     Args:
         content: the model's bytes.
+        kernels: "builtin" or "xnnpack" (see `config.RUNTIME_KERNELS`).
 
     Raises:
         ValueError: the model is malformed, or LiteRT rejects it.
         RuntimeError: LiteRT cannot allocate or run it.
     """
     check_model(schema.ModelT.InitFromPackedBuf(content, 0), len(content))
-    _interpreter(content).invoke()
+    _interpreter(content, kernels).invoke()
 
 
 class Invoker:
@@ -102,21 +123,43 @@ class Invoker:
         }
 
 
-def _load(path: str) -> tuple[bytes, Interpreter]:
+def _load(path: str, kernels: str, threads: int) -> tuple[bytes, Interpreter, str]:
     """Reads and checks a model file (`integrity.read_checked`), then builds its interpreter.
 
+    Args:
+        kernels: one of `config.RUNTIME_KERNELS`.
+        threads: the interpreter's threads (a positive integer).
+
     Returns:
-        (the file's bytes, its interpreter with tensors allocated).
+        (the file's bytes, its interpreter with tensors allocated, the kernels that run it:
+        "xnnpack" where the delegate takes any of its operators, else "builtin").
 
     Raises:
-        ModelFileError: the file is missing, damaged or changed, or LiteRT cannot load it.
+        ConfigError: `kernels` or `threads` is not one of the choices.
+        ModelFileError: the file is missing, damaged or changed, LiteRT cannot load it, or
+            `kernels="xnnpack"` and XNNPACK cannot run it (the reason).
     """
+    check_choice("kernels", kernels, RUNTIME_KERNELS)
+    check_positive("threads", threads, integer=True)
     content, _ = read_checked(path)
+    if kernels != "builtin":
+        failure = xnnpack_failure(content, path)
+        if failure is not None and kernels == "xnnpack":
+            raise ModelFileError(
+                f"{path}: XNNPACK cannot run it ({failure}); use kernels='builtin'"
+            )
+        if failure is not None:
+            log.warning(
+                "%s: XNNPACK cannot run it (%s); running it with LiteRT's builtin kernels",
+                path,
+                failure,
+            )
+        kernels = "builtin" if failure is not None else "xnnpack"
     try:
-        interpreter = _interpreter(content)
+        interpreter = _interpreter(content, kernels, threads)
     except (ValueError, RuntimeError) as e:
         raise ModelFileError(f"{path}: invalid or truncated TFLite model ({e})") from None
-    return content, interpreter
+    return content, interpreter, "xnnpack" if delegated(interpreter) else "builtin"
 
 
 def _invoke(interpreter: Interpreter, path: str) -> None:
@@ -228,15 +271,24 @@ class Classifier:
 
     Args:
         path: the .tflite file (float32, float16, dynamic or int8).
+        kernels: one of `config.RUNTIME_KERNELS` ("auto": XNNPACK where it runs the file,
+            else LiteRT's builtin kernels, with a warning naming why).
+        threads: the interpreter's threads (one gives the lowest batch-1 latency on the
+            models measured in the README).
+
+    Attributes:
+        kernels: the kernels that run it: "xnnpack" where the delegate takes any of its
+            operators (it takes none of an int16-activation file), else "builtin".
 
     Raises:
+        ConfigError: `kernels` or `threads` is not one of the choices.
         ModelFileError: the file is missing, damaged, changed since export, or not a
-            classifier LiteRT can run.
+            classifier LiteRT can run (or XNNPACK cannot, with `kernels="xnnpack"`).
     """
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, kernels: str = "auto", threads: int = 1):
         self.path = path
-        content, self._interpreter = _load(path)
+        content, self._interpreter, self.kernels = _load(path, kernels, threads)
         inputs, outputs = (
             self._interpreter.get_input_details(),
             self._interpreter.get_output_details(),
@@ -361,14 +413,15 @@ class Stream:
 
     Args:
         path: a step .tflite (`kerasrnn export --stream`), float32 or int8.
+        kernels, threads: see `Classifier`.
 
     Raises:
-        ModelFileError: see `Classifier`.
+        ConfigError, ModelFileError: see `Classifier`.
     """
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, kernels: str = "auto", threads: int = 1):
         self.path = path
-        content, self._interpreter = _load(path)
+        content, self._interpreter, self.kernels = _load(path, kernels, threads)
         inputs = {d["name"]: d for d in self._interpreter.get_input_details()}
         outputs = {d["name"]: d for d in self._interpreter.get_output_details()}
         if set(inputs) != {"row", "state"} or set(outputs) != {"logits", "state"}:

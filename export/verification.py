@@ -37,7 +37,12 @@ def _arrays(dataset) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclasses.dataclass
 class Report:
-    """A verification report (see `verify`); `as_dict()` is what gets saved as JSON."""
+    """A verification report (see `verify`); `as_dict()` is what gets saved as JSON.
+
+    `kernels` names the LiteRT kernels that ran the file (`runtime.Classifier.kernels`);
+    `form` and `why`, set by `workflow.export_model`, what the file is and why
+    (`convert.TfliteFile`).
+    """
 
     tflite_path: str
     size_bytes: int
@@ -48,13 +53,17 @@ class Report:
     keras_accuracy: float | None
     tflite_accuracy: float | None
     micro: dict | None = None
+    kernels: str | None = None
+    form: str | None = None
+    why: str | None = None
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def is_report(cls, path: str) -> bool:
-        """Whether a file is a saved report: a JSON object with every field of `Report`."""
+        """Whether a file is a saved report: a JSON object with every field of `Report` that
+        has no default (reports written before the others existed are reports too)."""
         if os.path.getsize(path) > _MAX_REPORT_BYTES:
             return False
         try:
@@ -62,7 +71,9 @@ class Report:
                 saved = json.load(f)
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             return False
-        fields = {field.name for field in dataclasses.fields(cls)}
+        fields = {
+            field.name for field in dataclasses.fields(cls) if field.default is dataclasses.MISSING
+        }
         return isinstance(saved, dict) and fields <= saved.keys()
 
     def table(self) -> str:
@@ -70,7 +81,10 @@ class Report:
         rows = [
             ("file", self.tflite_path),
             ("size", f"{self.size_bytes:,} bytes"),
+            *([("form", self.form)] if self.form else []),
+            *([("why", self.why)] if self.why else []),
             ("operators", ", ".join(self.operators)),
+            *([("LiteRT kernels", self.kernels)] if self.kernels else []),
             ("examples", str(self.examples)),
             ("max |logit diff| vs Keras", f"{self.max_abs_logit_diff:.3g}"),
             ("top-1 agreement with Keras", f"{self.top1_agreement:.2%}"),
@@ -112,7 +126,8 @@ def verify(
     """Runs a .tflite file and its Keras model on the same digits and compares them.
 
     Args:
-        tflite_path: the exported file (run with the LiteRT runtime, `Classifier`).
+        tflite_path: the exported file (run with the LiteRT runtime, `Classifier`, on the
+            kernels it chooses: XNNPACK where it runs the file).
         keras_model: the Keras classifier (or its .keras path).
         dataset: a `tf.data.Dataset` of (x, y) batches, or (inputs, labels) arrays; float
             targets (regression) report no accuracy.
@@ -140,6 +155,7 @@ def verify(
         top1_agreement=float((tflite_logits.argmax(-1) == keras_logits.argmax(-1)).mean()),
         keras_accuracy=_accuracy(keras_logits, labels),
         tflite_accuracy=_accuracy(tflite_logits, labels),
+        kernels=classifier.kernels,
     )
     if micro:
         report.micro = _micro_report(

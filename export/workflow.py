@@ -87,7 +87,7 @@ def export_model(
         else "",
     )
     options = {
-        "activations": config.activations,
+        "target": config.target,
         "min_agreement": config.min_agreement,
         "input_range": input_range,
         "per_channel": config.per_channel,
@@ -109,6 +109,7 @@ def export_model(
             config.quantization,
             calibration,
             config.batch_size,
+            activations=config.activations,
             class_names=class_names,
             **options,
         )
@@ -126,7 +127,7 @@ def export_model(
         if os.path.lexists(staged):
             os.remove(staged)
     written = dataclasses.replace(written, path=out_path)
-    report.tflite_path = out_path
+    report.tflite_path, report.form, report.why = out_path, written.form, written.why
     write_json(_outputs(out_path, config)["report"], report.as_dict())
     _warn_about(written, report)
     extras = {}
@@ -139,6 +140,9 @@ def export_model(
             "int8" if config.quantization == "int8" else "none",
             calibration,
             stream=True,
+            # the whole-sequence file's, which the test data verified (fused: the int16
+            # activations of its cell state)
+            activations=written.activations or "int16",
             **options,
         )
     if config.c_array:
@@ -176,9 +180,7 @@ def _data(model, config: ExportConfig, data_config: DataConfig, sequences: Seque
 def _refuse_disagreement(out_path: str, written: TfliteFile, report: Report, config) -> None:
     """Raises `ConversionError` when a quantized classifier's top-1 agreement with Keras
     on the test data is below its `ParityBounds`."""
-    bound = ParityBounds.for_file(
-        written.quantization, config.activations, config.min_agreement
-    ).top1_agreement
+    bound = ParityBounds.for_file(written.quantization, config.min_agreement).top1_agreement
     if bound is not None and report.keras_accuracy is not None and report.top1_agreement < bound:
         raise ConversionError(
             f"the {written.quantization} file agrees with Keras on {report.top1_agreement:.1%} "

@@ -21,10 +21,12 @@ from kerasrnn.cell_kinds import CELL_KINDS
 from kerasrnn.config import DataConfig, ModelConfig, TrainConfig, TuneConfig
 from kerasrnn.errors import ConfigError, KerasRnnError
 from kerasrnn.export.config import (
+    ACTIVATION_CHOICES,
     FIRMWARE_KERNELS,
     FIRMWARE_TARGETS,
-    INT8_ACTIVATIONS,
     QUANTIZATIONS,
+    RUNTIME_KERNELS,
+    TARGETS,
     ExportConfig,
     FirmwareConfig,
 )
@@ -331,6 +333,7 @@ def cmd_run(args) -> None:
         args.out,
         resume=args.resume,
         firmware=firmware,
+        target=args.target,
     )
     _say(summary_table(summary))
 
@@ -341,6 +344,7 @@ def cmd_export(args) -> None:
     export_config = ExportConfig(
         quantization=args.quantize,
         activations=args.activations,
+        target=args.target,
         batch_size=None if args.dynamic_batch else 1,
         stream=args.stream,
         micro=not args.no_micro,
@@ -365,6 +369,7 @@ def cmd_export(args) -> None:
         f"wrote {written.path}: {written.size_bytes:,} bytes, {written.size_ratio:.2f}x the "
         f"{written.parameter_bytes:,} bytes of float32 parameters ({written.form})"
     )
+    _say(f"why: {written.why}")
     _say(report.table())
     for kind, paths in extras.items():
         _say(f"{kind}: {paths if isinstance(paths, str) else ', '.join(paths)}")
@@ -403,7 +408,7 @@ def cmd_predict(args) -> None:
             "pip install ai-edge-litert"
         ) from None
 
-    classifier = Classifier(args.model)
+    classifier = Classifier(args.model, kernels=args.kernels)
     logits = classifier.predict(load_images(args.images))
     probabilities = np.exp(logits - logits.max(-1, keepdims=True))
     probabilities /= probabilities.sum(-1, keepdims=True)
@@ -505,6 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.path.join("..", "shared", "tflm"),
         help="the TFLM source tree for --firmware",
     )
+    _add_target_flag(p)
     p.set_defaults(func=cmd_run)
 
     p = commands.add_parser(
@@ -535,12 +541,14 @@ def build_parser() -> argparse.ArgumentParser:
         choices=QUANTIZATIONS,
         help="none: float32; float16 weights; dynamic: int8 weights; int8: full integer",
     )
+    _add_target_flag(p)
     p.add_argument(
         "--activations",
         default=_default(ExportConfig, "activations"),
-        choices=INT8_ACTIVATIONS,
+        choices=ACTIVATION_CHOICES,
         help="int8 only: activations inside the graph (int16: LiteRT and TFLM agree; "
-        "int8: every tensor int8)",
+        "int8: every tensor int8, XNNPACK's fast kernels; auto: the target's choice) "
+        "(default: auto)",
     )
     p.add_argument(
         "--out", required=True, help="the .tflite file to write (saved_model: the folder)"
@@ -721,8 +729,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("predict", help="classify digits with a .tflite (LiteRT only)")
     p.add_argument("model", help="a .tflite file from `kerasrnn export`")
     p.add_argument("images", help="images.npy ([n, 28, 28] or [28, 28]) or a digit .png")
+    p.add_argument(
+        "--kernels",
+        default="auto",
+        choices=RUNTIME_KERNELS,
+        help="LiteRT's kernels: auto (XNNPACK where it runs the file, else builtin), "
+        "xnnpack, builtin (default: auto)",
+    )
     p.set_defaults(func=cmd_predict, tensorflow=False)
     return parser
+
+
+def _add_target_flag(p) -> None:
+    p.add_argument(
+        "--target",
+        default=_default(ExportConfig, "target"),
+        choices=TARGETS,
+        help="the runtime the .tflite files are made for: litert (LiteRT with XNNPACK, "
+        "`kerasrnn predict`: the fastest file that keeps the accuracy, unrolled, int8 "
+        "activations where they agree with Keras on 99.5%% of the probes) or micro "
+        "(TensorFlow Lite Micro: the smallest file and arena, int16 activations, the "
+        "fused LSTM) (default: litert)",
+    )
 
 
 def _import_tensorflow_quietly() -> None:

@@ -29,10 +29,12 @@ def run(
     out_dir: str,
     resume: bool = False,
     firmware: FirmwareConfig | None = None,
+    target: str = "litert",
 ) -> dict:
     """Trains into `out_dir`, then exports and verifies `model.tflite` (float32) and
-    `model_int8.tflite` (full integer, with its streaming model and C array), and with
-    `firmware` builds and runs the int8 file as firmware (`out_dir/firmware-TARGET`).
+    `model_int8.tflite` (full integer, with its streaming model and C array), both made
+    for `target` (see `ExportConfig.target`), and with `firmware` builds and runs the int8
+    file as firmware (`out_dir/firmware-TARGET`).
 
     Returns:
         The summary also written to `out_dir/pipeline.json`: test accuracy, per exported
@@ -49,14 +51,16 @@ def run(
     }
     model_path = os.path.join(result.run_dir, "model.keras")
     for name, config in (
-        ("model.tflite", ExportConfig("none")),
-        ("model_int8.tflite", ExportConfig("int8", stream=True, c_array=True)),
+        ("model.tflite", ExportConfig("none", target=target)),
+        ("model_int8.tflite", ExportConfig("int8", target=target, stream=True, c_array=True)),
     ):
         written, report, extras = export_model(
             model_path, os.path.join(result.run_dir, name), config, data_config
         )
         summary["exports"][name] = {
             "quantization": written.quantization,
+            "form": written.form,
+            "why": written.why,
             "size_bytes": written.size_bytes,
             "size_ratio": round(written.size_ratio, 3),
             "operators": list(written.operators),
@@ -124,6 +128,7 @@ def summary_table(summary: dict) -> str:
             f"{e['max_abs_logit_diff']:>10.3g} {micro.get('arena_bytes', 0):>11,} "
             f"{micro.get('top1_agreement', 0):>11.2%}"
         )
+    lines += [f"{name}: {e['form']} ({e['why']})" for name, e in summary["exports"].items()]
     firmware = summary.get("firmware")
     if firmware:
         exact = {a["reference"]: f"{a['exact']}/{a['digits']}" for a in firmware["agreement"]}

@@ -66,6 +66,12 @@ def test_the_device_side_imports_only_numpy_litert_and_the_standard_library(modu
     assert roots <= stdlib | {"numpy", "ai_edge_litert", "kerasrnn"}
     ours = {m for m in imported if m.startswith("kerasrnn") and "errors" not in m}
     assert ours <= {
+        # the configuration's vocabulary: the standard library only
+        "kerasrnn.config",
+        "kerasrnn.config.check_choice",
+        "kerasrnn.config.check_positive",
+        "kerasrnn.export.config",
+        "kerasrnn.export.config.RUNTIME_KERNELS",
         "kerasrnn.export.integrity",
         *(
             f"kerasrnn.export.integrity.{name}"
@@ -76,6 +82,7 @@ def test_the_device_side_imports_only_numpy_litert_and_the_standard_library(modu
                 "read_checked",
                 "read_model_file",
                 "verify_digest",
+                "xnnpack_failure",
             )
         ),
     }

@@ -34,18 +34,19 @@ SAMPLE = DataConfig(source="sample", max_examples=100)
 
 @pytest.fixture(scope="module")
 def exports(sample_runs, tmp_path_factory):
-    """Two exports of the session's elman-64 into one folder, as `kerasrnn export` makes
-    them: int8 with its streaming step model, and float32, each with --c-array."""
+    """Two exports of the session's elman-64 into one folder, as `kerasrnn export --target
+    micro` makes them: int8 with its streaming step model, and float32, each with
+    --c-array."""
     folder = tmp_path_factory.mktemp("c_arrays")
     model = os.path.join(sample_runs["elman"].run_dir, "model.keras")
     int8 = export_model(
         model,
         str(folder / "elman64_int8.tflite"),
-        ExportConfig("int8", stream=True, c_array=True),
+        ExportConfig("int8", target="micro", stream=True, c_array=True),
         SAMPLE,
     )
     float32 = export_model(
-        model, str(folder / "elman64.tflite"), ExportConfig(c_array=True), SAMPLE
+        model, str(folder / "elman64.tflite"), ExportConfig(target="micro", c_array=True), SAMPLE
     )
     return {"folder": folder, "int8": int8, "float32": float32}
 

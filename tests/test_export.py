@@ -2,6 +2,7 @@
 Keras, LiteRT and TensorFlow Lite Micro on the bundled sample's test digits."""
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -128,15 +129,9 @@ def test_int8_file_keeps_int16_activations_inside(exported, kind):
         assert "int16 activations" in exported[kind, "int8"].form
 
 
-def test_all_int8_activations_run_in_micro(trained_models, test_digits, calibration, tmp_path):
+def test_all_int8_activations_run_in_micro(exported, trained_models, test_digits):
     images, labels = test_digits
-    written = convert.to_tflite(
-        trained_models["elman"],
-        str(tmp_path / "a8.tflite"),
-        "int8",
-        calibration,
-        activations="int8",
-    )
+    written = exported["elman", "int8 activations"]
     types = _tensor_types(written.path)
     assert types["activations"] == {"INT8"} and "int8 activations" in written.form
     litert = Classifier(written.path).predict(images)
@@ -146,6 +141,59 @@ def test_all_int8_activations_run_in_micro(trained_models, test_digits, calibrat
     # int8 kernels round differently in LiteRT and TFLM, and the int8 state carries it
     # (measured 98.2-99.5% agreement; README "int8 activations")
     assert (micro.logits.argmax(1) == litert.argmax(1)).mean() >= 0.97
+
+
+@pytest.mark.parametrize(
+    "quantization, fusable, loopable, target, steps, form",
+    [
+        ("none", False, True, "litert", 28, "unrolled"),
+        ("int8", True, True, "litert", 28, "unrolled"),  # the fused int8 LSTM is slow
+        ("none", False, True, "litert", 784, "loop"),
+        ("none", False, False, "litert", 784, "unrolled"),
+        ("int8", False, True, "litert", 784, "unrolled"),  # the int8 converter cannot loop
+        ("none", False, True, "micro", 28, "loop"),
+        ("int8", True, True, "micro", 28, "fused"),
+        ("int8", False, True, "micro", 28, "unrolled"),
+    ],
+)
+def test_auto_form_is_the_fastest_for_litert_and_the_smallest_for_micro(
+    quantization, fusable, loopable, target, steps, form
+):
+    assert convert.choose_form(quantization, "auto", fusable, loopable, target, steps) == form
+    assert convert.choose_form(quantization, "unrolled", fusable, loopable, target) == "unrolled"
+
+
+def test_auto_activations_try_int8_first_for_litert_only():
+    trials = convert.activation_trials
+    assert trials("int8", "auto", "litert", "unrolled") == ("int8", "int16")
+    assert trials("int8", "auto", "micro", "unrolled") == ("int16",)
+    assert trials("int8", "int8", "micro", "unrolled") == ("int8",)
+    assert trials("int8", "auto", "litert", "fused") == (None,)  # the op's own int8 scheme
+    assert trials("none", "auto", "litert", "loop") == (None,)
+
+
+@pytest.mark.parametrize("bound, activations", [(0.0, "int8"), (1.01, "int16")])
+def test_litert_int8_keeps_int8_activations_only_where_they_agree_with_keras(
+    trained_models, calibration, tmp_path, monkeypatch, bound, activations
+):
+    """The default int8 file for LiteRT: int8 activations (XNNPACK's kernels) where they keep
+    `FAST_INT8_AGREEMENT` with Keras on the probes, else int16, saying why."""
+    monkeypatch.setattr(convert, "FAST_INT8_AGREEMENT", bound)
+    path = str(tmp_path / "e.tflite")
+    written = convert.to_tflite(trained_models["elman"], path, "int8", calibration[:300])
+    assert (written.target, written.activations) == ("litert", activations)
+    assert written.form == f"unrolled, batch 1, {activations} activations"
+    assert written.why.startswith("unrolled: the fastest form for LiteRT with XNNPACK; ")
+    if activations == "int8":
+        assert "int8 activations: XNNPACK's kernels" in written.why
+        assert Classifier(path).kernels == "xnnpack"
+    else:
+        assert re.search(
+            r"int16 activations: int8 ones agreed with Keras on \d+\.\d% of the probes, "
+            r"below 101\.0%",
+            written.why,
+        )
+        assert Classifier(path).kernels == "builtin"  # XNNPACK has no int16 kernels
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -237,7 +285,9 @@ def test_dynamic_batch_file_takes_any_batch(exported, test_digits):
 
 def test_pixel_view_model_exports(tmp_path, test_digits):
     model = build_classifier(cell="elman", units=8, view="pixels")
-    path = convert.to_tflite(model, str(tmp_path / "p.tflite")).path
+    written = convert.to_tflite(model, str(tmp_path / "p.tflite"))
+    assert written.form.startswith("WHILE loop")  # 784 steps: too long to unroll for LiteRT
+    path = written.path
     images, _ = test_digits
     x = images[:4].reshape(4, 784, 1)
     assert relative_difference(Classifier(path).predict(x), model.predict(x, verbose=0)) < 1e-5

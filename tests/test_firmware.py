@@ -74,14 +74,19 @@ def int8_files(object_cache, tmp_path_factory):
             str(folder / f"run-{kind}"),
         ).model
         files[kind, "sequence"] = to_tflite(
-            model, str(folder / f"{kind}.tflite"), "int8", calibration
+            model, str(folder / f"{kind}.tflite"), "int8", calibration, target="micro"
         ).path
         if kind == "elman":
             files["elman-int8", "sequence"] = to_tflite(
                 model, str(folder / "elman-int8.tflite"), "int8", calibration, activations="int8"
             ).path
             files[kind, "stream"] = to_tflite(
-                model, str(folder / f"{kind}.step.tflite"), "int8", calibration, stream=True
+                model,
+                str(folder / f"{kind}.step.tflite"),
+                "int8",
+                calibration,
+                stream=True,
+                target="micro",
             ).path
     return files
 

@@ -46,6 +46,7 @@ def files(exported, trained_models, test_digits):
     return {
         "float": exported["elman", "none"].path,
         "int8": exported["elman", "int8"].path,
+        "int8 activations": exported["elman", "int8 activations"].path,
         "stream": exported["elman", "stream"].path,
         "dynamic": exported["elman", "dynamic batch"].path,
         "keras_logits": model.predict(images.astype(np.float32) / 255, verbose=0),
@@ -62,7 +63,7 @@ def test_a_file_stores_its_class_names_and_the_classifier_reads_them(
 
     names = CLASS_NAMES["fashion_mnist"]
     path = str(tmp_path / "named.tflite")
-    to_tflite(trained_models["elman"], path, class_names=names)
+    to_tflite(trained_models["elman"], path, class_names=names, target="micro")  # as files'
     named, plain = Classifier(path), Classifier(files["float"])
     assert named.class_names == names
     assert plain.class_names == tuple("0123456789")  # a file without names: digits
@@ -246,7 +247,7 @@ def test_a_file_with_a_digest_is_still_probed_in_a_child_once_per_process(
 ):
     with open(files[kind], "rb") as f:
         assert re.fullmatch("[0-9a-f]{64}", verify_digest(f.read(), files[kind]))
-    monkeypatch.setattr(integrity, "_CHECKED", set())
+    monkeypatch.setattr(integrity, "_CHECKED", {})
     children = []
     real_run = subprocess.run
 
@@ -333,6 +334,63 @@ def test_a_file_that_aborts_litert_is_refused_not_a_crash(files, tmp_path, diges
     assert f"{path}: invalid TFLite model: LiteRT crashed on it (signal 6: Aborted)" in (
         result.stdout
     )
+
+
+def _shrink_fully_connected_output_scale(model: schema.ModelT) -> None:
+    """Divides the output scale of the second FULLY_CONNECTED (the first step's recurrent
+    product) by a million: a valid file that LiteRT's builtin kernels run (their
+    requantization takes any multiplier) and XNNPACK refuses to prepare (its int8
+    FULLY_CONNECTED takes requantization scales below 256 only)."""
+    graph = model.subgraphs[0]
+    fcs = [op for op in graph.operators if flatbuffer.operator_name(model, op) == "FULLY_CONNECTED"]
+    quantization = graph.tensors[fcs[1].outputs[0]].quantization
+    quantization.scale = quantization.scale / 1e6
+
+
+def test_the_runtime_runs_xnnpack_where_it_takes_the_file(files):
+    fast = Classifier(files["int8 activations"])
+    assert fast.kernels == "xnnpack"
+    builtin = Classifier(files["int8 activations"], kernels="builtin")
+    assert builtin.kernels == "builtin"
+    # the same int8 graph: XNNPACK and LiteRT's kernels round a few values differently
+    # (README "int8 files keep a 16-bit state"), not the answers
+    agree = fast.predict(files["images"]).argmax(1) == builtin.predict(files["images"]).argmax(1)
+    assert agree.mean() >= 0.95
+    # XNNPACK has no int16 kernels: it takes none of an int16-activation file's operators
+    assert Classifier(files["int8"]).kernels == "builtin"
+    assert Classifier(files["float"]).kernels == "xnnpack"
+
+
+def test_the_runtime_falls_back_to_builtin_kernels_where_xnnpack_fails(files, tmp_path, caplog):
+    path = sealed(
+        without_digest(files["int8 activations"], tmp_path, _shrink_fully_connected_output_scale)
+    )
+    with caplog.at_level(logging.WARNING):
+        classifier = Classifier(path)
+    assert classifier.kernels == "builtin"
+    (warning,) = [r.getMessage() for r in caplog.records if "XNNPACK" in r.getMessage()]
+    assert re.fullmatch(
+        f"{re.escape(path)}: XNNPACK cannot run it \\(.*failed to create XNNPACK runtime.*\\); "
+        "running it with LiteRT's builtin kernels",
+        warning,
+    )
+    assert np.isfinite(classifier.predict(files["images"])).all()
+    with pytest.raises(ModelFileError, match=r"XNNPACK cannot run it \(RuntimeError: failed"):
+        Classifier(path, kernels="xnnpack")
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"kernels": "gpu"}, r"kernels must be one of \('auto', 'xnnpack', 'builtin'\), got 'gpu'"),
+        ({"threads": 0}, "threads must be a positive integer, got 0"),
+    ],
+)
+def test_bad_runtime_options_are_refused(files, options, message):
+    from kerasrnn.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        Classifier(files["float"], **options)
 
 
 @pytest.mark.parametrize("digest", ["recomputed digest", "no digest"])

@@ -103,7 +103,9 @@ def test_int8_tflite_size_measure_is_the_size_of_the_trials_int8_file(tmp_path):
         str(tmp_path / "search" / f"trial_{trial['trial_id']}" / "checkpoint.weights.h5")
     )
     images = data.load_arrays(SMALL, "train")[0][:200].astype(np.float32) / 255.0
-    size = to_tflite(model, str(tmp_path / "again.tflite"), "int8", images).size_bytes
+    size = to_tflite(
+        model, str(tmp_path / "again.tflite"), "int8", images, target="micro"
+    ).size_bytes
     assert outcome.rows[0]["model_bytes"] == size
 
 

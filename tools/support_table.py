@@ -36,10 +36,10 @@ def _verdict(row) -> tuple[str, str]:
         # the message without the layer's or model's name (numbered by Keras)
         reason = re.sub(r"^cannot export (layer \S+ \(\w+\)|model '[^']*'): ", "", str(e))
         return "refused", f"{row.reason}: `{reason}`"
-    form = convert._form(read, "none", "auto", 1, stream=False)
+    form = convert._form(read, "none", "auto", 1, stream=False, target="micro")
     stream = "streams" if read.streaming_refusal() is None else "no streaming form"
     outputs = f"{read.outputs} outputs" if read.outputs > 1 else "1 output (regression)"
-    return "yes", f"float32 form: {form}; {stream}; {outputs}" + (
+    return "yes", f"float32 form for TFLM: {form}; {stream}; {outputs}" + (
         f"; {row.reason}" if row.reason else ""
     )
 
