@@ -23,7 +23,7 @@ ACTIVATION_CHOICES = ("auto", *INT8_ACTIVATIONS)
 # The runtimes a file is made for, which choose its "auto" graph form and activations:
 # - "litert": LiteRT with XNNPACK (phones, Linux boards; `runtime.Classifier`, `kerasrnn
 #   predict`): every form unrolled (XNNPACK runs the whole unrolled graph as one delegated
-#   piece and none of a WHILE loop's; up to `LITERT_UNROLL_MAX_STEPS` steps for float), int8
+#   piece, but not a WHILE op; up to `LITERT_UNROLL_MAX_STEPS` steps for float), int8
 #   activations where they keep `FAST_INT8_AGREEMENT` (XNNPACK has int8 kernels, no int16
 #   ones), else int16;
 # - "micro": TensorFlow Lite Micro: the smallest file and arena, int16 activations (LiteRT

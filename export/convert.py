@@ -99,10 +99,10 @@ def choose_form(
     """The graph form of a file.
 
     "auto" picks, for target "litert", the fastest form: unrolled. XNNPACK runs the whole
-    unrolled graph as one delegated piece, and leaves a WHILE loop to the builtin kernels
-    step by step (64 units, one thread: elman 8.8 us unrolled vs 25.0 us loop, LSTM 39.7
-    vs 52.8, GRU 34.7 vs 47.7; README "Latency on LiteRT"); the fused int8 LSTM has no
-    fast kernel (562 us vs 23.5 us unrolled). Float files of more than
+    unrolled graph as one delegated piece, but not the WHILE op, whose steps run outside
+    that piece (64 units, one thread: elman 8.8 us unrolled vs 25.0 us loop, LSTM 39.7 vs
+    52.8, GRU 34.7 vs 47.7; README "Latency on LiteRT"); the fused int8 LSTM has no fast
+    kernel (562 us vs 23.5 us unrolled). Float files of more than
     `LITERT_UNROLL_MAX_STEPS` steps keep the loop where the model has one.
 
     For target "micro", the smallest file and TFLM arena that runs everywhere and keeps

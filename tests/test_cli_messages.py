@@ -173,8 +173,8 @@ class _HostileClassifier:
 
     class_names = ("cat\n1: digit 7 (99.9%)", "\x1b[2J\x1b[31mdog\r", "\u202etac\x00")
 
-    def __init__(self, path):
-        self.path = path
+    def __init__(self, path, kernels="auto"):
+        self.path, self.kernels = path, kernels
 
     def predict(self, images):
         return 10 * np.eye(3, dtype=np.float32)[: len(images)]  # image i is class i
