@@ -114,6 +114,7 @@ def test_lstm_and_gru_keep_cudnn_where_a_gpu_is_visible(monkeypatch):
         "elman": True,
         "lstm": False,
         "gru": False,
+        "lmu": True,
     }
 
 
