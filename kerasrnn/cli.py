@@ -392,7 +392,7 @@ def cmd_export(args) -> None:
 
 
 def cmd_firmware(args) -> None:
-    from kerasrnn.data import load_arrays
+    from kerasrnn.data import load_sequences
     from kerasrnn.export.firmware import build_firmware
 
     firmware_config = FirmwareConfig(
@@ -408,8 +408,8 @@ def cmd_firmware(args) -> None:
         from kerasrnn.sequences import load_npz
 
         images = load_npz(args.npz).test[0]
-    else:
-        images, _ = load_arrays(data_config, "test")
+    else:  # in the model's view: 784 pixels for --view pixels or permuted
+        images, _ = load_sequences(data_config, "test")
     _say(build_firmware(args.model, args.out, firmware_config, images).table())
 
 
