@@ -208,9 +208,7 @@ def lmu_forward(params: dict[str, np.ndarray], a: np.ndarray, b_m: np.ndarray, x
     return h @ params["w_hy"] + params["b_y"], np.stack(ms), h
 
 
-def lmu_bptt(
-    params: dict[str, np.ndarray], a: np.ndarray, b_m: np.ndarray, x: np.ndarray, labels
-):
+def lmu_bptt(params: dict[str, np.ndarray], a: np.ndarray, b_m: np.ndarray, x: np.ndarray, labels):
     """Loss and hand-written backpropagation through time of `lmu_forward`.
 
     The memory is linear and fixed: the loss reaches each step's u_t only through
