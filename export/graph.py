@@ -46,7 +46,8 @@ _ACTIVATIONS = {
 
 
 def _step(layer: RecurrentWeights, xw_t, state):
-    """One recurrent step. `state` is h (or (h, c) for LSTM); None means all zeros.
+    """One recurrent step. `state` is h (or (h, c) for LSTM, m for an LMU); None means all
+    zeros.
 
     Args:
         xw_t: [batch, gates * units] the input projection x_t @ W_x + b_x.
@@ -384,7 +385,10 @@ def _loop(model: ModelGraph, sequence):
     # The first layer's input projection for all steps at once, outside the loop.
     xw = _last_axis(x, lambda v: tf.matmul(v, layers[0].w_x) + layers[0].b_x)
     batch = tf.shape(sequence)[0]
-    states = [_initial(layer, batch) for layer in layers]
+    states = []
+    for layer in layers:
+        h0 = tf.broadcast_to(tf.constant(layer.h0[None]), [batch, layer.units])
+        states.append((h0, tf.zeros_like(h0)) if layer.recurrence == "lstm" else h0)
 
     def body(t, states):
         x, new_states = None, []

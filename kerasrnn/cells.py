@@ -14,6 +14,13 @@ from keras import ops
 from kerasrnn import legendre
 
 
+def _checked_units(units) -> int:
+    """`units`, a positive integer; else ValueError saying what was given."""
+    if not isinstance(units, int) or units <= 0:
+        raise ValueError(f"units must be a positive integer, got {units!r}")
+    return units
+
+
 @keras.saving.register_keras_serializable(package="kerasrnn")
 class ElmanCell(keras.layers.Layer):
     """h_t = act(x_t @ W_xh + h_{t-1} @ W_hh + b), one step of an Elman RNN.
@@ -38,9 +45,7 @@ class ElmanCell(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if not isinstance(units, int) or units <= 0:
-            raise ValueError(f"units must be a positive integer, got {units!r}")
-        self.units = units
+        self.units = _checked_units(units)
         self.activation = keras.activations.get(activation)
         self.recurrent_initializer = keras.initializers.get(recurrent_initializer)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
@@ -86,9 +91,7 @@ class LearnableInitialState(keras.layers.Layer):
 
     def __init__(self, units: int, **kwargs):
         super().__init__(**kwargs)
-        if not isinstance(units, int) or units <= 0:
-            raise ValueError(f"units must be a positive integer, got {units!r}")
-        self.units = units
+        self.units = _checked_units(units)
 
     def build(self, input_shape):
         self.h0 = self.add_weight(name="h0", shape=(self.units,), initializer="zeros")
@@ -137,9 +140,7 @@ class LegendreMemoryCell(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if not isinstance(units, int) or units <= 0:
-            raise ValueError(f"units must be a positive integer, got {units!r}")
-        self.units = units
+        self.units = _checked_units(units)
         self.order = order
         self.theta = float(theta)
         # float64 arrays, cast to the layer's dtype where used; checks order and theta
@@ -151,6 +152,7 @@ class LegendreMemoryCell(keras.layers.Layer):
 
     def build(self, input_shape):
         features = input_shape[-1]
+        # ones: the memory starts by holding the input itself (the sum of its features)
         self.e_x = self.add_weight(name="e_x", shape=(features, 1), initializer="ones")
         self.b_u = self.add_weight(name="b_u", shape=(1,), initializer="zeros")
         self.w_x = self.add_weight(
@@ -196,7 +198,7 @@ class LMU(keras.layers.RNN):
     When it returns the last h alone (no mask, no `go_backwards`), it computes the steps'
     result in one product instead of a loop: from the initial state m_0, after T steps
 
-        m_T = m_0 @ A^T + u @ response,   h_T = act(x_T @ W_x + m_T @ W_m + b)
+        m_T = m_0 @ A**T + u @ response,   h_T = act(x_T @ W_x + m_T @ W_m + b)
 
     with u [batch, T] the memory inputs of every step and response [T, order] the
     memory's impulse response (`legendre.impulse_response`): the same sum the steps

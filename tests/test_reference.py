@@ -12,23 +12,28 @@ def _batch(seed=1, batch=4, steps=5, features=3):
     return rng.standard_normal((batch, steps, features)), rng.integers(0, 10, batch)
 
 
-def test_hand_bptt_matches_finite_differences():
-    x, y = _batch()
-    params = reference.init_params(3, 6, seed=2)
-    _, grads = reference.rnn_bptt(params, x, y)
+def _assert_matches_finite_differences(params, grads, logits_of, labels):
+    """Each gradient against central differences of the loss of `logits_of(params)`."""
     eps = 1e-6
     for name, value in params.items():
         numeric = np.zeros_like(value)
         for i in np.ndindex(value.shape):
             saved = value[i]
             value[i] = saved + eps
-            up = reference.softmax_cross_entropy(reference.rnn_forward(params, x)[0], y)
+            up = reference.softmax_cross_entropy(logits_of(params), labels)
             value[i] = saved - eps
-            down = reference.softmax_cross_entropy(reference.rnn_forward(params, x)[0], y)
+            down = reference.softmax_cross_entropy(logits_of(params), labels)
             value[i] = saved
             numeric[i] = (up - down) / (2 * eps)
         rel = np.abs(grads[name] - numeric).max() / max(np.abs(numeric).max(), 1e-12)
         assert rel < 1e-6, f"{name}: relative error {rel:.2e}"
+
+
+def test_hand_bptt_matches_finite_differences():
+    x, y = _batch()
+    params = reference.init_params(3, 6, seed=2)
+    _, grads = reference.rnn_bptt(params, x, y)
+    _assert_matches_finite_differences(params, grads, lambda p: reference.rnn_forward(p, x)[0], y)
 
 
 @pytest.fixture
@@ -146,19 +151,9 @@ def test_lmu_hand_bptt_matches_finite_differences():
     a, b_m = _lmu_memory()
     params = reference.init_lmu_params(2, 6, 5, seed=2)
     _, grads = reference.lmu_bptt(params, a, b_m, x, y)
-    eps = 1e-6
-    for name, value in params.items():
-        numeric = np.zeros_like(value)
-        for i in np.ndindex(value.shape):
-            saved = value[i]
-            value[i] = saved + eps
-            up = reference.softmax_cross_entropy(reference.lmu_forward(params, a, b_m, x)[0], y)
-            value[i] = saved - eps
-            down = reference.softmax_cross_entropy(reference.lmu_forward(params, a, b_m, x)[0], y)
-            value[i] = saved
-            numeric[i] = (up - down) / (2 * eps)
-        rel = np.abs(grads[name] - numeric).max() / max(np.abs(numeric).max(), 1e-12)
-        assert rel < 1e-6, f"{name}: relative error {rel:.2e}"
+    _assert_matches_finite_differences(
+        params, grads, lambda p: reference.lmu_forward(p, a, b_m, x)[0], y
+    )
 
 
 def test_lmu_hand_bptt_matches_gradient_tape_on_the_keras_model(float64):
