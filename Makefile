@@ -51,8 +51,15 @@ benchmark: $(STAMP)
 	$(BIN)/python benchmarks/accuracy.py --data fashion --data-dir $(FASHION_DIR) \
 		--cells lstm --layers 2 --weight-decay 0.05 --shift 1 --epochs 30 \
 		--json $(BENCH_OUT)/accuracy_fashion_lstm_2_layers_shift.json
+	for view in pixels permuted; do \
+		$(BIN)/python benchmarks/accuracy.py --data mnist --view $$view --cells lmu --units 512 \
+			--hidden 256 --dropout 0.2 --activation relu --epochs 10 --int8 \
+			--json $(BENCH_OUT)/accuracy_lmu_$$view.json || exit 1; \
+	done
 	$(BIN)/python benchmarks/accuracy.py --data mnist --view pixels --cells gru --seeds 0 \
-		--epochs 1 --json $(BENCH_OUT)/accuracy_pixels.json
+		--epochs 1 --seconds 86 --json $(BENCH_OUT)/accuracy_gru_pixels.json
+	$(BIN)/python benchmarks/accuracy.py --data mnist --view permuted --cells gru --seeds 0 \
+		--epochs 1 --seconds 115 --json $(BENCH_OUT)/accuracy_gru_permuted.json
 	$(BIN)/python benchmarks/export_sizes.py
 	$(BIN)/python benchmarks/int8_agreement.py
 	$(BIN)/python benchmarks/firmware_sizes.py

@@ -12,6 +12,9 @@ TensorFlow Lite Micro:
   and, where a Masking mask keeps the state, old + mask * (new - old));
 - a zero initial state skips the first step's recurrent product; a learnable h0 folds
   into a constant;
+- a Legendre Memory Unit that returns its last h is one FULLY_CONNECTED of the flattened
+  sequence and its activation: its memory, and so its readout's pre-activation, is linear
+  in the inputs (`model_reader.MemoryWeights.readout_over`);
 - or, for models that `ModelGraph.split` (a recurrent stack between per-step layers), the
   recurrence is one builtin WHILE ("loop"), or for LSTM stacks TFLite's fused
   UNIDIRECTIONAL_SEQUENCE_LSTM ("fused").
@@ -43,7 +46,8 @@ _ACTIVATIONS = {
 
 
 def _step(layer: RecurrentWeights, xw_t, state):
-    """One recurrent step. `state` is h (or (h, c) for LSTM); None means all zeros.
+    """One recurrent step. `state` is h (or (h, c) for LSTM, m for an LMU); None means all
+    zeros.
 
     Args:
         xw_t: [batch, gates * units] the input projection x_t @ W_x + b_x.
@@ -51,6 +55,15 @@ def _step(layer: RecurrentWeights, xw_t, state):
     Returns:
         (h [batch, units], the next state).
     """
+    if layer.recurrence == "lmu":  # the memory m, then the readout (see `MemoryWeights`)
+        xm, xh = tf.split(xw_t, [layer.order, layer.units], axis=-1)
+        if state is None:
+            m = xm
+        else:
+            coarse, fine = layer.increment
+            m = state + tf.matmul(state, coarse) + tf.matmul(state, fine) + xm
+        h = _ACTIVATIONS[layer.activation](xh + tf.matmul(m, layer.w_mh))
+        return h, m
     w_h = tf.constant(layer.w_h)
     if layer.recurrence == "elman":
         z = xw_t if state is None else xw_t + tf.matmul(state, w_h)
@@ -97,6 +110,8 @@ def _initial(layer: RecurrentWeights, batch=None):
         batch: with a batch size (an int or a scalar tensor), the state is explicit even
             when zero, broadcast to [batch, units] (a masked layer selects it).
     """
+    if layer.recurrence == "lmu":  # the memory starts empty
+        return None if batch is None else tf.zeros([batch, layer.order])
     if batch is None and not layer.h0.any():
         return None
     h0 = tf.constant(layer.h0[None])
@@ -117,10 +132,28 @@ def _last_axis(x, function):
     return tf.reshape(y, [-1, *x.shape[1:-1], y.shape[-1]])
 
 
+def _in_parallel(stage: mr.Recurrent) -> bool:
+    """Whether `stage` is a Legendre Memory Unit that `_memory_over_sequence` writes."""
+    return stage.weights.recurrence == "lmu" and not (
+        stage.return_sequences or stage.go_backwards or stage.masked
+    )
+
+
+def _memory_over_sequence(layer: mr.MemoryWeights, x):
+    """A Legendre Memory Unit's last h from x [batch, steps, features] (see
+    `MemoryWeights.readout_over`): one FULLY_CONNECTED, then the activation."""
+    steps, features = x.shape[1], x.shape[2]
+    kernel, bias = layer.readout_over(steps)
+    z = tf.matmul(tf.reshape(x, [-1, steps * features]), kernel) + bias
+    return _ACTIVATIONS[layer.activation](z)
+
+
 def _recurrent(stage: mr.Recurrent, x, mask):
     """A recurrent layer, unrolled: x [batch, steps, features] -> [batch, units] or
     [batch, steps, units]; `mask` [batch, steps, 1] bool or None (see `Recurrent.masked`)."""
     layer = stage.weights
+    if _in_parallel(stage):
+        return _memory_over_sequence(layer, x)
     steps = x.shape[1]
     xw = _last_axis(x, lambda v: tf.matmul(v, layer.w_x) + layer.b_x)
     xs = tf.unstack(xw, axis=1)
@@ -236,9 +269,13 @@ def can_fuse(model: ModelGraph, batch_size: int | None) -> bool:
 
 def can_loop(model: ModelGraph) -> bool:
     """Whether the "loop" form applies: a recurrent stack between per-step layers
-    (`ModelGraph.split`) and no mask."""
+    (`ModelGraph.split`), no mask and no Legendre Memory Unit (whose unrolled form is one
+    product over the sequence anyway)."""
     parts = model.split()
-    return parts is not None and not any(s.masked for s in parts[1])
+    # the loop carries the states, and a Legendre memory's h is not its state
+    return parts is not None and not any(
+        s.masked or s.weights.recurrence == "lmu" for s in parts[1]
+    )
 
 
 def check_form(model: ModelGraph, form: str, batch_size: int | None) -> None:
@@ -253,7 +290,7 @@ def check_form(model: ModelGraph, form: str, batch_size: int | None) -> None:
     if form == "loop" and not can_loop(model):
         raise ConfigError(
             "the loop form needs forward recurrent layers one after another, between "
-            "per-step layers, and no mask"
+            "per-step layers, no mask and no Legendre Memory Unit"
         )
 
 

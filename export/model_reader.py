@@ -12,10 +12,12 @@ A layer or an option that `graph` cannot rebuild exactly is refused with a
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import keras
 import numpy as np
 
+from kerasrnn import legendre
 from kerasrnn.cell_kinds import kind_of
 from kerasrnn.cells import LearnableInitialState
 from kerasrnn.errors import ConversionError
@@ -73,11 +75,102 @@ class RecurrentWeights:
 
 
 @dataclasses.dataclass(frozen=True)
+class MemoryWeights:
+    """A Legendre Memory Unit layer's weights (`cells.LegendreMemoryCell`), written as an
+    Elman-like recurrence of its memory m plus a readout:
+
+        m_t = m_{t-1} + m_{t-1} @ (a - I) + (x_t @ e_x + b_u) * b_m
+        h_t = act(x_t @ w_xh + m_t @ w_mh + b)
+
+    Attributes:
+        e_x: [features, 1], b_u: [1]: the memory's input u = x @ e_x + b_u.
+        w_xh: [features, units], w_mh: [order, units], b: [units]: the readout (the
+            cell's w_x, w_m and b).
+        order, theta: the Legendre delay system (`legendre.memory_step`).
+        activation: of h, one of `ACTIVATIONS` except softmax.
+    """
+
+    e_x: np.ndarray
+    b_u: np.ndarray
+    w_xh: np.ndarray
+    w_mh: np.ndarray
+    b: np.ndarray
+    order: int
+    theta: float
+    activation: str = "tanh"
+    recurrence: str = "lmu"
+
+    @property
+    def units(self) -> int:
+        return self.w_mh.shape[1]
+
+    @property
+    def state_size(self) -> int:
+        return self.order
+
+    @property
+    def initial_state(self) -> np.ndarray:
+        """[order] float32 zeros: the memory starts empty."""
+        return np.zeros(self.order, np.float32)
+
+    @functools.cached_property
+    def _step(self) -> tuple[np.ndarray, np.ndarray]:
+        """float64 (a, b_m) of the memory's step (`legendre.memory_step`)."""
+        return legendre.memory_step(self.order, self.theta)
+
+    @property
+    def increment(self) -> tuple[np.ndarray, np.ndarray]:
+        """a - I [order, order] as the sum of two float32 matrices (coarse, fine): coarse
+        on the int8 grid of its largest entry (a per-tensor int8 scale holds it exactly),
+        fine the rest (an int8 scale 254 times finer).
+
+        Quantized, a - I must keep about 16 bits: its 784 steps sum every rounding, and
+        the Legendre system is so far from normal that an int8 a - I (one scale per
+        tensor or per channel) moves its poles outside the unit circle (order 256: the
+        memory blew up on MNIST's pixels). The identity stays out of the product, exact.
+        The split costs one more product per step, in float files too.
+        """
+        a, _ = self._step
+        increment = a - np.eye(self.order)
+        scale = np.abs(increment).max() / 127
+        coarse = np.round(increment / scale) * scale
+        return coarse.astype(np.float32), (increment - coarse).astype(np.float32)
+
+    @property
+    def w_x(self) -> np.ndarray:
+        """[features, order + units] float32: each step's input projection, the memory's
+        input (e_x b_m) beside the readout's (w_xh), as one product."""
+        _, b_m = self._step
+        return np.concatenate([self.e_x * b_m, self.w_xh], axis=1).astype(np.float32)
+
+    @property
+    def b_x(self) -> np.ndarray:
+        """[order + units] float32: the bias of `w_x`'s product, b_u b_m beside b."""
+        _, b_m = self._step
+        return np.concatenate([self.b_u * b_m, self.b]).astype(np.float32)
+
+    def readout_over(self, steps: int) -> tuple[np.ndarray, np.ndarray]:
+        """The last h's pre-activation x_T @ w_xh + m_T @ w_mh + b, from m_0 = 0, as one
+        product of the flattened sequence [batch, steps * features]: m_T is linear in the
+        inputs (`legendre.impulse_response`, see `cells.LMU`), and so is the sum.
+
+        Returns:
+            float32 (kernel [steps * features, units], bias [units]), computed in float64.
+        """
+        response = legendre.impulse_response(self.order, self.theta, steps)  # [steps, order]
+        memory = self.e_x[None, :, :] * response[:, None, :]  # [steps, features, order]
+        kernel = memory @ self.w_mh  # [steps, features, units]
+        kernel[-1] += self.w_xh  # x_T's own term
+        bias = (self.b_u * response.sum(axis=0)) @ self.w_mh + self.b
+        return kernel.reshape(-1, self.units).astype(np.float32), bias.astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
 class Recurrent:
     """A recurrent layer over [batch, steps, features].
 
     Attributes:
-        weights: its `RecurrentWeights`.
+        weights: its `RecurrentWeights` (`MemoryWeights` for a Legendre Memory Unit).
         return_sequences: outputs [batch, steps, units] (in the order it read the steps)
             instead of the last h [batch, units].
         go_backwards: reads the steps last to first.
@@ -87,7 +180,7 @@ class Recurrent:
         zero_output_for_mask: see `masked`.
     """
 
-    weights: RecurrentWeights
+    weights: RecurrentWeights | MemoryWeights
     return_sequences: bool = False
     go_backwards: bool = False
     masked: bool = False
@@ -281,13 +374,17 @@ def _activation(layer, activation, allowed=ACTIVATIONS) -> str:
     return name
 
 
-def _recurrent_weights(layer: keras.layers.RNN, h0: np.ndarray | None) -> RecurrentWeights:
+def _recurrent_weights(
+    layer: keras.layers.RNN, h0: np.ndarray | None
+) -> RecurrentWeights | MemoryWeights:
     """One recurrent layer's weights, read as its kind in `cell_kinds.CELL_KINDS` says."""
     cell = layer.cell
     try:
         kind = kind_of(cell)
     except TypeError as e:
         raise _refuse(layer, str(e)) from None
+    if kind.recurrence == "lmu":
+        return _memory_weights(layer)
     w_x, w_h = (getattr(cell, name).numpy() for name in kind.weights[:2])
     b = getattr(cell, kind.weights[2], None)
     b = None if b is None else b.numpy()
@@ -315,13 +412,26 @@ def _recurrent_weights(layer: keras.layers.RNN, h0: np.ndarray | None) -> Recurr
     )
 
 
+def _memory_weights(layer: keras.layers.RNN) -> MemoryWeights:
+    """A Legendre Memory Unit layer's weights (see `MemoryWeights`)."""
+    cell = layer.cell
+    activation = _activation(layer, cell.activation, ("linear", "relu", "tanh", "sigmoid"))
+    e_x, b_u, w_x, w_m, b = (
+        getattr(cell, name).numpy() for name in ("e_x", "b_u", "w_x", "w_m", "b")
+    )
+    return MemoryWeights(e_x, b_u, w_x, w_m, b, cell.order, cell.theta, activation)
+
+
 def _recurrent(layer, h0, masked: bool) -> Recurrent:
     if getattr(layer, "stateful", False):
         raise _refuse(layer, "a stateful RNN keeps state between calls; export one without")
     if getattr(layer, "return_state", False):
         raise _refuse(layer, "return_state gives several outputs; the file has one")
+    weights = _recurrent_weights(layer, h0)
+    if masked and weights.recurrence == "lmu":
+        raise _refuse(layer, "a masked Legendre Memory Unit is not rebuilt")
     return Recurrent(
-        _recurrent_weights(layer, h0),
+        weights,
         bool(layer.return_sequences),
         bool(layer.go_backwards),
         masked,

@@ -23,6 +23,8 @@ _EXPORTS = {
     "load_npz": "kerasrnn.sequences",
     "ElmanCell": "kerasrnn.cells",
     "LearnableInitialState": "kerasrnn.cells",
+    "LegendreMemoryCell": "kerasrnn.cells",
+    "LMU": "kerasrnn.cells",
     "build_classifier": "kerasrnn.models",
     "fit": "kerasrnn.training",
     "train": "kerasrnn.training_run",
@@ -35,5 +37,5 @@ _EXPORTS = {
 
 __all__ = list(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
-# `keras.models.load_model` finds ElmanCell and LearnableInitialState once Keras is loaded.
+# `keras.models.load_model` finds the package's layers (`cells`) once Keras is loaded.
 import_after("keras", "kerasrnn.cells")

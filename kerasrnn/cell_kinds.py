@@ -21,11 +21,14 @@ class CellKind:
         layer: the Keras layer class, "module:Class"; "keras.layers:RNN" wraps `cell`.
         cell: the Keras cell class inside the layer (`layer.cell`), "module:Class".
         recurrence: the equations export writes: "elman" (h = act(x W_x + h W_h + b)),
-            "lstm" or "gru".
+            "lstm", "gru" or "lmu" (a Legendre memory m = m A + u B read out by
+            h = act(x W_x + m W_m + b), see `cells.LegendreMemoryCell`).
         weights: the cell's attributes holding (input kernel [features, gates * units],
-            recurrent kernel [units, gates * units], bias).
+            recurrent kernel [units, gates * units], bias); for "lmu", (W_x, W_m, b).
         learnable_h0: each layer starts from a trained h0 (`LearnableInitialState`).
         takes_activation: `activation` and `recurrent_initializer` apply to it.
+        memory: its layer takes a memory's `order` and `theta` (`ModelConfig.memory_order`,
+            `ModelConfig.theta`) and `activation`.
     """
 
     name: str
@@ -36,6 +39,7 @@ class CellKind:
     weights: tuple[str, str, str]
     learnable_h0: bool = False
     takes_activation: bool = False
+    memory: bool = False
 
     def layer_class(self) -> type:
         """The Keras layer class (imports Keras)."""
@@ -90,6 +94,15 @@ CELL_KINDS: dict[str, CellKind] = {
             "keras.layers:GRUCell",
             "gru",
             _KERAS_WEIGHTS,
+        ),
+        CellKind(
+            "lmu",
+            "a Legendre Memory Unit, trained in parallel over time (long sequences)",
+            "kerasrnn.cells:LMU",
+            "kerasrnn.cells:LegendreMemoryCell",
+            "lmu",
+            ("w_x", "w_m", "b"),
+            memory=True,
         ),
     )
 }

@@ -1,11 +1,24 @@
-"""The custom Elman cell and the learnable initial state, written from the equations; and
-Keras's LSTM and GRU with leaner unrolled steps."""
+"""The custom Elman cell and the learnable initial state, written from the equations; the
+Legendre Memory Unit, its cell and its parallel layer; and Keras's LSTM and GRU with leaner
+unrolled steps."""
 
 from __future__ import annotations
 
+import functools
+
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
+
+from kerasrnn import legendre
+
+
+def _checked_units(units) -> int:
+    """`units`, a positive integer; else ValueError saying what was given."""
+    if not isinstance(units, int) or units <= 0:
+        raise ValueError(f"units must be a positive integer, got {units!r}")
+    return units
 
 
 @keras.saving.register_keras_serializable(package="kerasrnn")
@@ -32,9 +45,7 @@ class ElmanCell(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if not isinstance(units, int) or units <= 0:
-            raise ValueError(f"units must be a positive integer, got {units!r}")
-        self.units = units
+        self.units = _checked_units(units)
         self.activation = keras.activations.get(activation)
         self.recurrent_initializer = keras.initializers.get(recurrent_initializer)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
@@ -80,9 +91,7 @@ class LearnableInitialState(keras.layers.Layer):
 
     def __init__(self, units: int, **kwargs):
         super().__init__(**kwargs)
-        if not isinstance(units, int) or units <= 0:
-            raise ValueError(f"units must be a positive integer, got {units!r}")
-        self.units = units
+        self.units = _checked_units(units)
 
     def build(self, input_shape):
         self.h0 = self.add_weight(name="h0", shape=(self.units,), initializer="zeros")
@@ -96,6 +105,174 @@ class LearnableInitialState(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "units": self.units}
+
+
+@keras.saving.register_keras_serializable(package="kerasrnn")
+class LegendreMemoryCell(keras.layers.Layer):
+    """One step of a Legendre Memory Unit whose output does not feed back (Voelker, Kajić
+    and Eliasmith, 2019; the parallelisable form of Chilkuri and Eliasmith, 2021):
+
+        u_t = x_t @ e_x + b_u                 the memory's input, one number per example
+        m_t = m_{t-1} @ A + u_t * B           a fixed linear memory of the last theta steps
+        h_t = act(x_t @ W_x + m_t @ W_m + b)
+
+    (A, B) is the Legendre delay system of `order` states and window `theta` steps,
+    discretised by zero-order hold (`legendre.memory_step`): m_t holds the Legendre
+    coefficients of u over the last theta steps. Only e_x, b_u, W_x, W_m and b are
+    trained. The state is m [batch, order]; x_t is [batch, features], h_t [batch, units].
+    Wrap it in `LMU` (parallel over time) or `keras.layers.RNN` to run a sequence.
+
+    Args:
+        units: size of the output h.
+        order: the memory's size: Legendre coefficients kept (256 for MNIST's pixels).
+        theta: the window the memory spans, in steps (a sequence's length, say).
+        activation: of h, "tanh" (default) or "relu".
+        kernel_initializer: initializer of W_x and W_m.
+    """
+
+    def __init__(
+        self,
+        units: int,
+        order: int = 256,
+        theta: float = 784.0,
+        activation="tanh",
+        kernel_initializer="glorot_uniform",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.units = _checked_units(units)
+        self.order = order
+        self.theta = float(theta)
+        # float64 arrays, cast to the layer's dtype where used; checks order and theta
+        self.a, self.b_m = legendre.memory_step(order, self.theta)
+        self.activation = keras.activations.get(activation)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.state_size = order
+        self.output_size = units
+
+    def build(self, input_shape):
+        features = input_shape[-1]
+        # ones: the memory starts by holding the input itself (the sum of its features)
+        self.e_x = self.add_weight(name="e_x", shape=(features, 1), initializer="ones")
+        self.b_u = self.add_weight(name="b_u", shape=(1,), initializer="zeros")
+        self.w_x = self.add_weight(
+            name="w_x", shape=(features, self.units), initializer=self.kernel_initializer
+        )
+        self.w_m = self.add_weight(
+            name="w_m", shape=(self.order, self.units), initializer=self.kernel_initializer
+        )
+        self.b = self.add_weight(name="b", shape=(self.units,), initializer="zeros")
+
+    def memory_input(self, x):
+        """u = x @ e_x + b_u: [..., features] -> [..., 1]."""
+        return ops.matmul(x, self.e_x) + self.b_u
+
+    def readout(self, x_t, m):
+        """h = act(x_t @ W_x + m @ W_m + b) [batch, units]."""
+        return self.activation(
+            tf.nn.bias_add(ops.matmul(x_t, self.w_x), self.b) + ops.matmul(m, self.w_m)
+        )
+
+    def call(self, x_t, states, training=False):
+        m = states[0]
+        m = ops.matmul(m, ops.cast(self.a, m.dtype)) + self.memory_input(x_t) * ops.cast(
+            self.b_m, m.dtype
+        )
+        return self.readout(x_t, m), [m]
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "units": self.units,
+            "order": self.order,
+            "theta": self.theta,
+            "activation": keras.activations.serialize(self.activation),
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+        }
+
+
+@keras.saving.register_keras_serializable(package="kerasrnn")
+class LMU(keras.layers.RNN):
+    """A `LegendreMemoryCell` over a sequence, trained in parallel over time.
+
+    When it returns the last h alone (no mask, no `go_backwards`), it computes the steps'
+    result in one product instead of a loop: from the initial state m_0, after T steps
+
+        m_T = m_0 @ A**T + u @ response,   h_T = act(x_T @ W_x + m_T @ W_m + b)
+
+    with u [batch, T] the memory inputs of every step and response [T, order] the
+    memory's impulse response (`legendre.impulse_response`): the same sum the steps
+    compute, in another order (Chilkuri and Eliasmith, 2021). For MNIST's 784 pixels that
+    is one [batch, 784] x [784, order] product instead of 784 dependent steps. With
+    `return_sequences`, a mask or `go_backwards` it runs the cell's step, as
+    `keras.layers.RNN` does.
+
+    Args:
+        units, order, theta, activation, kernel_initializer: see `LegendreMemoryCell`.
+        **kwargs: `keras.layers.RNN`'s (return_sequences, unroll, name, ...).
+    """
+
+    def __init__(
+        self,
+        units: int,
+        order: int = 256,
+        theta: float = 784.0,
+        activation="tanh",
+        kernel_initializer="glorot_uniform",
+        **kwargs,
+    ):
+        cell = LegendreMemoryCell(
+            units,
+            order,
+            theta,
+            activation,
+            kernel_initializer,
+            dtype=kwargs.get("dtype"),
+            name="legendre_memory_cell",
+        )
+        super().__init__(cell, **kwargs)
+
+    def parallel_applies(self, mask) -> bool:
+        """Whether a call computes the last h in one product (see the class)."""
+        return mask is None and not self.go_backwards and not self.return_sequences
+
+    def inner_loop(self, sequences, initial_state, mask, training=False):
+        steps = sequences.shape[1]
+        if steps is None or not self.parallel_applies(mask):
+            return super().inner_loop(sequences, initial_state, mask, training)
+        cell = self.cell
+        response, transition = _parallel_memory(cell.order, cell.theta, steps)
+        (m0,) = initial_state if isinstance(initial_state, (list, tuple)) else [initial_state]
+        u = ops.squeeze(cell.memory_input(sequences), axis=-1)  # [batch, steps]
+        m = ops.matmul(u, ops.cast(response, u.dtype)) + ops.matmul(
+            m0, ops.cast(transition, m0.dtype)
+        )
+        h = cell.readout(sequences[:, -1], m)
+        return h, ops.expand_dims(h, 1), [m]
+
+    def get_config(self):
+        config = super().get_config()
+        del config["cell"]
+        cell = self.cell.get_config()
+        return {**config, **{name: cell[name] for name in _LMU_ARGUMENTS}}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+# What `LMU` passes to its cell, and stores in its config in place of the cell's.
+_LMU_ARGUMENTS = ("units", "order", "theta", "activation", "kernel_initializer")
+
+
+@functools.lru_cache(maxsize=8)
+def _parallel_memory(order: int, theta: float, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """float64 (impulse response [steps, order], state transition [order, order]) of the
+    memory over `steps` steps (see `LMU`), computed once per process."""
+    return (
+        legendre.impulse_response(order, theta, steps),
+        legendre.state_transition(order, theta, steps),
+    )
 
 
 def _leaner_step_applies(layer: keras.layers.RNN, mask) -> bool:

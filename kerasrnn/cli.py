@@ -161,13 +161,31 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
         "--activation",
         default=_default(ModelConfig, "activation"),
         choices=config.ACTIVATIONS,
-        help="recurrent activation (simple, elman)",
+        help="recurrent activation (simple, elman); lmu: of its output",
     )
     model.add_argument(
         "--recurrent-init",
         default=_default(ModelConfig, "recurrent_initializer"),
         choices=config.RECURRENT_INITIALIZERS,
         help="W_hh initializer; identity with relu is the IRNN",
+    )
+    model.add_argument(
+        "--hidden",
+        type=int,
+        default=_default(ModelConfig, "hidden"),
+        help="units of a Dense(relu) layer before the logits (0: none)",
+    )
+    model.add_argument(
+        "--memory-order",
+        type=int,
+        default=_default(ModelConfig, "memory_order"),
+        help="lmu: the Legendre coefficients its memory keeps",
+    )
+    model.add_argument(
+        "--theta",
+        type=float,
+        default=_default(ModelConfig, "theta"),
+        help="lmu: the steps its memory spans (default: the whole sequence)",
     )
     train = parser.add_argument_group("training")
     train.add_argument(
@@ -243,6 +261,9 @@ def _train_configs(args) -> tuple[ModelConfig, TrainConfig]:
         dropout=args.dropout,
         activation=args.activation,
         recurrent_initializer=args.recurrent_init,
+        hidden=args.hidden,
+        memory_order=args.memory_order,
+        theta=args.theta,
     )
     train = TrainConfig(
         epochs=args.epochs,
@@ -376,7 +397,7 @@ def cmd_export(args) -> None:
 
 
 def cmd_firmware(args) -> None:
-    from kerasrnn.data import load_arrays
+    from kerasrnn.data import load_sequences
     from kerasrnn.export.firmware import build_firmware
 
     firmware_config = FirmwareConfig(
@@ -392,8 +413,8 @@ def cmd_firmware(args) -> None:
         from kerasrnn.sequences import load_npz
 
         images = load_npz(args.npz).test[0]
-    else:
-        images, _ = load_arrays(data_config, "test")
+    else:  # in the model's view: 784 pixels for --view pixels or permuted
+        images, _ = load_sequences(data_config, "test")
     _say(build_firmware(args.model, args.out, firmware_config, images).table())
 
 

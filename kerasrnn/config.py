@@ -165,16 +165,23 @@ class ModelConfig:
 
     Attributes:
         cell: a name of `cell_kinds.CELL_KINDS`: "simple" (Keras SimpleRNN), "elman" (the
-            custom cell with a learnable h0), "lstm" or "gru".
+            custom cell with a learnable h0), "lstm", "gru" or "lmu" (a Legendre Memory
+            Unit, `cells.LMU`: for long sequences).
         units: hidden units per recurrent layer.
         layers: number of stacked recurrent layers.
-        dropout: dropout rate between layers and before the output layer.
-        activation: recurrent activation of simple/elman ("tanh" or "relu").
+        dropout: dropout rate between layers and before the output layer (and after the
+            hidden layer).
+        activation: recurrent activation of simple/elman, activation of lmu's output
+            ("tanh" or "relu").
         recurrent_initializer: "orthogonal" or "identity" (IRNN with relu).
         view: the sequences it reads, one of `VIEWS` (rows: 28 x 28; pixels and permuted:
             784 x 1). The model keeps it (its input is named `sequence_{view}`), so that
             evaluation and export read digits the way it was trained on them.
         classes: number of output logits.
+        hidden: units of a Dense(relu) layer between the last recurrent layer and the
+            logits (0: none).
+        memory_order: lmu: the Legendre coefficients its memory keeps.
+        theta: lmu: the steps its memory spans (None: the whole sequence, `input_shape`).
         steps, features: the shape of the user's own sequences (`DataConfig.npz`)
             instead of a view's; both or neither. Such a model's input is named
             `sequence`: no view reads it.
@@ -188,13 +195,21 @@ class ModelConfig:
     recurrent_initializer: str = "orthogonal"
     view: str = "rows"
     classes: int = 10
+    hidden: int = 0
+    memory_order: int = 256
+    theta: float | None = None
     steps: int | None = None
     features: int | None = None
 
     def __post_init__(self):
         check_choice("cell", self.cell, CELLS)
-        for name in ("units", "layers", "classes"):
+        for name in ("units", "layers", "classes", "memory_order"):
             check_positive(name, getattr(self, name), integer=True)
+        if isinstance(self.hidden, bool) or not isinstance(self.hidden, int) or self.hidden < 0:
+            raise ConfigError(
+                f"hidden must be a whole number of units (0: none), got {self.hidden!r}"
+            )
+        check_positive("theta", self.theta, optional=True)
         for name in ("steps", "features"):
             check_positive(name, getattr(self, name), optional=True, integer=True)
         if (self.steps is None) != (self.features is None):

@@ -95,6 +95,9 @@ class RNNHyperModel(kt.HyperModel):
             layers=values["layers"],
             dropout=values["dropout"],
             activation=values["activation"],
+            hidden=values["hidden"],
+            memory_order=values["memory_order"],
+            theta=values["theta"] or None,  # 0: the whole sequence
             view=self.data_config.view,
             **self.model_shape,
         )

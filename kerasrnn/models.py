@@ -45,6 +45,12 @@ def recurrent_layer(config: ModelConfig, return_sequences: bool, name: str) -> k
             "activation": config.activation,
             "recurrent_initializer": config.recurrent_initializer,
         }
+    if kind.memory:
+        options = {
+            "order": config.memory_order,
+            "theta": config.theta or config.input_shape[0],
+            "activation": config.activation,
+        }
     layer_class = kind.layer_class()
     if layer_class is keras.layers.RNN:
         return keras.layers.RNN(
@@ -86,5 +92,9 @@ def build_classifier(config: ModelConfig | None = None, **options) -> keras.Mode
             x = rnn(x)
         if config.dropout:
             x = keras.layers.Dropout(config.dropout, name=f"dropout_{i}")(x)
+    if config.hidden:
+        x = keras.layers.Dense(config.hidden, activation="relu", name="hidden")(x)
+        if config.dropout:
+            x = keras.layers.Dropout(config.dropout, name="dropout_hidden")(x)
     logits = keras.layers.Dense(config.classes, name="logits")(x)
     return keras.Model(inputs, logits, name=f"{config.cell}_classifier")

@@ -1,4 +1,5 @@
-"""NumPy reference of the Elman RNN classifier: forward pass, cross-entropy, hand BPTT.
+"""NumPy reference of the Elman RNN classifier (and of the Legendre Memory Unit
+classifier, `lmu_forward`): forward pass, cross-entropy, hand BPTT.
 
 The equations, with row vectors as in Keras (x_t is [batch, features]):
 
@@ -147,4 +148,95 @@ def rnn_bptt(params: dict[str, np.ndarray], x: np.ndarray, labels: np.ndarray):
         grads["b"] += dz.sum(0)
         dh = dz @ params["w_hh"].T  # to h_{t-1}
     grads["h0"] = dh.sum(0)  # h0 is shared by every example
+    return loss, grads
+
+
+def init_lmu_params(
+    input_size: int,
+    units: int,
+    order: int,
+    classes: int = 10,
+    seed: int = 0,
+    dtype=np.float64,
+) -> dict[str, np.ndarray]:
+    """Small random parameters with the shapes `lmu_forward` expects."""
+    rng = np.random.default_rng(seed)
+    shapes = {
+        "e_x": (input_size, 1),
+        "b_u": (1,),
+        "w_x": (input_size, units),
+        "w_m": (order, units),
+        "b": (units,),
+        "w_hy": (units, classes),
+        "b_y": (classes,),
+    }
+    return {k: (0.3 * rng.standard_normal(s)).astype(dtype) for k, s in shapes.items()}
+
+
+def lmu_forward(params: dict[str, np.ndarray], a: np.ndarray, b_m: np.ndarray, x: np.ndarray):
+    """Runs the Legendre Memory Unit classifier over a batch of sequences, step by step.
+
+    The equations (`cells.LegendreMemoryCell`), from m_0 = 0:
+
+        u_t = x_t @ e_x + b_u
+        m_t = m_{t-1} @ a + u_t * b_m
+        h_T = tanh(x_T @ w_x + m_T @ w_m + b)
+        logits = h_T @ w_hy + b_y
+
+    Args:
+        params: arrays e_x, b_u, w_x, w_m, b, w_hy, b_y (see `init_lmu_params`).
+        a: [order, order] the memory's fixed step matrix (`legendre.memory_step`).
+        b_m: [order] the memory's fixed input vector.
+        x: [batch, steps, features] inputs.
+
+    Returns:
+        (logits [batch, classes], ms [steps + 1, batch, order] where ms[0] is m_0 = 0,
+        h_T [batch, units]).
+    """
+    x = np.asarray(x)
+    if x.ndim != 3:
+        raise ValueError(f"x must be [batch, steps, features], got shape {x.shape}")
+    _check_finite("x", x)
+    batch, steps, _ = x.shape
+    m = np.zeros((batch, len(b_m)))
+    ms = [m]
+    for t in range(steps):
+        u = x[:, t] @ params["e_x"] + params["b_u"]  # [batch, 1]
+        m = m @ a + u * b_m
+        ms.append(m)
+    h = np.tanh(x[:, -1] @ params["w_x"] + m @ params["w_m"] + params["b"])
+    return h @ params["w_hy"] + params["b_y"], np.stack(ms), h
+
+
+def lmu_bptt(params: dict[str, np.ndarray], a: np.ndarray, b_m: np.ndarray, x: np.ndarray, labels):
+    """Loss and hand-written backpropagation through time of `lmu_forward`.
+
+    The memory is linear and fixed: the loss reaches each step's u_t only through
+    m_T, as d m_t = d m_{t+1} @ a^T, and d u_t = d m_t . b_m.
+
+    Returns:
+        (mean softmax cross-entropy, dict of gradients with the keys and shapes of params).
+    """
+    logits, ms, h = lmu_forward(params, a, b_m, x)
+    batch, steps = x.shape[0], x.shape[1]
+    loss = softmax_cross_entropy(logits, labels)
+    dlogits = np.exp(log_softmax(logits))
+    dlogits[np.arange(batch), labels] -= 1.0
+    dlogits /= batch  # d loss / d logits
+    dz = dlogits @ params["w_hy"].T * (1.0 - h**2)  # through tanh
+    grads = {
+        "w_hy": h.T @ dlogits,
+        "b_y": dlogits.sum(0),
+        "w_x": x[:, -1].T @ dz,
+        "w_m": ms[-1].T @ dz,
+        "b": dz.sum(0),
+        "e_x": np.zeros_like(params["e_x"]),
+        "b_u": np.zeros_like(params["b_u"]),
+    }
+    dm = dz @ params["w_m"].T  # d loss / d m_T
+    for t in range(steps, 0, -1):
+        du = dm @ b_m[:, None]  # [batch, 1]
+        grads["e_x"] += x[:, t - 1].T @ du
+        grads["b_u"] += du.sum(0)
+        dm = dm @ a.T  # to m_{t-1}
     return loss, grads

@@ -32,6 +32,15 @@ _SPACE = {
     "cell": (Choice(CELLS), str, lambda v: None if v in CELLS else f"must be one of {CELLS}"),
     "units": (Range(16, 128, step=16), int, lambda v: None if v >= 1 else "must be >= 1"),
     "layers": (Range(1, 2), int, lambda v: None if v >= 1 else "must be >= 1"),
+    # a Dense(relu) before the logits (`ModelConfig.hidden`; 0: none)
+    "hidden": (Choice((0,)), int, lambda v: None if v >= 0 else "must be >= 0 (0: none)"),
+    # lmu's memory (`ModelConfig.memory_order`, `ModelConfig.theta`); theta 0: the sequence
+    "memory_order": (Choice((256,)), int, lambda v: None if v >= 1 else "must be >= 1"),
+    "theta": (
+        Choice((0.0,)),
+        float,
+        lambda v: None if v >= 0 else "must be >= 0 steps (0: the whole sequence)",
+    ),
     "dropout": (
         Choice((0.0, 0.1, 0.2)),
         float,
@@ -67,6 +76,8 @@ _SPACE = {
 NAMES = tuple(_SPACE)
 # Ranges of these are sampled on a log scale (when they exclude 0).
 _LOG_SCALE = ("learning_rate", "weight_decay")
+# Ranges of these step by 16 (when both ends are multiples of 16).
+_STEPS_OF_16 = ("units", "hidden", "memory_order")
 
 
 def _value(name: str, text: str):
@@ -138,7 +149,7 @@ class SearchSpace:
                 low,
                 high,
                 log=name in _LOG_SCALE and low > 0,
-                step=16 if name == "units" and low % 16 == 0 and high % 16 == 0 else None,
+                step=16 if name in _STEPS_OF_16 and low % 16 == 0 and high % 16 == 0 else None,
             )
         values = tuple(_value(name, part) for part in spec.split(",") if part.strip())
         if not values:

@@ -181,7 +181,9 @@ def fit(
     """Trains a compiled model with the loop `config.loop` names.
 
     Keras callbacks run as under `model.fit` (epoch logs: loss, accuracy, val_loss,
-    val_accuracy), and `model.stop_training` ends training early. Both loops read the
+    val_accuracy), and `model.stop_training` ends training early: set within an epoch
+    (by `on_train_batch_end`), after that group of steps, the epoch then ending as a
+    whole one does (validation, `on_epoch_end`), as under Keras `fit`. Both loops read the
     same batches in the same order: the epochs are one dataset, read by one iterator.
 
     A model made and compiled in a strategy's scope (see `kerasrnn.distribute`) trains
@@ -286,6 +288,8 @@ def _fit_bptt(model, batches, steps, val_ds, config: TrainConfig, callbacks, ini
             callbacks.on_train_batch_begin(first)
             step_logs = train_steps(batches, count, ends_epoch=first + count == steps)
             callbacks.on_train_batch_end(first + count - 1, step_logs)
+            if model.stop_training:  # a callback stopped it within the epoch, as Keras fit
+                break
         logs = {key: float(value) for key, value in step_logs.items()}
         if val_ds is not None:
             if scored is not model:

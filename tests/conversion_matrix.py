@@ -138,6 +138,22 @@ ROWS: tuple[Row, ...] = (
         lambda: [_k().RNN(__import__("kerasrnn").ElmanCell(16)), _out()],
     ),
     Row(
+        "kerasrnn LMU",
+        "LMU(order=16), as build_classifier makes it",
+        lambda: [__import__("kerasrnn").LMU(16, order=16, theta=49.0), _out()],
+        shape="(49, 16)",
+        reason="the whole sequence is one FULLY_CONNECTED (the memory is linear in it)",
+    ),
+    Row(
+        "kerasrnn LMU",
+        "return_sequences, then GRU",
+        lambda: [
+            __import__("kerasrnn").LMU(12, order=8, theta=28.0, return_sequences=True),
+            _k().GRU(8),
+            _out(),
+        ],
+    ),
+    Row(
         "Bidirectional",
         "LSTM, merge_mode concat",
         lambda: [_k().Bidirectional(_k().LSTM(8)), _out()],

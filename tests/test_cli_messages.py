@@ -238,6 +238,32 @@ def test_firmware_of_a_missing_model_is_one_clear_line(tmp_path, monkeypatch):
     assert f"{tmp_path}/missing.tflite" in line
 
 
+@pytest.mark.parametrize("view,shape", [("rows", (28, 28)), ("pixels", (784, 1))])
+def test_firmware_embeds_the_digits_in_the_view_it_is_given(tmp_path, monkeypatch, view, shape):
+    """A pixel model's firmware reads 784 steps of one pixel, not 28 rows."""
+    from kerasrnn.export import firmware
+
+    given = []
+
+    class _Built:
+        def table(self):
+            return "built"
+
+    def build_firmware(model, out, config, images):
+        given.append(images)
+        return _Built()
+
+    monkeypatch.setattr(firmware, "build_firmware", build_firmware)
+    status, out, _ = run_cli(
+        "firmware",
+        "m.tflite",
+        *("--tflm-dir", str(tmp_path), "--out", str(tmp_path / "fw")),
+        *("--data", "sample", "--view", view),
+    )
+    assert status == 0 and "built" in out
+    assert given[0].shape[1:] == shape and given[0].max() <= 1.0
+
+
 @pytest.mark.parametrize(
     "error,message",
     [

@@ -27,6 +27,7 @@ FLOAT_DEFAULT = (
     "LSTM: stacked, return_sequences",
     "GRU: reset_after=False",
     "kerasrnn ElmanCell: RNN(ElmanCell), as build_classifier makes it",
+    "kerasrnn LMU: LMU(order=16), as build_classifier makes it",
     "Bidirectional: LSTM, merge_mode concat",
     "Bidirectional: GRU, return_sequences, merge_mode sum, GlobalAveragePooling1D",
     "Dense: hidden relu layer, then the output",
@@ -270,3 +271,36 @@ def test_masked_user_model_streams_one_row_at_a_time(tmp_path, digits):
         for step in sequence:
             logits = stream.push(step)
         assert relative_difference(logits, model.predict(sequence[None], verbose=0)[0]) <= 1e-5
+
+
+@pytest.mark.parametrize("quantization", [pytest.param("none", marks=pytest.mark.slow), "int8"])
+def test_lmu_streams_one_step_at_a_time_like_its_parallel_form(
+    quantization, matrix_models, digits, tmp_path
+):
+    """Keras runs the memory over a whole sequence as one product; the streaming file
+    steps it one input per Invoke, in int8 with its step matrix split in two (see
+    `model_reader.MemoryWeights.increment`)."""
+    from kerasrnn.export.runtime import Stream
+
+    row = SUPPORTED["kerasrnn LMU: LMU(order=16), as build_classifier makes it"]
+    model = matrix_models(row.name)
+    options = {}
+    if quantization == "int8":
+        options = {"representative_data": matrix.inputs(row, digits[0][:300])}
+    written = convert.to_tflite(
+        model, str(tmp_path / "s.tflite"), quantization, stream=True, **options
+    )
+    x = matrix.inputs(row, digits[2][:40])
+    expected = model.predict(x, verbose=0)
+    stream = Stream(written.path)
+    got = []
+    for sequence in x:
+        stream.reset()
+        for step in sequence:
+            logits = stream.push(step)
+        got.append(logits)
+    got = np.stack(got)
+    if quantization == "none":
+        assert relative_difference(got, expected) <= 1e-5
+    else:
+        assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.95

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from kerasrnn.cell_kinds import CELLS
-from kerasrnn.cells import ElmanCell, LearnableInitialState
+from kerasrnn.cells import LMU, ElmanCell, LearnableInitialState, LegendreMemoryCell
 from kerasrnn.config import ModelConfig
 from kerasrnn.errors import ConfigError
 from kerasrnn.models import build_classifier
@@ -32,6 +32,8 @@ def test_elman_cell_matches_simple_rnn_with_copied_weights():
         ("elman", 28 * 16 + 16 * 16 + 16 + 16 + 170),
         ("lstm", 4 * (28 * 16 + 16 * 16 + 16) + 170),
         ("gru", 3 * (28 * 16 + 16 * 16 + 2 * 16) + 170),  # reset_after: two biases
+        # e_x 28x1 + b_u 1 + W_x 28x16 + W_m 256x16 + b 16 (A, B fixed) + dense 16x10 + 10
+        ("lmu", 28 + 1 + 28 * 16 + 256 * 16 + 16 + 170),
     ],
 )
 def test_exact_parameter_counts(cell, params):
@@ -82,7 +84,15 @@ def test_learnable_h0_receives_a_gradient_that_changes_the_output():
     assert float(loss_fn(labels, model(x))) < float(loss)
 
 
-@pytest.mark.parametrize("layer", [ElmanCell(5, activation="relu"), LearnableInitialState(7)])
+@pytest.mark.parametrize(
+    "layer",
+    [
+        ElmanCell(5, activation="relu"),
+        LearnableInitialState(7),
+        LegendreMemoryCell(5, order=12, theta=30.0),
+        LMU(5, order=12, theta=30.0, activation="relu", return_sequences=True),
+    ],
+)
 def test_layer_config_round_trip(layer):
     clone = layer.__class__.from_config(layer.get_config())
     assert clone.get_config() == layer.get_config()
@@ -97,6 +107,9 @@ def test_layer_config_round_trip(layer):
         ({"dropout": 1.5}, r"dropout must be in \[0, 1\)"),
         ({"activation": "sigmoid"}, r"activation must be one of \('tanh', 'relu'\), got 'sigmoid'"),
         ({"view": "columns"}, r"view must be one of \('rows', 'pixels', 'permuted'\)"),
+        ({"hidden": -1}, r"hidden must be a whole number of units \(0: none\), got -1"),
+        ({"memory_order": 0}, "memory_order must be a positive integer, got 0"),
+        ({"theta": -5.0}, "theta must be positive or None, got -5.0"),
     ],
 )
 def test_bad_model_config_is_rejected(kwargs, message):
@@ -117,6 +130,68 @@ def test_every_cell_kind_builds_its_own_layer(cell):
 def test_bad_cell_units_are_rejected():
     with pytest.raises(ValueError, match="units must be a positive integer, got -2"):
         ElmanCell(-2)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"units": 0}, "units must be a positive integer, got 0"),
+        ({"units": 4, "order": 2.5}, "order must be a positive integer, got 2.5"),
+        ({"units": 4, "theta": 0}, "theta must be a positive number of steps, got 0"),
+    ],
+)
+def test_bad_legendre_memory_arguments_are_rejected(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        LegendreMemoryCell(**kwargs)
+
+
+def _lmu_logits_and_gradients(model, x):
+    import tensorflow as tf
+
+    with tf.GradientTape() as tape:
+        logits = model(x, training=True)
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(
+            np.arange(len(x)) % 10, logits
+        )
+    grads = tape.gradient(loss, model.trainable_variables)
+    return logits.numpy(), [g.numpy() for g in grads]
+
+
+def test_lmu_parallel_form_equals_its_steps_over_784_pixels():
+    """Training computes the memory after the sequence as one product with the impulse
+    response; the cell's step, one pixel at a time, must give the same logits and
+    gradients, up to float32 rounding relative to the values compared."""
+    from conftest import relative_difference
+
+    parallel = build_classifier(cell="lmu", units=16, memory_order=32, hidden=8, view="pixels")
+    lmu = parallel.get_layer("lmu_0")
+    assert lmu.parallel_applies(mask=None)
+    inputs = keras.Input((784, 1))
+    steps = keras.layers.RNN(lmu.cell)(inputs)  # the same cell (weights), Keras's loop
+    for name in ("hidden", "logits"):
+        steps = parallel.get_layer(name)(steps)
+    stepped = keras.Model(inputs, steps)
+    rng = np.random.default_rng(4)
+    for w in lmu.cell.weights:  # a nonzero b_u and a varied e_x too
+        w.assign(w.numpy() + 0.1 * rng.standard_normal(w.shape).astype("float32"))
+    x = _x(4, (784, 1))
+    logits, grads = _lmu_logits_and_gradients(parallel, x)
+    step_logits, step_grads = _lmu_logits_and_gradients(stepped, x)
+    assert relative_difference(logits, step_logits) <= 1e-5
+    for variable, grad, step_grad in zip(parallel.trainable_variables, grads, step_grads):
+        assert np.abs(step_grad).max() > 0, variable.path
+        assert relative_difference(grad, step_grad) <= 1e-4, variable.path
+
+
+def test_lmu_hidden_layer_and_memory_options_reach_the_model():
+    model = build_classifier(
+        cell="lmu", units=8, memory_order=20, theta=400.0, hidden=6, view="pixels"
+    )
+    cell = model.get_layer("lmu_0").cell
+    assert (cell.order, cell.theta, cell.w_m.shape) == (20, 400.0, (20, 8))
+    assert model.get_layer("hidden").units == 6
+    default = build_classifier(cell="lmu", units=8, memory_order=20, view="permuted")
+    assert default.get_layer("lmu_0").cell.theta == 784.0  # the whole sequence
 
 
 def test_import_kerasrnn_lets_keras_load_its_models_without_importing_keras_itself(tmp_path):

@@ -12,23 +12,28 @@ def _batch(seed=1, batch=4, steps=5, features=3):
     return rng.standard_normal((batch, steps, features)), rng.integers(0, 10, batch)
 
 
-def test_hand_bptt_matches_finite_differences():
-    x, y = _batch()
-    params = reference.init_params(3, 6, seed=2)
-    _, grads = reference.rnn_bptt(params, x, y)
+def _assert_matches_finite_differences(params, grads, logits_of, labels):
+    """Each gradient against central differences of the loss of `logits_of(params)`."""
     eps = 1e-6
     for name, value in params.items():
         numeric = np.zeros_like(value)
         for i in np.ndindex(value.shape):
             saved = value[i]
             value[i] = saved + eps
-            up = reference.softmax_cross_entropy(reference.rnn_forward(params, x)[0], y)
+            up = reference.softmax_cross_entropy(logits_of(params), labels)
             value[i] = saved - eps
-            down = reference.softmax_cross_entropy(reference.rnn_forward(params, x)[0], y)
+            down = reference.softmax_cross_entropy(logits_of(params), labels)
             value[i] = saved
             numeric[i] = (up - down) / (2 * eps)
         rel = np.abs(grads[name] - numeric).max() / max(np.abs(numeric).max(), 1e-12)
         assert rel < 1e-6, f"{name}: relative error {rel:.2e}"
+
+
+def test_hand_bptt_matches_finite_differences():
+    x, y = _batch()
+    params = reference.init_params(3, 6, seed=2)
+    _, grads = reference.rnn_bptt(params, x, y)
+    _assert_matches_finite_differences(params, grads, lambda p: reference.rnn_forward(p, x)[0], y)
 
 
 @pytest.fixture
@@ -133,3 +138,44 @@ def test_the_two_losses_agree():
 def test_bad_inputs_are_rejected(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def _lmu_memory(order=5, theta=7.0):
+    from kerasrnn import legendre
+
+    return legendre.memory_step(order, theta)
+
+
+def test_lmu_hand_bptt_matches_finite_differences():
+    x, y = _batch(steps=9, features=2)
+    a, b_m = _lmu_memory()
+    params = reference.init_lmu_params(2, 6, 5, seed=2)
+    _, grads = reference.lmu_bptt(params, a, b_m, x, y)
+    _assert_matches_finite_differences(
+        params, grads, lambda p: reference.lmu_forward(p, a, b_m, x)[0], y
+    )
+
+
+def test_lmu_hand_bptt_matches_gradient_tape_on_the_keras_model(float64):
+    """The Keras model trains in its parallel form; the reference steps one input at a time."""
+    x, y = _batch(batch=8, steps=40, features=3)
+    params = reference.init_lmu_params(3, 16, 12, seed=3)
+    model = build_classifier(cell="lmu", units=16, memory_order=12, steps=40, features=3)
+    cell = model.get_layer("lmu_0").cell
+    for name in ("e_x", "b_u", "w_x", "w_m", "b"):
+        getattr(cell, name).assign(params[name])
+    model.get_layer("logits").kernel.assign(params["w_hy"])
+    model.get_layer("logits").bias.assign(params["b_y"])
+    variables = {name: getattr(cell, name) for name in ("e_x", "b_u", "w_x", "w_m", "b")}
+    variables.update(w_hy=model.get_layer("logits").kernel, b_y=model.get_layer("logits").bias)
+    with tf.GradientTape() as tape:
+        logits = model(x)
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(y, logits)
+    tape_grads = dict(zip(variables, tape.gradient(loss, list(variables.values()))))
+    ref_loss, ref_grads = reference.lmu_bptt(params, cell.a, cell.b_m, x, y)
+    ref_logits = reference.lmu_forward(params, cell.a, cell.b_m, x)[0]
+    np.testing.assert_allclose(logits.numpy(), ref_logits, rtol=1e-10)
+    assert abs(float(loss) - ref_loss) < 1e-10
+    for name, grad in ref_grads.items():
+        rel = np.abs(tape_grads[name].numpy() - grad).max() / np.abs(grad).max()
+        assert rel < 1e-8, f"{name}: relative error {rel:.2e}"

@@ -114,6 +114,7 @@ def test_lstm_and_gru_keep_cudnn_where_a_gpu_is_visible(monkeypatch):
         "elman": True,
         "lstm": False,
         "gru": False,
+        "lmu": True,
     }
 
 
@@ -162,6 +163,32 @@ def test_steps_per_execution_trains_the_same_weights_and_reports_every_step(loop
     assert ends[1] == [0, 1, 2, 3] * 2
     # BPTT: groups of 3 and the rest; Keras fit: 2, the most steps that divide 4
     assert ends[3] == ([2, 3] if loop == "bptt" else [1, 3]) * 2
+
+
+class _StopAfter(_GroupEnds):
+    """Sets `model.stop_training` at the end of batch `last`, as a time budget does."""
+
+    def __init__(self, last: int):
+        super().__init__()
+        self.last, self.epochs = last, []
+
+    def on_train_batch_end(self, batch, logs=None):
+        super().on_train_batch_end(batch, logs)
+        if batch >= self.last:
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs.append(epoch)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_stop_training_within_an_epoch_ends_it_after_that_group_as_keras_fit(loop):
+    batches = data.epochs(DataConfig(source="sample", max_examples=256), "train")  # 4 a epoch
+    config = TrainConfig(epochs=3, loop=loop, schedule="constant", steps_per_execution=1, verbose=0)
+    model = training.compile_model(build_classifier(units=8), config, 4)
+    stop = _StopAfter(1)
+    training.fit(model, batches, None, config, callbacks=[stop])
+    assert stop.ends == [0, 1] and stop.epochs == [0]
 
 
 def test_bad_steps_per_execution_is_rejected():

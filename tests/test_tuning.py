@@ -129,6 +129,22 @@ def test_tune_shift_flag_is_the_shift_each_trial_trains_with(tmp_path, monkeypat
     assert json.loads((tmp_path / "search.json").read_text())["data"]["shift"] == 2
 
 
+def test_search_over_the_lmu_memory_completes_every_trial_with_its_values(tmp_path):
+    space = SearchSpace.parse(
+        ["cell=lmu", "units=16", "hidden=8", "batch_size=64"],
+        ["memory_order=8,16", "theta=14:28"],
+    )
+    config = TuneConfig(max_trials=2, max_epochs=1, seed=1)
+    outcome = tuning.tune(space, SMALL, config, str(tmp_path), retrain=False)
+    assert len(outcome.rows) == 2 and all(r["status"] == "COMPLETED" for r in outcome.rows)
+    for trial in _trials(str(tmp_path)).values():
+        hp = kt.HyperParameters.from_config(trial["hyperparameters"])
+        model = RNNHyperModel(space, SMALL, config).build(hp)
+        cell = model.get_layer("lmu_0").cell
+        assert (cell.order, cell.theta) == (hp.get("memory_order"), hp.get("theta"))
+        assert 14 <= cell.theta <= 28 and model.get_layer("hidden").units == 8
+
+
 def test_searched_shift_range_is_an_integer_hyperparameter():
     hp = kt.HyperParameters()
     values = SearchSpace.parse([], ["shift=0:2"]).define(hp)
@@ -295,6 +311,8 @@ def test_parsed_domains():
         (["units=32"], ["units=16:64"], "units is given twice"),
         ([], ["batch_size=,"], "batch_size: empty choice"),
         ([], ["shift=0:28"], r"shift=28: shift must be a whole number of pixels in \[0, 27\]"),
+        (["theta=-1"], [], r"theta=-1.0: theta must be >= 0 steps \(0: the whole sequence\)"),
+        (["memory_order=0"], [], "memory_order=0: memory_order must be >= 1"),
     ],
 )
 def test_bad_space_gives_a_clear_error(assignments, ranges, message):
