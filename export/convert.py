@@ -22,7 +22,7 @@ from kerasrnn._io import atomic_write, check_replaceable
 from kerasrnn.config import check_choice, check_positive
 from kerasrnn.errors import ConfigError, ConversionError
 from kerasrnn.evaluation import load_model
-from kerasrnn.export import flatbuffer, graph, integer_io, model_reader
+from kerasrnn.export import calibration, flatbuffer, graph, integer_io, model_reader
 from kerasrnn.export.child_process import ChildTimeout, child_main, run_child
 from kerasrnn.export.config import (
     ACTIVATION_CHOICES,
@@ -249,6 +249,7 @@ def to_tflite(
             "stream": stream,
             "form": form,
             "activations": None,
+            "target": target,
             "fast_agreement": FAST_INT8_AGREEMENT,
             "class_names": None if class_names is None else list(class_names),
             "out": os.path.join(tmp, "out.tflite"),
@@ -356,7 +357,11 @@ def _why(target: str, form_asked: str, activations_asked: str, stream: bool, inf
             f"slower)"
         )
     elif chosen == "int8":
-        kept = "" if agreement is None else f", {agreement:.1%} top-1 agreement with Keras"
+        kept = (
+            ""
+            if agreement is None
+            else f", {agreement:.1%} top-1 agreement with Keras on the probes"
+        )
         reasons.append(f"int8 activations: XNNPACK's kernels{kept}")
     else:
         reasons.append("int16 activations: TFLM and LiteRT give the same bytes")
@@ -431,13 +436,9 @@ def _convert(job: dict) -> dict:
     """
     model = load_model(job["model"])
     weights = model_reader.read_model(model)
-    if job["stream"]:
-        function = graph.step_function(weights)
-    else:
-        function = graph.sequence_function(weights, job["batch_size"], job["form"])
     rejected = None
     for k, activations in enumerate(job["activations"]):
-        content = _converted(job, weights, function, activations)
+        content = _converted(job, weights, activations)
         parity = _parity(content, model, weights, job)
         last = k == len(job["activations"]) - 1
         fast = {**job["bounds"], "top1_agreement": job["fast_agreement"]}
@@ -462,11 +463,20 @@ def _convert(job: dict) -> dict:
     }
 
 
-def _converted(job: dict, weights, function, activations: str | None) -> bytes:
-    """The file's bytes: `function` converted as `job` asks (int8 with `activations`),
-    slimmed and sealed, and loaded and run once by LiteRT (a file it rejects or aborts on
-    fails the conversion, not a later caller)."""
+def _converted(job: dict, weights, activations: str | None) -> bytes:
+    """The file's bytes: the model's graph converted as `job` asks (int8 with
+    `activations`), slimmed and sealed, and loaded and run once by LiteRT (a file it
+    rejects or aborts on fails the conversion, not a later caller).
+
+    An int8-activation file for LiteRT joins each Elman step's inputs (`graph`) and gets its
+    ranges pinned (`calibration`): measured 99.24% -> 99.65% top-1 agreement with Keras.
+    """
     quantization, form = job["quantization"], job["form"]
+    pinned = activations == "int8" and job["target"] == "litert"
+    if job["stream"]:
+        function = graph.step_function(weights)
+    else:
+        function = graph.sequence_function(weights, job["batch_size"], form, joined=pinned)
     if form == "fused":  # the converter fuses marked functions only on this (newer) path
         holder = tf.Module()
         holder.function = function
@@ -494,7 +504,10 @@ def _converted(job: dict, weights, function, activations: str | None) -> bytes:
         # Measured on elman-64: 20.1 KB vs 22.5 KB file, 18.4 KB vs 32.8 KB TFLM arena, same
         # accuracy; a Bidirectional GRU-8 (sum, pooled): 98.9% vs 99.6% agreement.
         converter._experimental_disable_per_channel = not job["per_channel"]
-    content = converter.convert()
+    if pinned:
+        content = calibration.quantize(converter, job["per_channel"])
+    else:
+        content = converter.convert()
     inputs = [spec.name for spec in function.structured_input_signature[0]]
     outputs = sorted(function.structured_outputs) if job["stream"] else ["logits"]
     if int16_inside:
@@ -510,12 +523,13 @@ def _converted(job: dict, weights, function, activations: str | None) -> bytes:
 
 
 def _probes(weights: model_reader.ModelGraph, job: dict) -> np.ndarray:
-    """float32 [n, steps, features]: the representative data, else seeded random
-    sequences in the input range (normal ones where it is unbounded); where the model
-    masks, half of them end in masked steps."""
-    count = 16 if job["stream"] else 1000
+    """float32 [n, steps, features]: the representative data (its first 4,000 sequences:
+    an int8 file's choice of activations rests on them), else 1,000 seeded random sequences
+    in the input range (normal ones where it is unbounded); where the model masks, half of
+    them end in masked steps. A streaming file: 16 of them."""
     if job["representative"]:
-        return np.load(job["representative"])[:count]
+        return np.load(job["representative"])[: 16 if job["stream"] else 4000]
+    count = 16 if job["stream"] else 1000
     rng, (low, high) = np.random.default_rng(0), job["input_range"]
     shape = (count, *weights.input_shape)
     finite = np.isfinite(low) and np.isfinite(high)

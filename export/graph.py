@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import uuid
 
+import numpy as np
 import tensorflow as tf
 
 from kerasrnn.config import check_choice
@@ -148,12 +149,15 @@ def _memory_over_sequence(layer: mr.MemoryWeights, x):
     return _ACTIVATIONS[layer.activation](z)
 
 
-def _recurrent(stage: mr.Recurrent, x, mask):
+def _recurrent(stage: mr.Recurrent, x, mask, joined: bool = False):
     """A recurrent layer, unrolled: x [batch, steps, features] -> [batch, units] or
-    [batch, steps, units]; `mask` [batch, steps, 1] bool or None (see `Recurrent.masked`)."""
+    [batch, steps, units]; `mask` [batch, steps, 1] bool or None (see `Recurrent.masked`);
+    `joined`: see `sequence_function`."""
     layer = stage.weights
     if _in_parallel(stage):
         return _memory_over_sequence(layer, x)
+    if joined and layer.recurrence == "elman" and not stage.masked:
+        return _joined_elman(stage, x)
     steps = x.shape[1]
     xw = _last_axis(x, lambda v: tf.matmul(v, layer.w_x) + layer.b_x)
     xs = tf.unstack(xw, axis=1)
@@ -176,14 +180,34 @@ def _recurrent(stage: mr.Recurrent, x, mask):
     return tf.stack(outputs, axis=1) if stage.return_sequences else outputs[-1]
 
 
+def _joined_elman(stage: mr.Recurrent, x):
+    """An Elman layer whose step is one FULLY_CONNECTED of the joined [x_t, h_{t-1}] and
+    [W_x; W_h]: x [batch, steps, features] -> [batch, units] or [batch, steps, units]. The
+    first step's h0 @ W_h is a constant, folded into its bias."""
+    layer = stage.weights
+    kernel = np.concatenate([layer.w_x, layer.w_h])
+    first_bias = layer.b_x + layer.h0 @ layer.w_h
+    xs = tf.unstack(x, axis=1)
+    order = range(len(xs) - 1, -1, -1) if stage.go_backwards else range(len(xs))
+    h, outputs = None, []
+    for t in order:
+        if h is None:
+            z = tf.matmul(xs[t], layer.w_x) + first_bias
+        else:
+            z = tf.matmul(tf.concat([xs[t], h], axis=-1), kernel) + layer.b_x
+        h = _ACTIVATIONS[layer.activation](z)
+        outputs.append(h)
+    return tf.stack(outputs, axis=1) if stage.return_sequences else outputs[-1]
+
+
 def _keep(mask, new, old):
     """new where mask is 1.0, old where it is 0.0 (exactly: old + 0)."""
     return old + mask * (new - old)
 
 
-def _bidirectional(stage: mr.Bidirectional, x, mask):
-    forward = _recurrent(stage.forward, x, mask)
-    backward = _recurrent(stage.backward, x, mask)
+def _bidirectional(stage: mr.Bidirectional, x, mask, joined: bool):
+    forward = _recurrent(stage.forward, x, mask, joined)
+    backward = _recurrent(stage.backward, x, mask, joined)
     if stage.forward.return_sequences:
         backward = tf.reverse(backward, axis=[1])  # back into time order, as Keras does
     if stage.merge_mode == "concat":
@@ -216,8 +240,8 @@ def _pool1d(stage: mr.Pool1D, x):
     return pool(x, stage.size, stage.strides, stage.padding.upper())
 
 
-def _apply(stage, x, mask):
-    """One stage on x; returns (y, the mask after it)."""
+def _apply(stage, x, mask, joined: bool = False):
+    """One stage on x; returns (y, the mask after it). `joined`: see `sequence_function`."""
     if isinstance(stage, mr.Mask):
         # 1.0 where a step has a feature other than the mask value, else 0.0, in float ops
         # that TFLM has (its kernels have no SELECT on a broadcast bool)
@@ -226,9 +250,9 @@ def _apply(stage, x, mask):
         )
         return (x if stage.value == 0 else x * mask), mask
     if isinstance(stage, mr.Recurrent):
-        return _recurrent(stage, x, mask), mask if stage.return_sequences else None
+        return _recurrent(stage, x, mask, joined), mask if stage.return_sequences else None
     if isinstance(stage, mr.Bidirectional):
-        return _bidirectional(stage, x, mask), None
+        return _bidirectional(stage, x, mask, joined), None
     if isinstance(stage, mr.Dense):
         return _dense(stage, x), mask
     if isinstance(stage, mr.Activation):
@@ -247,9 +271,9 @@ def _apply(stage, x, mask):
     raise ConversionError(f"no graph for stage {type(stage).__name__}")  # read_model's list
 
 
-def _apply_all(stages, x, mask=None):
+def _apply_all(stages, x, mask=None, joined: bool = False):
     for stage in stages:
-        x, mask = _apply(stage, x, mask)
+        x, mask = _apply(stage, x, mask, joined)
     return x
 
 
@@ -294,7 +318,9 @@ def check_form(model: ModelGraph, form: str, batch_size: int | None) -> None:
         )
 
 
-def sequence_function(model: ModelGraph, batch_size: int | None = 1, form: str = "unrolled"):
+def sequence_function(
+    model: ModelGraph, batch_size: int | None = 1, form: str = "unrolled", joined: bool = False
+):
     """The whole-sequence model as a `tf.function`.
 
     Args:
@@ -304,6 +330,10 @@ def sequence_function(model: ModelGraph, batch_size: int | None = 1, form: str =
             WHILE whose body runs a step of every layer; smaller, but the int8 converter
             crashes on it; see `can_loop`) or "fused" (LSTM stacks, see `can_fuse`:
             TFLite's UNIDIRECTIONAL_SEQUENCE_LSTM).
+        joined: unrolled form: each unmasked Elman layer's step is one FULLY_CONNECTED of
+            the joined [x_t, h_{t-1}], not x_t's projection (all steps at once, outside the
+            recurrence) added to h_{t-1}'s. In an int8 file the pre-activation is then
+            rounded once, not three times (`calibration`; the int8 files for LiteRT).
 
     Returns:
         A concrete function: sequence [batch, steps, features] float32 -> [batch, outputs].
@@ -314,14 +344,11 @@ def sequence_function(model: ModelGraph, batch_size: int | None = 1, form: str =
     check_form(model, form, batch_size)
     steps, features = model.input_shape
     spec = tf.TensorSpec([batch_size, steps, features], tf.float32, name="sequence")
-    body = {"loop": _loop, "fused": _fused, "unrolled": _unrolled}[form]
-    return tf.function(
-        lambda sequence: body(model, sequence), input_signature=[spec]
-    ).get_concrete_function()
-
-
-def _unrolled(model: ModelGraph, sequence):
-    return _apply_all(model.stages, sequence)
+    if form == "unrolled":
+        body = lambda sequence: _apply_all(model.stages, sequence, joined=joined)  # noqa: E731
+    else:
+        body = lambda sequence: {"loop": _loop, "fused": _fused}[form](model, sequence)  # noqa: E731
+    return tf.function(body, input_signature=[spec]).get_concrete_function()
 
 
 def _keras_lstm(inputs, init_h, init_c, kernel, recurrent_kernel, bias):

@@ -67,7 +67,7 @@ def _interpreter(content: bytes, kernels: str = "builtin", threads: int = 1) -> 
     return interpreter
 
 
-def delegated(interpreter: Interpreter) -> bool:
+def _delegated(interpreter: Interpreter) -> bool:
     """Whether a delegate (XNNPACK) runs any of the interpreter's operators: it takes none
     of a file whose tensors are all int16, say."""
     return any(op["op_name"] == "DELEGATE" for op in interpreter._get_ops_details())
@@ -159,7 +159,7 @@ def _load(path: str, kernels: str, threads: int) -> tuple[bytes, Interpreter, st
         interpreter = _interpreter(content, kernels, threads)
     except (ValueError, RuntimeError) as e:
         raise ModelFileError(f"{path}: invalid or truncated TFLite model ({e})") from None
-    return content, interpreter, "xnnpack" if delegated(interpreter) else "builtin"
+    return content, interpreter, "xnnpack" if _delegated(interpreter) else "builtin"
 
 
 def _invoke(interpreter: Interpreter, path: str) -> None:

@@ -143,6 +143,23 @@ def test_all_int8_activations_run_in_micro(exported, trained_models, test_digits
     assert (micro.logits.argmax(1) == litert.argmax(1)).mean() >= 0.97
 
 
+def test_litert_int8_file_joins_elman_steps_and_pins_their_ranges(exported):
+    """int8 activations for LiteRT (`calibration`): each step one FULLY_CONNECTED of the
+    joined [x_t, h] (no ADD), its pre-activation clipped where TANH saturates, and the
+    CONCATENATION and the input in TANH's own int8 range, so that nothing is requantized."""
+    with open(exported["elman", "int8 activations"].path, "rb") as f:
+        model = flatbuffer.unpack(f.read())
+    subgraph = model.subgraphs[0]
+    names = [flatbuffer.operator_name(model, op) for op in subgraph.operators]
+    assert names.count("CONCATENATION") == 27 and names.count("TANH") == 28
+    assert "ADD" not in names and "QUANTIZE" not in names
+    image = subgraph.tensors[subgraph.inputs[0]].quantization
+    assert (image.scale[0], image.zeroPoint[0]) == (1 / 128, 0)
+    for op, name in zip(subgraph.operators, names):
+        if name == "TANH":  # at most [-3, 3] in 255 steps
+            assert subgraph.tensors[op.inputs[0]].quantization.scale[0] <= 6 / 255 + 1e-7
+
+
 @pytest.mark.parametrize(
     "quantization, fusable, loopable, target, steps, form",
     [
@@ -272,6 +289,8 @@ def test_graph_forms_agree_with_keras(trained_models, test_digits):
                 continue
             logits = graph.sequence_function(weights, 16, form)(tf.constant(images[:16]))
             assert relative_difference(logits.numpy(), expected) < 1e-5, (kind, form)
+        joined = graph.sequence_function(weights, 16, "unrolled", joined=True)
+        assert relative_difference(joined(tf.constant(images[:16])).numpy(), expected) < 1e-5
 
 
 def test_dynamic_batch_file_takes_any_batch(exported, test_digits):

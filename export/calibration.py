@@ -1,0 +1,123 @@
+"""The ranges of an int8 file's tensors: measured on real inputs, then pinned where the int8
+graph makes the measured range waste its 256 steps, and only then quantized.
+
+The converter sets every tensor's int8 scale from the smallest and largest value it met
+while calibrating. For int8 activations that wastes steps in two places, and `pin_ranges`
+fixes both before `quantize` hands the model to the converter's own quantizer:
+
+- A tensor read only by TANH or LOGISTIC, and made by an op of its own output scale
+  (`OWN_SCALE`), is clipped to where their int8 outputs saturate (`SATURATING`): beyond,
+  every input gives the same output byte, so no output changes and the steps inside get
+  finer (an Elman pre-activation calibrated to [-15.3, 12.0] moves in 0.105 steps, clipped
+  to [-3, 3] in 0.024).
+- A CONCATENATION of tensors that lie in [-1, 1] (the joined Elman step of
+  `graph.sequence_function`: [x_t, h_{t-1}], h a TANH output), and the UNPACK and model
+  input it reads, get TANH's own int8 range (scale 1/128, zero point 0): then no input of
+  the CONCATENATION needs requantizing, an op per step. A pixel of 1.0 reads as 127/128.
+
+Measured on elman-64 trained 3 epochs on full MNIST (int8 activations, XNNPACK, the 10,000
+t10k digits): top-1 agreement with Keras 99.24% as the converter quantizes it, 99.65%
+joined and pinned (simple-64: 99.02% -> 99.64%), in 5.6 us instead of 5.0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.lite.python.convert import mlir_quantize
+
+from kerasrnn.export import flatbuffer
+
+# The input range beyond which an op's int8 output no longer changes: TANH's (scale 1/128)
+# reaches 127 from tanh(2.57), LOGISTIC's (scale 1/256, zero point -128) its ends from
+# -6.24 and 5.14; the bounds keep a margin.
+SATURATING = {"TANH": 3.0, "LOGISTIC": 6.5}
+# The ops whose int8 output takes its own scale (the others, SPLIT, UNPACK, RESHAPE...,
+# keep their input's): the ones whose outputs `pin_ranges` may clip.
+OWN_SCALE = ("FULLY_CONNECTED", "ADD", "SUB", "MUL", "CONV_2D", "BATCH_MATMUL")
+# TANH's int8 output range: scale 1/128, zero point 0.
+TANH_RANGE = (-1.0, 127.0 / 128.0)
+
+
+def quantize(converter: tf.lite.TFLiteConverter, per_channel: bool) -> bytes:
+    """Converts to full int8 (int8 activations, input and output) with `pin_ranges`.
+
+    Args:
+        converter: set up for int8 (`TFLITE_BUILTINS_INT8`, a representative dataset,
+            int8 input and output types).
+        per_channel: one weight scale per output channel (else per tensor).
+
+    Returns:
+        The quantized model's bytes (what `converter.convert()` gives, with the pinned
+        ranges).
+    """
+    converter._experimental_calibrate_only = True
+    calibrated = converter.convert()
+    return mlir_quantize(
+        pin_ranges(calibrated),
+        disable_per_channel=not per_channel,
+        input_data_type=tf.int8,
+        output_data_type=tf.int8,
+    )
+
+
+def pin_ranges(calibrated: bytes) -> bytes:
+    """A calibrated model (the converter's float model with each tensor's measured min and
+    max) with the ranges pinned as the module says.
+
+    Returns:
+        The model's bytes, its other ranges as measured.
+    """
+    model = flatbuffer.unpack(calibrated)
+    graph = model.subgraphs[0]
+    readers, producers = {}, {}
+    for op in graph.operators:
+        name = flatbuffer.operator_name(model, op)
+        for i in op.inputs:
+            readers.setdefault(i, []).append(op)
+        for o in op.outputs:
+            producers[o] = (name, op)
+    for index, tensor in enumerate(graph.tensors):
+        names = {flatbuffer.operator_name(model, op) for op in readers.get(index, [])}
+        own_scale = producers.get(index, (None,))[0] in OWN_SCALE
+        if own_scale and len(names) == 1 and names <= SATURATING.keys() and _measured(tensor):
+            bound = SATURATING[names.pop()]
+            q = tensor.quantization
+            _set_range(tensor, max(q.min[0], -bound), min(q.max[0], bound))
+    for op in graph.operators:
+        if flatbuffer.operator_name(model, op) == "CONCATENATION":
+            _pin_concatenation(graph, op, producers)
+    return flatbuffer.pack(model)
+
+
+def _measured(tensor) -> bool:
+    """Whether calibration gave the tensor one (min, max)."""
+    q = tensor.quantization
+    return q is not None and q.min is not None and len(q.min) == 1
+
+
+def _set_range(tensor, low: float, high: float) -> None:
+    tensor.quantization.min = np.array([low], np.float32)
+    tensor.quantization.max = np.array([high], np.float32)
+
+
+def _pin_concatenation(graph, op, producers: dict) -> None:
+    """Gives a CONCATENATION of tensors within [-1, 1] TANH's int8 range, with the UNPACK
+    outputs and the model input it reads (see the module)."""
+    inputs = [graph.tensors[i] for i in op.inputs]
+    if not all(
+        _measured(t) and -1 <= t.quantization.min[0] <= t.quantization.max[0] <= 1 for t in inputs
+    ):
+        return
+    pinned = [graph.tensors[o] for o in op.outputs]
+    for i in op.inputs:
+        name, producer = producers.get(i, (None, None))
+        if name == "TANH":  # its int8 range is TANH_RANGE already
+            continue
+        if name != "UNPACK" or producer.inputs[0] not in graph.inputs:
+            return  # another producer: its range stays, and the quantizer requantizes
+        unpacked = [graph.tensors[o] for o in producer.outputs]
+        pinned += [graph.tensors[producer.inputs[0]], *unpacked]
+    for tensor in pinned:
+        if _measured(tensor):
+            _set_range(tensor, *TANH_RANGE)
