@@ -63,7 +63,10 @@ benchmark: $(STAMP)
 	$(BIN)/python benchmarks/export_sizes.py
 	$(BIN)/python benchmarks/int8_agreement.py
 	$(BIN)/python benchmarks/firmware_sizes.py
-	$(BIN)/python benchmarks/edge_latency.py --data mnist --json $(BENCH_OUT)/edge_latency.json
+	$(BIN)/python benchmarks/edge_latency.py --data mnist --cells simple elman lstm gru --units 64 \
+		--epochs 3 --threads 2 --json $(BENCH_OUT)/edge_latency_64.json
+	$(BIN)/python benchmarks/edge_latency.py --data mnist --recipe --cases defaults \
+		--cells elman lstm --units 128 --threads 2 --json $(BENCH_OUT)/edge_latency_128_recipe.json
 
 benchmark-quick: $(STAMP)
 	$(BIN)/python benchmarks/training_speed.py --quick

@@ -119,19 +119,23 @@ def _shown(timing: dict | str) -> str:
     return f"{timing['best_us']:.1f} / {timing['median_us']:.1f}"
 
 
-def _train(cell: str, units: int, config, args):
-    """A classifier of `cell` x `units` trained on `config`'s training split."""
+def _train(cell: str, units: int, config, args, folder: str):
+    """A classifier of `cell` x `units` trained on `config`'s training split: `--epochs` at
+    a constant rate, or with `--recipe` as `kerasrnn train` trains it by default (the
+    recipe's schedule, a validation split, the best epoch kept) into `folder`."""
     from kerasrnn import data
-    from kerasrnn.config import TrainConfig
+    from kerasrnn.config import ModelConfig, TrainConfig
     from kerasrnn.models import build_classifier
     from kerasrnn.training import compile_model, fit
+    from kerasrnn.training_run import train
 
     if args.recipe:
-        train = TrainConfig(verbose=0)
-    else:
-        train = TrainConfig(epochs=args.epochs, schedule="constant", verbose=0)
-    model = compile_model(build_classifier(cell=cell, units=units), train)
-    fit(model, data.epochs(config, "train"), None, train)
+        return train(
+            ModelConfig(cell=cell, units=units), config, TrainConfig(verbose=0), folder
+        ).model
+    constant = TrainConfig(epochs=args.epochs, schedule="constant", verbose=0)
+    model = compile_model(build_classifier(cell=cell, units=units), constant)
+    fit(model, data.epochs(config, "train"), None, constant)
     return model
 
 
@@ -153,7 +157,7 @@ def _rows(args):
         np.save(digit, test_x[:1])
         for cell in args.cells:
             for units in args.units:
-                model = _train(cell, units, config, args)
+                model = _train(cell, units, config, args, os.path.join(tmp, f"{cell}{units}"))
                 expected = model.predict(test_x, verbose=0, batch_size=500).argmax(-1)
                 for target, quantization, form, activations in CASES[args.cases]:
                     if form == "fused" and cell != "lstm":  # the fused op exists for LSTM only
@@ -246,7 +250,7 @@ def main() -> None:
         f"test digits"
     )
     header = (
-        f"{'model':<10} {'default':<14} {'quant':<8} {'form':<9} {'act':<5} {'bytes':>8} "
+        f"{'model':<10} {'default':<14} {'quant':<8} {'form':<10} {'act':<5} {'bytes':>8} "
         f"{'accuracy':>8} {'agree':>7} {'Keras':>7} {'runtime':>8} "
         + " ".join(f"{f'{k} {t}t':>15}" for k, t in timings(args.threads))
     )
@@ -257,7 +261,7 @@ def main() -> None:
         rows.append(row)
         print(
             f"{row['model']:<10} {row['default']:<14} {row['quantization']:<8} "
-            f"{row['form']:<9} {row['activations']:<5} {row['bytes']:>8,} "
+            f"{row['form']:<10} {row['activations']:<5} {row['bytes']:>8,} "
             f"{row['accuracy']:>8.2%} {row['agreement']:>7.2%} {row['keras_accuracy']:>7.2%} "
             f"{row['runtime']:>8} "
             + " ".join(f"{_shown(row[f'{k} {t}t']):>15}" for k, t in timings(args.threads)),

@@ -70,15 +70,15 @@ def pin_ranges(calibrated: bytes) -> bytes:
     """
     model = flatbuffer.unpack(calibrated)
     graph = model.subgraphs[0]
-    readers, producers = {}, {}
+    readers, producers = {}, {}  # tensor -> names of the ops reading it; -> (name, op)
     for op in graph.operators:
         name = flatbuffer.operator_name(model, op)
         for i in op.inputs:
-            readers.setdefault(i, []).append(op)
+            readers.setdefault(i, []).append(name)
         for o in op.outputs:
             producers[o] = (name, op)
     for index, tensor in enumerate(graph.tensors):
-        names = {flatbuffer.operator_name(model, op) for op in readers.get(index, [])}
+        names = set(readers.get(index, []))
         own_scale = producers.get(index, (None,))[0] in OWN_SCALE
         if own_scale and len(names) == 1 and names <= SATURATING.keys() and _measured(tensor):
             bound = SATURATING[names.pop()]
@@ -86,7 +86,7 @@ def pin_ranges(calibrated: bytes) -> bytes:
             _set_range(tensor, max(q.min[0], -bound), min(q.max[0], bound))
     for op in graph.operators:
         if flatbuffer.operator_name(model, op) == "CONCATENATION":
-            _pin_concatenation(graph, op, producers)
+            _pin_concatenation(graph, op, producers, readers)
     return flatbuffer.pack(model)
 
 
@@ -101,23 +101,32 @@ def _set_range(tensor, low: float, high: float) -> None:
     tensor.quantization.max = np.array([high], np.float32)
 
 
-def _pin_concatenation(graph, op, producers: dict) -> None:
+def _pin_concatenation(graph, op, producers: dict, readers: dict) -> None:
     """Gives a CONCATENATION of tensors within [-1, 1] TANH's int8 range, with the UNPACK
-    outputs and the model input it reads (see the module)."""
+    outputs and the model input it reads (see the module). Only where every tensor it pins
+    is read by ops of their own output scale: a tensor also read by a PACK (an Elman layer
+    that returns its sequence) gets the PACK's scale, which the concatenation's would
+    contradict."""
     inputs = [graph.tensors[i] for i in op.inputs]
-    if not all(
+    in_tanh_range = [
         _measured(t) and -1 <= t.quantization.min[0] <= t.quantization.max[0] <= 1 for t in inputs
-    ):
+    ]
+    if not all(in_tanh_range):
         return
-    pinned = [graph.tensors[o] for o in op.outputs]
+    pinned = list(op.outputs)
     for i in op.inputs:
         name, producer = producers.get(i, (None, None))
-        if name == "TANH":  # its int8 range is TANH_RANGE already
-            continue
-        if name != "UNPACK" or producer.inputs[0] not in graph.inputs:
+        if name == "UNPACK" and producer.inputs[0] in graph.inputs:
+            pinned += [producer.inputs[0], *producer.outputs]
+        elif name == "TANH":  # its int8 range is TANH_RANGE already
+            pinned.append(i)
+        else:
             return  # another producer: its range stays, and the quantizer requantizes
-        unpacked = [graph.tensors[o] for o in producer.outputs]
-        pinned += [graph.tensors[producer.inputs[0]], *unpacked]
-    for tensor in pinned:
-        if _measured(tensor):
-            _set_range(tensor, *TANH_RANGE)
+    joins = ("CONCATENATION", "FULLY_CONNECTED", "UNPACK")
+    if any(
+        name not in joins for t in pinned for name in readers.get(t, []) if t not in graph.outputs
+    ):
+        return
+    for t in pinned:
+        if _measured(graph.tensors[t]):
+            _set_range(graph.tensors[t], *TANH_RANGE)

@@ -333,7 +333,7 @@ def sequence_function(
         joined: unrolled form: each unmasked Elman layer's step is one FULLY_CONNECTED of
             the joined [x_t, h_{t-1}], not x_t's projection (all steps at once, outside the
             recurrence) added to h_{t-1}'s. In an int8 file the pre-activation is then
-            rounded once, not three times (`calibration`; the int8 files for LiteRT).
+            rounded once, not three times (`calibration`: files with int8 activations).
 
     Returns:
         A concrete function: sequence [batch, steps, features] float32 -> [batch, outputs].
