@@ -362,8 +362,12 @@ def _glue_defines(tflm_dir: str, op: str, kind: str) -> bool:
     headers = glob.glob(os.path.join(tflm_dir, _KERNELS, "*.h"))
     if not any(declared.search(_read(path)) for path in headers):
         return False
-    glue = _read(_cmsis_nn_source(tflm_dir, _kernel_source(tflm_dir, op)))
-    return re.search(rf"TFLMRegistration\s+{function}\(\)\s*\{{", glue) is not None
+    return _defines(_read(_cmsis_nn_source(tflm_dir, _kernel_source(tflm_dir, op))), function)
+
+
+def _defines(source: str, function: str) -> bool:
+    """Whether C++ `source` defines the registration function `function` (Register_ADD)."""
+    return re.search(rf"TFLMRegistration\s+{function}\(\)\s*\{{", source) is not None
 
 
 def _read(path: str) -> str:
@@ -403,8 +407,7 @@ def cmsis_nn_sources(cmsis_nn_dir: str) -> list[str]:
 
 def resolver_methods(tflm_dir: str) -> dict[str, tuple[str, str]]:
     """builtin op name -> (MicroMutableOpResolver method, kernel registration function)."""
-    with open(os.path.join(tflm_dir, RESOLVER)) as f:
-        header = f.read()
+    header = _read(os.path.join(tflm_dir, RESOLVER))
     pattern = re.compile(
         r"TfLiteStatus (Add\w+)\(\s*const TFLMRegistration& registration\s*=\s*"
         r"(?:\w+::)*(Register_\w+)\(\)\)\s*\{\s*return AddBuiltin\(\s*"
@@ -417,11 +420,9 @@ def _kernel_source(tflm_dir: str, op: str) -> str:
     methods = resolver_methods(tflm_dir)
     if op not in methods:
         raise FirmwareError(f"TensorFlow Lite Micro in {tflm_dir} has no kernel for {op}")
-    definition = re.compile(rf"TFLMRegistration\s+{methods[op][1]}\(\)\s*\{{")
     for path in sorted(glob.glob(os.path.join(tflm_dir, _KERNELS, "*.cc"))):
-        with open(path) as f:
-            if definition.search(f.read()):
-                return os.path.relpath(path, tflm_dir)
+        if _defines(_read(path), methods[op][1]):
+            return os.path.relpath(path, tflm_dir)
     raise FirmwareError(f"no source in {tflm_dir}/{_KERNELS} defines {methods[op][1]}()")
 
 
@@ -444,8 +445,7 @@ def _kernel_closure(tflm_dir: str, sources: list[str], glue: set[str]) -> set[st
         if source in found:
             continue
         found.add(source)
-        with open(os.path.join(tflm_dir, source)) as f:
-            headers = include.findall(f.read())
+        headers = include.findall(_read(os.path.join(tflm_dir, source)))
         todo += [
             f"{h}{suffix}.cc"
             for h in headers
