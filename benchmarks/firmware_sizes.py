@@ -2,7 +2,8 @@
 arena, instructions per inference, MACs per instruction and agreement.
 
     python benchmarks/firmware_sizes.py [--cells elman simple lstm gru] [--units 64]
-        [--cores cortex-m4 cortex-m55] [--epochs 3] [--digits 10] [--json FILE]
+        [--cores cortex-m4 cortex-m55] [--epochs 3] [--digits 10] [--optimize speed|size]
+        [--json FILE]
     python benchmarks/firmware_sizes.py --quick    # elman-64 int8 on the M4: minutes
 
 Each kind trains `--epochs` epochs on the bundled sample (the constant rate) and is exported
@@ -12,9 +13,11 @@ op for LSTM, whose gates are int8 with an int16 cell state) and int8 with int8 a
 step model (one row per Invoke, instructions per row). Each file becomes TFLM firmware for
 each core with TFLM's reference kernels and with `--kernels cmsis-nn` (the int8 files:
 CMSIS-NN's kernels and int8 TANH/LOGISTIC tables; float32 runs the same reference code
-either way), and runs the first `--digits` test digits under QEMU
-(`-icount shift=0`). Columns: flash = text + data without the embedded digits; RAM = data +
-bss (arena, 1 KiB heap, 4 KiB stack); the fitted arena; instructions per inference (median
+either way), built as `FirmwareConfig` builds by default (a release build; `--optimize`:
+"speed", the kernels at -O2 and the interpreter at -Os as TFLM builds, or "size", -Os
+throughout), and runs the first `--digits` test digits under QEMU (`-icount shift=0`).
+Columns: flash = text + data without the embedded digits; RAM = data + bss (arena, 1 KiB
+heap, 4 KiB stack); the fitted arena; instructions per inference (median
 over digits; a stream's per row), MACs per instruction, the operator with most of digit 0's
 instructions; "= TFLM", "= LiteRT": digits whose output bytes equal the Python TFLM
 interpreter's, LiteRT's (with the largest difference, in output steps or logit value);
@@ -35,7 +38,7 @@ import numpy as np
 
 import kerasrnn
 from kerasrnn.export import to_tflite
-from kerasrnn.export.config import FirmwareConfig
+from kerasrnn.export.config import FIRMWARE_OPTIMIZATIONS, FirmwareConfig
 from kerasrnn.export.firmware import FirmwareResult, build_firmware
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -129,6 +132,12 @@ def main() -> None:
     parser.add_argument("--cores", nargs="+", default=["cortex-m4", "cortex-m55"])
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--digits", type=int, default=10)
+    parser.add_argument(
+        "--optimize",
+        default=FirmwareConfig.optimize,
+        choices=FIRMWARE_OPTIMIZATIONS,
+        help="speed: kernels at -O2, as TFLM builds (default); size: -Os throughout",
+    )
     parser.add_argument("--json", help="also write the rows to this file")
     parser.add_argument("--quick", action="store_true", help="elman, int8, Cortex-M4, 5 digits")
     args = parser.parse_args()
@@ -142,7 +151,8 @@ def main() -> None:
     rows = []
     print(
         f"{args.units} units, {args.epochs} epochs on the bundled sample, first {args.digits} "
-        "test digits; instructions under QEMU -icount (not cycles)\n"
+        f"test digits; release build optimized for {args.optimize}; instructions under QEMU "
+        "-icount (not cycles)\n"
     )
     print(header(), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -174,6 +184,7 @@ def main() -> None:
                             target=core,
                             digits=args.digits,
                             kernels=kernels,
+                            optimize=args.optimize,
                         )
                         out = os.path.join(tmp, f"{cell}-{i}-{core}-{kernels}")
                         result = build_firmware(path, out, config, images)

@@ -50,6 +50,12 @@ FIRMWARE_TARGETS = ("cortex-m3", "cortex-m4", "cortex-m7", "cortex-m33", "cortex
 # stay TFLM's reference kernels), TFLM's reference kernels only, or "auto": CMSIS-NN when a
 # CMSIS-NN tree is found (see `FirmwareConfig.cmsis_nn_dir`), else reference, and says so.
 FIRMWARE_KERNELS = ("auto", "cmsis-nn", "reference")
+# Firmware builds, as TFLM's BUILD_TYPE: "release" (no error messages, no debug checks) or
+# "debug" (TFLM's default build: its messages say why a model fails; about 20 KiB more flash).
+FIRMWARE_BUILDS = ("release", "debug")
+# Firmware optimization, as TFLM's Makefile: "speed" (its defaults: the interpreter at -Os,
+# the kernels at -O2) or "size" (-Os throughout).
+FIRMWARE_OPTIMIZATIONS = ("speed", "size")
 
 
 # The least top-1 agreement with Keras, on the probes and the test data, of a quantized file
@@ -194,6 +200,8 @@ class FirmwareConfig:
         stack_bytes: the boards' stack.
         heap_bytes: the boards' heap (newlib's stdio).
         kernels: one of `FIRMWARE_KERNELS`.
+        build: one of `FIRMWARE_BUILDS`.
+        optimize: one of `FIRMWARE_OPTIMIZATIONS`.
         cmsis_nn_dir: a CMSIS-NN tree (its Include/ and Source/) at the commit the TFLM
             tree pins; None: found where TFLM's build puts it
             (`tensorflow/lite/micro/tools/make/downloads/cmsis_nn`), in the tree's
@@ -213,10 +221,14 @@ class FirmwareConfig:
     heap_bytes: int = 1024
     kernels: str = "auto"
     cmsis_nn_dir: str | None = None
+    build: str = "release"
+    optimize: str = "speed"
 
     def __post_init__(self):
         check_choice("target", self.target, FIRMWARE_TARGETS)
         check_choice("kernels", self.kernels, FIRMWARE_KERNELS)
+        check_choice("build", self.build, FIRMWARE_BUILDS)
+        check_choice("optimize", self.optimize, FIRMWARE_OPTIMIZATIONS)
         for name in ("digits", "jobs", "stack_bytes"):
             check_positive(name, getattr(self, name), integer=True)
         check_positive("timeout_s", self.timeout_s)

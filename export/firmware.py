@@ -107,6 +107,8 @@ class FirmwareResult:
         table_operators: the operators whose int8 instances run as a table of TFLM's kernel
             (`firmware_build.TABLE_OPERATORS`).
         kernels_note: why an "auto" build has reference kernels only (else empty).
+        build: see `FirmwareConfig`.
+        optimize: see `FirmwareConfig`.
         multiply_accumulates: of one inference (`flatbuffer.multiply_accumulates`; a
             streaming model's: of one row), None when the file does not say.
         instructions: instructions per digit, int64 [digits] (after a run on a board): the
@@ -132,6 +134,8 @@ class FirmwareResult:
     cmsis_nn_operators: tuple[str, ...] = ()
     table_operators: tuple[str, ...] = ()
     kernels_note: str = ""
+    build: str = "release"
+    optimize: str = "speed"
     multiply_accumulates: int | None = None
     instructions: np.ndarray | None = None
     operator_instructions: dict = dataclasses.field(default_factory=dict)
@@ -184,6 +188,7 @@ class FirmwareResult:
             ("firmware", self.binary),
             ("operators", ", ".join(self.operators)),
             ("kernels", self._kernels_text()),
+            ("build", f"{self.build}, optimized for {self.optimize}"),
             ("TFLM sources compiled", str(self.tflm_sources)),
         ]
         if self.flash_bytes is not None:
@@ -382,6 +387,8 @@ def build_firmware(
         kernels.cmsis_nn_operators,
         kernels.table_operators,
         kernels.note,
+        config.build,
+        config.optimize,
         flatbuffer.multiply_accumulates(content),
         None if run is None else run.instructions,
         {} if run is None else run.operator_instructions,
@@ -434,6 +441,7 @@ class _ModelIO:
     inputs: dict
     outputs: dict
     initial_state: np.ndarray | None
+    variable_tensors: bool  # state that carries over between Invoke() calls (a fused LSTM's)
 
     @property
     def streaming(self) -> bool:
@@ -466,7 +474,8 @@ class _ModelIO:
         for entry in model.metadata or ():
             if _name(entry) == INITIAL_STATE_METADATA:
                 state = np.asarray(model.buffers[entry.buffer].data, np.uint8).view(np.float32)
-        return cls(inputs, outputs, state)
+        variables = any(t.isVariable for g in model.subgraphs for t in g.tensors)
+        return cls(inputs, outputs, state, variables)
 
 
 _DTYPES = {0: np.float32, 7: np.int16, 9: np.int8}  # LiteRT's TensorType values
@@ -586,12 +595,6 @@ def _write_project(
 ) -> list[str]:
     """Writes the firmware's sources but the arena's into `out_dir`; returns their paths."""
     methods = firmware_build.resolver_methods(config.tflm_dir)
-
-    def registration(op: str) -> str:
-        if op in kernels.table_operators:
-            return f"kerasrnn::Int8TableOf<tflite::{methods[op][1]}>()"
-        return ""
-
     # main.cc includes model_data.h and runs g_model; a project's files are its own to replace
     _, model_source = write_c_array(
         tflite_path, out_dir, "g_model", stem="model_data", overwrite=True
@@ -602,10 +605,12 @@ def _write_project(
         model_file=c_text.comment(os.path.basename(tflite_path)),
         digits=len(images),
         operator_count=len(operators),
+        operator_names=", ".join(c_text.string_literal(op) for op in operators),
         run_digit=run_digit.rstrip() + "\n",
         add_operators="\n".join(
-            f"  TF_LITE_ENSURE_STATUS(resolver.{methods[op][0]}({registration(op)}));"
-            for op in operators
+            f"  TF_LITE_ENSURE_STATUS(resolver.{methods[op][0]}("
+            f"Timed<{i}>({kernels.registration(op, methods[op][1])})));"
+            for i, op in enumerate(operators)
         ),
     )
     atomic_write(os.path.join(out_dir, "int8_tables.h"), _template("int8_tables.h"))
@@ -709,6 +714,7 @@ def _test_data(model: _ModelIO, images: np.ndarray) -> str:
         f"constexpr int kDigits = {len(data)};",
         f"constexpr unsigned kInputBytes = {data.shape[1]};",
         f"constexpr int kOutputIndex = {model.outputs['logits']['position']};",
+        f"constexpr bool kVariableTensors = {str(model.variable_tensors).lower()};",
     ]
     if model.streaming:
         state = ", ".join(f"{float(v).hex()}f" for v in model.initial_state)

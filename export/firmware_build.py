@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import glob
 import hashlib
 import os
@@ -147,10 +148,10 @@ RESOLVER = "tensorflow/lite/micro/micro_mutable_op_resolver.h"
 _CMSIS_NN_HEADER = os.path.join("Include", "arm_nnfunctions.h")
 _INCLUDES = ("", "third_party/gemmlowp", "third_party/flatbuffers/include", "third_party/ruy")
 # Integer kernels give the same bytes at any optimization; -ffp-contract=off keeps float
-# ones from fusing multiply-adds that the host build does not fuse.
+# ones from fusing multiply-adds that the host build does not fuse. The optimization level
+# and the defines come from `OPTIMIZATIONS` and `BUILD_DEFINES`.
 _CXX_FLAGS = (
     "-std=c++17",
-    "-Os",
     "-DTF_LITE_STATIC_MEMORY",
     "-fno-exceptions",
     "-fno-rtti",
@@ -160,6 +161,21 @@ _CXX_FLAGS = (
     "-fdata-sections",
     "-ffp-contract=off",
 )
+
+# `FirmwareConfig.optimize` -> (the interpreter's level, the kernels' level, the define that
+# picks the kernels' variant), as TFLM's own Makefile builds: its CORE_OPTIMIZATION_LEVEL
+# -Os, KERNEL_ and THIRD_PARTY_KERNEL_OPTIMIZATION_LEVEL -O2 (TFLM's kernels/ and CMSIS-NN)
+# and OPTIMIZE_KERNELS_FOR=KERNELS_OPTIMIZED_FOR_SPEED, its defaults; or -Os throughout.
+OPTIMIZATIONS = {
+    "speed": ("-Os", "-O2", "-DKERNELS_OPTIMIZED_FOR_SPEED"),
+    "size": ("-Os", "-Os", "-DKERNELS_OPTIMIZED_FOR_SIZE"),
+}
+# `FirmwareConfig.build` -> defines, as TFLM's BUILD_TYPE=release (no error messages and no
+# debug checks: TFLM's strings are most of its flash) and its default build.
+BUILD_DEFINES = {
+    "release": ("-DNDEBUG", "-DTF_LITE_STRIP_ERROR_STRINGS"),
+    "debug": (),
+}
 
 # Flags of single TFLM sources. The CMSIS-NN FULLY_CONNECTED glue checks, before its conv 1x1
 # path (an int8 product with a 3-D output), that its scratch buffer's index is >= 4: a
@@ -256,17 +272,28 @@ class Kernels:
         cmsis_nn_operators: the operators whose CMSIS-NN kernel replaces the reference one.
         table_operators: the operators whose int8 instances run as a lookup table of TFLM's
             own kernel (`TABLE_OPERATORS`, firmware_templates/int8_tables.h).
+        typed_operators: (operator, "INT8" or "INT16") for each operator registered with
+            the glue's kernel of that one input type (`TYPED_OPERATORS`).
         note: why an "auto" build has reference kernels only (else empty).
     """
 
     cmsis_nn_dir: str | None
     cmsis_nn_operators: tuple[str, ...] = ()
     table_operators: tuple[str, ...] = ()
+    typed_operators: tuple[tuple[str, str], ...] = ()
     note: str = ""
 
     @property
     def name(self) -> str:
         return "reference" if self.cmsis_nn_dir is None else "cmsis-nn"
+
+    def registration(self, op: str, function: str) -> str:
+        """The C++ expression of `op`'s registration, given its kernel's registration
+        function (Register_TANH, ...): that function's, its typed variant's, or a table's."""
+        if op in self.table_operators:
+            return f"kerasrnn::Int8TableOf<tflite::{function}>()"
+        typed = dict(self.typed_operators)
+        return f"tflite::{function}{'_' + typed[op] if op in typed else ''}()"
 
 
 # Element-wise operators that CMSIS-NN has no kernel for and whose int8 form TFLM computes
@@ -274,11 +301,23 @@ class Kernels:
 # Cortex-M4): a CMSIS-NN build tabulates them over the 256 int8 inputs in Prepare.
 TABLE_OPERATORS = ("TANH", "LOGISTIC")
 
+# Operators whose CMSIS-NN glue has a registration for one input type (Register_ADD_INT8()
+# and so on) that runs that type only: where every instance of the operator has one of
+# these types, it is registered so, and the linker leaves out the other types' kernels (the
+# int4, int16 and float code of FULLY_CONNECTED and ADD). Their Eval dispatches on the
+# type alone; int4 weights, which need their own registration, keep the generic one.
+TYPED_OPERATORS = {
+    "ADD": ("INT8", "INT16"),
+    "FULLY_CONNECTED": ("INT8", "INT16"),
+    "MUL": ("INT8", "INT16"),
+}
+
 
 def choose_kernels(config: FirmwareConfig, model_bytes: bytes) -> Kernels:
     """The kernels `config.kernels` asks for, for this model: CMSIS-NN for each operator
-    that has a CMSIS-NN kernel (TFLM's glue, kernels/cmsis_nn/NAME.cc), and int8 tables
-    for its `TABLE_OPERATORS`.
+    that has a CMSIS-NN kernel (TFLM's glue, kernels/cmsis_nn/NAME.cc), registered for one
+    input type where the model has one (`TYPED_OPERATORS`), and int8 tables for its
+    `TABLE_OPERATORS`.
 
     Raises:
         FirmwareError: "cmsis-nn" for the host, or without a CMSIS-NN tree; a
@@ -301,23 +340,57 @@ def choose_kernels(config: FirmwareConfig, model_bytes: bytes) -> Kernels:
                 f"--cmsis-nn-dir DIR, CMSIS-NN at the commit the TFLM tree pins"
             )
         return Kernels(None, note="no CMSIS-NN tree found: pass --cmsis-nn-dir DIR")
-    operators = tuple(flatbuffer.operators(model_bytes))
-    return Kernels(
-        found, cmsis_nn_operators(config.tflm_dir, operators), int8_table_operators(model_bytes)
+    types = input_types(model_bytes)
+    cmsis_nn = cmsis_nn_operators(config.tflm_dir, tuple(sorted(types)))
+    tables = tuple(op for op in types if op in TABLE_OPERATORS and "INT8" in types[op])
+    typed = tuple(
+        (op, types[op][0])
+        for op in cmsis_nn
+        if len(types[op]) == 1
+        and types[op][0] in TYPED_OPERATORS.get(op, ())
+        and _glue_defines(config.tflm_dir, op, types[op][0])
     )
+    return Kernels(found, cmsis_nn, tables, typed)
 
 
-def int8_table_operators(model_bytes: bytes) -> tuple[str, ...]:
-    """The `TABLE_OPERATORS` of this model with an int8 instance (in first-use order)."""
+def _glue_defines(tflm_dir: str, op: str, kind: str) -> bool:
+    """Whether TFLM declares (in a kernels/ header) and its CMSIS-NN glue for `op` defines
+    the registration for `kind` inputs (Register_ADD_INT8() for "ADD", "INT8"): the glue
+    defines Register_MUL_INT16(), which no header declares."""
+    function = f"{resolver_methods(tflm_dir)[op][1]}_{kind}"
+    declared = re.compile(rf"TFLMRegistration\s+{function}\(\);")
+    headers = glob.glob(os.path.join(tflm_dir, _KERNELS, "*.h"))
+    if not any(declared.search(_read(path)) for path in headers):
+        return False
+    return _defines(_read(_cmsis_nn_source(tflm_dir, _kernel_source(tflm_dir, op))), function)
+
+
+def _defines(source: str, function: str) -> bool:
+    """Whether C++ `source` defines the registration function `function` (Register_ADD)."""
+    return re.search(rf"TFLMRegistration\s+{function}\(\)\s*\{{", source) is not None
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def input_types(model_bytes: bytes) -> dict[str, tuple[str, ...]]:
+    """operator -> the input types of its instances ("INT8", "INT16", "FLOAT32", ...; the
+    first input's), in first-use order; an instance with an int4 tensor counts as "INT4",
+    one without inputs as "NONE"."""
     model = flatbuffer.unpack(model_bytes)
-    found = []
+    names = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    found: dict[str, list[str]] = {}
     for graph in model.subgraphs:
         for op in graph.operators:
-            name = flatbuffer.operator_name(model, op)
-            int8 = graph.tensors[op.inputs[0]].type == schema.TensorType.INT8
-            if name in TABLE_OPERATORS and int8 and name not in found:
-                found.append(name)
-    return tuple(found)
+            tensors = [graph.tensors[i] for i in op.inputs if i >= 0]
+            int4 = any(t.type == schema.TensorType.INT4 for t in tensors)
+            kind = "INT4" if int4 else names[tensors[0].type] if tensors else "NONE"
+            kinds = found.setdefault(flatbuffer.operator_name(model, op), [])
+            if kind not in kinds:
+                kinds.append(kind)
+    return {op: tuple(kinds) for op, kinds in found.items()}
 
 
 def cmsis_nn_sources(cmsis_nn_dir: str) -> list[str]:
@@ -334,8 +407,7 @@ def cmsis_nn_sources(cmsis_nn_dir: str) -> list[str]:
 
 def resolver_methods(tflm_dir: str) -> dict[str, tuple[str, str]]:
     """builtin op name -> (MicroMutableOpResolver method, kernel registration function)."""
-    with open(os.path.join(tflm_dir, RESOLVER)) as f:
-        header = f.read()
+    header = _read(os.path.join(tflm_dir, RESOLVER))
     pattern = re.compile(
         r"TfLiteStatus (Add\w+)\(\s*const TFLMRegistration& registration\s*=\s*"
         r"(?:\w+::)*(Register_\w+)\(\)\)\s*\{\s*return AddBuiltin\(\s*"
@@ -348,11 +420,9 @@ def _kernel_source(tflm_dir: str, op: str) -> str:
     methods = resolver_methods(tflm_dir)
     if op not in methods:
         raise FirmwareError(f"TensorFlow Lite Micro in {tflm_dir} has no kernel for {op}")
-    definition = re.compile(rf"TFLMRegistration\s+{methods[op][1]}\(\)\s*\{{")
     for path in sorted(glob.glob(os.path.join(tflm_dir, _KERNELS, "*.cc"))):
-        with open(path) as f:
-            if definition.search(f.read()):
-                return os.path.relpath(path, tflm_dir)
+        if _defines(_read(path), methods[op][1]):
+            return os.path.relpath(path, tflm_dir)
     raise FirmwareError(f"no source in {tflm_dir}/{_KERNELS} defines {methods[op][1]}()")
 
 
@@ -375,8 +445,7 @@ def _kernel_closure(tflm_dir: str, sources: list[str], glue: set[str]) -> set[st
         if source in found:
             continue
         found.add(source)
-        with open(os.path.join(tflm_dir, source)) as f:
-            headers = include.findall(f.read())
+        headers = include.findall(_read(os.path.join(tflm_dir, source)))
         todo += [
             f"{h}{suffix}.cc"
             for h in headers
@@ -414,31 +483,40 @@ def build(
     cc, cxx, target_flags = _toolchain(config.target)
     project_dir = os.path.dirname(os.path.abspath(sources[0]))
     includes = tuple(f"-I{os.path.join(os.path.abspath(config.tflm_dir), d)}" for d in _INCLUDES)
-    c_flags = (*target_flags, "-Os", "-ffunction-sections", "-fdata-sections")
+    interpreter_level, kernel_level, kernel_define = OPTIMIZATIONS[config.optimize]
+    defines = (*BUILD_DEFINES[config.build], kernel_define)
+    c_flags = (*target_flags, "-ffunction-sections", "-fdata-sections", *defines)
     if cmsis_nn_dir is not None:
         cmsis = (f"-I{cmsis_nn_dir}", f"-I{os.path.join(cmsis_nn_dir, 'Include')}")
         includes += (*cmsis, "-DCMSIS_NN")
         c_flags += (*cmsis, "-ffp-contract=off")
-    cxx_flags = (*target_flags, *_CXX_FLAGS, *includes)
-    cache = _cache_folder(config, cxx, cxx_flags + c_flags)
+    cxx_flags = (*target_flags, *_CXX_FLAGS, *includes, *defines)
+
+    def tflm_flags(source: str) -> tuple[str, ...]:
+        level = kernel_level if source.startswith(f"{_KERNELS}/") else interpreter_level
+        return (*cxx_flags, level, *_SOURCE_FLAGS.get(source, ()))
+
     jobs = [
         (
             os.path.join(config.tflm_dir, s),
-            os.path.join(cache, s[:-3] + ".o"),
+            os.path.join(_cache_folder(config, cxx, tflm_flags(s)), s[:-3] + ".o"),
             cxx,
-            cxx_flags + _SOURCE_FLAGS.get(s, ()),
+            tflm_flags(s),
         )
         for s in tflm
     ]
     if cmsis_nn_dir is not None:
+        flags = (*c_flags, kernel_level)
+        cache = _cache_folder(config, cc, flags)
         jobs += [
             (s, os.path.join(cache, "cmsis_nn", os.path.relpath(s, cmsis_nn_dir))[:-2] + ".o")
-            + (cc, c_flags)
+            + (cc, flags)
             for s in cmsis_nn_sources(cmsis_nn_dir)
         ]
     build = os.path.join(project_dir, "build")
     for source in sources:
         compiler, flags = (cc, c_flags) if source.endswith(".c") else (cxx, cxx_flags)
+        flags = (*flags, interpreter_level)
         name = os.path.splitext(os.path.basename(source))[0] + ".o"
         jobs.append((source, os.path.join(build, name), compiler, flags))
     with concurrent.futures.ThreadPoolExecutor(config.jobs) as pool:
@@ -469,12 +547,18 @@ def build(
 
 
 def _cache_folder(config: FirmwareConfig, compiler: str, flags: tuple[str, ...]) -> str:
-    """The object cache of one target, compiler, flag set and TFLM tree."""
-    version = tool_output([compiler, "--version"]).splitlines()[:1]
-    key = (version, flags, sorted(_SOURCE_FLAGS.items()), os.path.realpath(config.tflm_dir))
+    """The object cache of one target, compiler, flag set and TFLM tree (the interpreter's
+    and the kernels' flags differ, so each set has a folder of its own)."""
+    key = (_version(compiler), flags, os.path.realpath(config.tflm_dir))
     key = hashlib.sha256(repr(key).encode())
     root = config.cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "kerasrnn", "tflm")
     return os.path.join(root, f"{config.target}-{key.hexdigest()[:12]}")
+
+
+@functools.cache
+def _version(compiler: str) -> list[str]:
+    """The first line of `compiler --version` (asked once per process)."""
+    return tool_output([compiler, "--version"]).splitlines()[:1]
 
 
 def _compile(source: str, obj: str, compiler: str, flags: tuple[str, ...]) -> str:

@@ -22,7 +22,9 @@ from kerasrnn.config import DataConfig, ModelConfig, TrainConfig, TuneConfig
 from kerasrnn.errors import ConfigError, KerasRnnError
 from kerasrnn.export.config import (
     ACTIVATION_CHOICES,
+    FIRMWARE_BUILDS,
     FIRMWARE_KERNELS,
+    FIRMWARE_OPTIMIZATIONS,
     FIRMWARE_TARGETS,
     QUANTIZATIONS,
     RUNTIME_KERNELS,
@@ -407,6 +409,8 @@ def cmd_firmware(args) -> None:
         run=args.run,
         kernels=args.kernels,
         cmsis_nn_dir=args.cmsis_nn_dir,
+        build=args.build,
+        optimize=args.optimize,
     )
     data_config = _data_config(args)  # refuses --npz with --data
     if args.npz:
@@ -640,6 +644,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--cmsis-nn-dir",
         help="the CMSIS-NN tree (default: found inside the TFLM tree, where its build "
         "downloads it, or beside it as cmsis-nn/)",
+    )
+    p.add_argument(
+        "--build",
+        default=_default(FirmwareConfig, "build"),
+        choices=FIRMWARE_BUILDS,
+        help="release (default): no error messages or debug checks, as TFLM's release "
+        "build; debug: TFLM's messages say why a model fails (about 20 KiB more flash)",
+    )
+    p.add_argument(
+        "--optimize",
+        default=_default(FirmwareConfig, "optimize"),
+        choices=FIRMWARE_OPTIMIZATIONS,
+        help="speed (default): kernels at -O2, the interpreter at -Os, as TFLM builds; "
+        "size: -Os throughout",
     )
     p.add_argument("--out", required=True, help="the firmware project folder")
     p.add_argument(

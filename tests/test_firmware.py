@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import kerasrnn
-from kerasrnn.errors import FirmwareError, ModelFileError
+from kerasrnn.errors import ConfigError, FirmwareError, ModelFileError
 from kerasrnn.export import c_text, firmware, firmware_build, flatbuffer, integrity, to_tflite
 from kerasrnn.export.config import FirmwareConfig
 from kerasrnn.export.firmware import build_firmware, check_tools
@@ -132,6 +132,10 @@ def test_cmsis_nn_firmware_is_bit_exact_with_reference_in_fewer_instructions(
     elman = {"ADD", "FULLY_CONNECTED"}
     expected = {"elman": elman, "elman-int8": elman, "lstm": {"UNIDIRECTIONAL_SEQUENCE_LSTM"}}
     assert expected[kind] <= set(cmsis.cmsis_nn_operators) <= set(cmsis.operators)
+    # the glue's kernels of the one input type the model has, so the others are not linked
+    typed = {"elman": "INT16", "elman-int8": "INT8", "lstm": "INT8"}[kind]
+    main = (tmp_path / "cmsis-nn" / "main.cc").read_text()
+    assert f"tflite::Register_FULLY_CONNECTED_{typed}()" in main
     # int8 TANH as a table of TFLM's own kernel (the int16 graph's TANH runs the kernel)
     assert cmsis.table_operators == (("TANH",) if kind == "elman-int8" else ())
     np.testing.assert_array_equal(cmsis.outputs, reference.outputs)
@@ -144,6 +148,76 @@ def test_cmsis_nn_firmware_is_bit_exact_with_reference_in_fewer_instructions(
     assert 0.9 * cmsis.instructions[0] <= sum(by_operator.values()) <= cmsis.instructions[0]
     report = cmsis.table()
     assert "CMSIS-NN for " in report and "MAC per instruction" in report
+
+
+@pytest.mark.slow  # two more builds with flags of their own (minutes on a cold cache)
+def test_debug_and_size_builds_give_the_same_bytes(int8_files, test_images, object_cache, tmp_path):
+    """The build options trade flash for messages or instructions, never output bytes: a
+    debug build (TFLM's messages and checks) is larger, a size build smaller and slower."""
+    results = {
+        options: build_firmware(
+            int8_files["elman-int8", "sequence"],
+            str(tmp_path / "-".join(options)),
+            dataclasses.replace(
+                config("cortex-m4", object_cache, "cmsis-nn"),
+                build=options[0],
+                optimize=options[1],
+            ),
+            test_images,
+        )
+        for options in (("release", "speed"), ("debug", "speed"), ("release", "size"))
+    }
+    default, debug, size = results.values()
+    for result in (debug, size):
+        np.testing.assert_array_equal(result.outputs, default.outputs)
+    assert debug.flash_bytes > default.flash_bytes + 8 * 1024
+    assert size.flash_bytes < default.flash_bytes
+    assert size.instructions_median > default.instructions_median
+    assert "debug, optimized for speed" in debug.table()
+
+
+def test_typed_registrations_are_the_ones_tflm_declares(object_cache, tmp_path):
+    """Every kernel of one input type that a CMSIS-NN build may register compiles against
+    TFLM's headers; the glue's Register_MUL_INT16(), which no header declares, is not used."""
+    chosen = [
+        f"tflite::{firmware_build.resolver_methods(TFLM_DIR)[op][1]}_{kind}();"
+        for op, kinds in firmware_build.TYPED_OPERATORS.items()
+        for kind in kinds
+        if firmware_build._glue_defines(TFLM_DIR, op, kind)
+    ]
+    assert "tflite::Register_FULLY_CONNECTED_INT8();" in chosen
+    assert "tflite::Register_MUL_INT16();" not in chosen
+    source = tmp_path / "typed.cc"
+    source.write_text(
+        "".join(
+            f'#include "tensorflow/lite/micro/kernels/{name}.h"\n'
+            for name in ("add", "fully_connected", "mul")
+        )
+        + "void Use() {\n"
+        + "\n".join(chosen)
+        + "\n}\n"
+    )
+    flags = [f"-I{os.path.join(TFLM_DIR, d)}" for d in firmware_build._INCLUDES]
+    firmware_build._check_call(
+        [
+            "arm-none-eabi-g++",
+            "-std=c++17",
+            "-DCMSIS_NN",
+            *flags,
+            "-c",
+            str(source),
+            "-o",
+            str(tmp_path / "typed.o"),
+        ],
+        "compiling the typed registrations",
+    )
+
+
+def test_firmware_build_options_are_checked():
+    with pytest.raises(ConfigError, match="build"):
+        FirmwareConfig(tflm_dir=TFLM_DIR, build="fast")
+    with pytest.raises(ConfigError, match="optimize"):
+        FirmwareConfig(tflm_dir=TFLM_DIR, optimize="-O3")
 
 
 def test_cmsis_nn_refusals_name_the_fix(tmp_path):

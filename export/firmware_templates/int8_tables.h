@@ -7,6 +7,9 @@
 #define KERASRNN_INT8_TABLES_H_
 
 #include <stdint.h>
+#if defined(__ARM_FEATURE_MVE)
+#include <arm_mve.h>
+#endif
 
 #include "tensorflow/lite/c/common.h"
 #include "tensorflow/lite/micro/kernels/kernel_util.h"
@@ -17,7 +20,7 @@ namespace kerasrnn {
 struct Int8Table {
   void* kernel_data;  // what the wrapped kernel's init returned
   bool tabulated;
-  int8_t table[256];  // table[x + 128] = the kernel's output for input x
+  int8_t table[256];  // table[x & 255] = the kernel's output for input x
 };
 
 // The registration `kernel` made by TFLM (Register_TANH(), ...), held for the wrappers.
@@ -63,7 +66,7 @@ TfLiteStatus TablePrepare(TfLiteContext* context, TfLiteNode* node) {
   // (element-wise kernels read each element before they write it).
   alignas(TfLiteIntArray) static int shape[2] = {1, 256};
   const TfLiteEvalTensor saved_input = *input, saved_output = *output;
-  for (int i = 0; i < 256; ++i) data->table[i] = static_cast<int8_t>(i - 128);
+  for (int i = 0; i < 256; ++i) data->table[i] = static_cast<int8_t>(i);
   input->data.data = output->data.data = data->table;
   input->dims = output->dims = reinterpret_cast<TfLiteIntArray*>(shape);
   const TfLiteStatus status = CallWrapped<Kernel>(kernel.invoke, context, node);
@@ -80,10 +83,25 @@ TfLiteStatus TableEval(TfLiteContext* context, TfLiteNode* node) {
   }
   const TfLiteEvalTensor* input = tflite::micro::GetEvalInput(context, node, 0);
   TfLiteEvalTensor* output = tflite::micro::GetEvalOutput(context, node, 0);
-  const int8_t* x = tflite::micro::GetTensorData<int8_t>(input);
+  // Indexed by the input byte as unsigned: 16 elements a gather with Helium (Cortex-M55),
+  // else four a round (about 4 instructions an element on a Cortex-M4).
+  const uint8_t* x = tflite::micro::GetTensorData<uint8_t>(input);
   int8_t* y = tflite::micro::GetTensorData<int8_t>(output);
+  const int8_t* table = data->table;
   const int size = tflite::micro::GetTensorShape(input).FlatSize();
-  for (int i = 0; i < size; ++i) y[i] = data->table[x[i] + 128];
+  int i = 0;
+#if defined(__ARM_FEATURE_MVE)
+  for (; i + 16 <= size; i += 16) {
+    vst1q_s8(y + i, vldrbq_gather_offset_s8(table, vld1q_u8(x + i)));
+  }
+#endif
+  for (; i + 4 <= size; i += 4) {
+    y[i] = table[x[i]];
+    y[i + 1] = table[x[i + 1]];
+    y[i + 2] = table[x[i + 2]];
+    y[i + 3] = table[x[i + 3]];
+  }
+  for (; i < size; ++i) y[i] = table[x[i]];
   return kTfLiteOk;
 }
 

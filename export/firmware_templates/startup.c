@@ -48,7 +48,8 @@ uint32_t kerasrnn_ticks(void) {
   return (wraps << 24) + (SYST_MAX - value);
 }
 
-static void put_char(char c) {
+/* One character to the console (main.cc prints with it). */
+void kerasrnn_put_char(char c) {
   UART[2] |= UART_CTRL_TX_ENABLE;
   while (UART[1] & UART_STATE_TX_FULL) {
   }
@@ -58,7 +59,7 @@ static void put_char(char c) {
 /* newlib's stdout and stderr. */
 int _write(int fd, const char *buf, int len) {
   (void)fd;
-  for (int i = 0; i < len; ++i) put_char(buf[i]);
+  for (int i = 0; i < len; ++i) kerasrnn_put_char(buf[i]);
   return len;
 }
 
@@ -71,10 +72,10 @@ void _exit(int code) {
     digits[n++] = (char)('0' + value % 10);
     value /= 10;
   } while (value);
-  for (const char *p = "exit "; *p; ++p) put_char(*p);
-  if (code < 0) put_char('-');
-  while (n) put_char(digits[--n]);
-  put_char('\n');
+  for (const char *p = "exit "; *p; ++p) kerasrnn_put_char(*p);
+  if (code < 0) kerasrnn_put_char('-');
+  while (n) kerasrnn_put_char(digits[--n]);
+  kerasrnn_put_char('\n');
   AIRCR = AIRCR_SYSRESETREQ;
   for (;;) {
   }
