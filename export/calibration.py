@@ -9,15 +9,16 @@ fixes both before `quantize` hands the model to the converter's own quantizer:
   (`OWN_SCALE`), is clipped to where their int8 outputs saturate (`SATURATING`): beyond,
   every input gives the same output byte, so no output changes and the steps inside get
   finer (an Elman pre-activation calibrated to [-15.3, 12.0] moves in 0.105 steps, clipped
-  to [-3, 3] in 0.024).
+  to [-3.2, 3.2] in 0.025).
 - A CONCATENATION of tensors that lie in [-1, 1] (the joined Elman step of
   `graph.sequence_function`: [x_t, h_{t-1}], h a TANH output), and the UNPACK and model
   input it reads, get TANH's own int8 range (scale 1/128, zero point 0): then no input of
   the CONCATENATION needs requantizing, an op per step. A pixel of 1.0 reads as 127/128.
 
 Measured on elman-64 trained 3 epochs on full MNIST (int8 activations, XNNPACK, the 10,000
-t10k digits): top-1 agreement with Keras 99.24% as the converter quantizes it, 99.65%
-joined and pinned (simple-64: 99.02% -> 99.64%), in 5.6 us instead of 5.0.
+t10k digits): top-1 agreement with Keras 99.24% as the converter quantizes it, 99.62%
+joined and pinned (simple-64: 99.02% -> 99.66%), in 5.3 us a digit (README, "Latency on
+LiteRT").
 """
 
 from __future__ import annotations
@@ -28,10 +29,10 @@ from tensorflow.lite.python.convert import mlir_quantize
 
 from kerasrnn.export import flatbuffer
 
-# The input range beyond which an op's int8 output no longer changes: TANH's (scale 1/128)
-# reaches 127 from tanh(2.57), LOGISTIC's (scale 1/256, zero point -128) its ends from
-# -6.24 and 5.14; the bounds keep a margin.
-SATURATING = {"TANH": 3.0, "LOGISTIC": 6.5}
+# The input range beyond which an op's int8 output no longer changes: TANH's (scale 1/128,
+# zero point 0) reaches 127 from 2.57 and -128 from -3.12, LOGISTIC's (scale 1/256, zero
+# point -128) its ends from -6.24 and 5.14; the bounds keep a margin.
+SATURATING = {"TANH": 3.2, "LOGISTIC": 6.5}
 # The ops whose int8 output takes its own scale (the others, SPLIT, UNPACK, RESHAPE...,
 # keep their input's): the ones whose outputs `pin_ranges` may clip.
 OWN_SCALE = ("FULLY_CONNECTED", "ADD", "SUB", "MUL", "CONV_2D", "BATCH_MATMUL")
@@ -39,13 +40,12 @@ OWN_SCALE = ("FULLY_CONNECTED", "ADD", "SUB", "MUL", "CONV_2D", "BATCH_MATMUL")
 TANH_RANGE = (-1.0, 127.0 / 128.0)
 
 
-def quantize(converter: tf.lite.TFLiteConverter, per_channel: bool) -> bytes:
+def quantize(converter: tf.lite.TFLiteConverter) -> bytes:
     """Converts to full int8 (int8 activations, input and output) with `pin_ranges`.
 
     Args:
         converter: set up for int8 (`TFLITE_BUILTINS_INT8`, a representative dataset,
-            int8 input and output types).
-        per_channel: one weight scale per output channel (else per tensor).
+            int8 input and output types, per-channel weight scales or not).
 
     Returns:
         The quantized model's bytes (what `converter.convert()` gives, with the pinned
@@ -55,7 +55,7 @@ def quantize(converter: tf.lite.TFLiteConverter, per_channel: bool) -> bytes:
     calibrated = converter.convert()
     return mlir_quantize(
         pin_ranges(calibrated),
-        disable_per_channel=not per_channel,
+        disable_per_channel=converter._experimental_disable_per_channel,
         input_data_type=tf.int8,
         output_data_type=tf.int8,
     )

@@ -100,9 +100,9 @@ def choose_form(
 
     "auto" picks, for target "litert", the fastest form: unrolled. XNNPACK runs the whole
     unrolled graph as one delegated piece, but not the WHILE op, whose steps run outside
-    that piece (64 units, one thread: elman 8.8 us unrolled vs 25.0 us loop, LSTM 39.7 vs
-    52.8, GRU 34.7 vs 47.7; README "Latency on LiteRT"); the fused int8 LSTM has no fast
-    kernel (562 us vs 23.5 us unrolled). Float files of more than
+    that piece (64 units, one thread: elman 8.4 us unrolled vs 24.7 us loop, LSTM 39.1 vs
+    52.8, GRU 34.8 vs 47.5; README "Latency on LiteRT"); the fused int8 LSTM has no fast
+    kernel (538 us vs 23.5 us unrolled). Float files of more than
     `LITERT_UNROLL_MAX_STEPS` steps keep the loop where the model has one.
 
     For target "micro", the smallest file and TFLM arena that runs everywhere and keeps
@@ -134,17 +134,26 @@ def choose_form(
     return "unrolled" if quantization == "int8" or not loopable else "loop"
 
 
-def activation_trials(quantization: str, activations: str, target: str, form: str) -> tuple:
+def activation_trials(
+    quantization: str, activations: str, target: str, form: str, measured: bool = True
+) -> tuple:
     """The activations an int8 file is made with, in the order they are tried: the first
     that keeps its bounds is written. "auto": int8, then int16, for target "litert"
-    (XNNPACK has int8 kernels, no int16 ones: elman-64 5.0 us vs 102 us), int16 for
-    "micro". (None,) for files without int8 activations (float, dynamic, the fused LSTM).
+    (XNNPACK has int8 kernels, no int16 ones: elman-64 5.3 us vs 99 us, README "Latency on
+    LiteRT"), int16 for "micro". (None,) for files without int8 activations (float,
+    dynamic, the fused LSTM).
+
+    Args:
+        measured: whether the probes can tell that int8 activations keep the accuracy: a
+            classifier's whole-sequence file. A streaming file (16 probes, its state
+            carried across invokes) and a one-output model (no top-1 agreement to hold) keep
+            int16 activations under "auto".
     """
     if quantization != "int8" or form == "fused":
         return (None,)
     if activations != "auto":
         return (activations,)
-    return ("int8", "int16") if target == "litert" else ("int16",)
+    return ("int8", "int16") if target == "litert" and measured else ("int16",)
 
 
 def _check_arguments(quantization, representative_data, batch_size, activations) -> None:
@@ -249,6 +258,7 @@ def to_tflite(
             "stream": stream,
             "form": form,
             "activations": None,
+            "target": target,
             "fast_agreement": FAST_INT8_AGREEMENT,
             "class_names": None if class_names is None else list(class_names),
             "out": os.path.join(tmp, "out.tflite"),
@@ -263,7 +273,10 @@ def to_tflite(
             # a model this package cannot rebuild fails here, not in the child
             read = model_reader.read_model(model)
             job["form"] = _form(read, quantization, form, batch_size, stream, target)
-            job["activations"] = activation_trials(quantization, activations, target, job["form"])
+            measured = not stream and read.outputs > 1
+            job["activations"] = activation_trials(
+                quantization, activations, target, job["form"], measured
+            )
             if class_names is not None and len(class_names) != read.outputs:
                 raise ConfigError(
                     f"class_names must name each of the model's {read.outputs} classes, got "
@@ -304,7 +317,7 @@ def to_tflite(
         info["parity"],
         target,
         chosen,
-        _why(target, form, activations, stream, {**info, "fast_agreement": job["fast_agreement"]}),
+        _why(target, form, quantization, activations, stream, info),
     )
 
 
@@ -335,15 +348,26 @@ def _form(read, quantization: str, form: str, batch_size, stream: bool, target: 
 _RUNTIMES = {"litert": "LiteRT with XNNPACK", "micro": "TensorFlow Lite Micro"}
 
 
-def _why(target: str, form_asked: str, activations_asked: str, stream: bool, info: dict) -> str:
+def _why(
+    target: str, form_asked: str, quantization: str, activations_asked: str, stream: bool, info
+) -> str:
     """One line: why a written file has its form and activations (`TfliteFile.why`)."""
+    written = info["form"]
     if stream:
-        reasons = ["one step of every layer, for streaming"]
+        reason = "one step of every layer, for streaming"
     elif form_asked != "auto":
-        reasons = [f"{_FORM_NAMES[info['form']]}: as asked"]
+        reason = "as asked"
+    elif target == "litert" and written == "loop":
+        reason = f"more than {LITERT_UNROLL_MAX_STEPS} steps, too long to unroll"
+    elif target == "litert":
+        reason = f"the fastest form for {_RUNTIMES[target]}"
+    elif written == "unrolled" and quantization == "int8":
+        reason = "int8 files unroll (the converter cannot quantize a WHILE loop)"
+    elif written == "unrolled":
+        reason = "the model has no loop form"
     else:
-        best = "fastest" if target == "litert" else "smallest"
-        reasons = [f"{_FORM_NAMES[info['form']]}: the {best} form for {_RUNTIMES[target]}"]
+        reason = f"the smallest form for {_RUNTIMES[target]}"
+    reasons = [reason if stream else f"{_FORM_NAMES[written]}: {reason}"]
     chosen, agreement = info["activations"], info["parity"]["top1_agreement"]
     if chosen is None:
         pass
@@ -351,19 +375,18 @@ def _why(target: str, form_asked: str, activations_asked: str, stream: bool, inf
         reasons.append(f"{chosen} activations: as asked")
     elif info["rejected"] is not None:
         reasons.append(
-            f"int16 activations: int8 ones agreed with Keras on {info['rejected']:.1%} of "
-            f"the probes, below {info['fast_agreement']:.1%} (XNNPACK has no int16 kernels: "
-            f"slower)"
+            f"int16 activations: int8 ones were passed over, {info['rejected']} (XNNPACK "
+            f"has no int16 kernels: slower)"
         )
     elif chosen == "int8":
-        kept = (
-            ""
-            if agreement is None
-            else f", {agreement:.1%} top-1 agreement with Keras on the probes"
-        )
-        reasons.append(f"int8 activations: XNNPACK's kernels{kept}")
-    else:
+        kept = "" if agreement is None else f", {agreement:.1%} top-1 agreement with Keras"
+        reasons.append(f"int8 activations: XNNPACK's kernels{kept} on the probes")
+    elif target == "micro":
         reasons.append("int16 activations: TFLM and LiteRT give the same bytes")
+    elif stream:
+        reasons.append("int16 activations: a streaming file's state crosses invokes")
+    else:
+        reasons.append("int16 activations: one output, no top-1 agreement to check int8 by")
     return "; ".join(reasons)
 
 
@@ -427,8 +450,8 @@ def _convert(job: dict) -> dict:
 
     Returns:
         {"parameters": int, "form": str, "activations": the ones written (or None),
-        "parity": `_parity`'s measures, "rejected": the top-1 agreement of the
-        activations tried and passed over (or None)}.
+        "parity": `_parity`'s measures, "rejected": why the activations tried first were
+        passed over (or None)}.
 
     Raises:
         ConversionError: the file does not compute what the Keras model does.
@@ -437,11 +460,19 @@ def _convert(job: dict) -> dict:
     weights = model_reader.read_model(model)
     rejected = None
     for k, activations in enumerate(job["activations"]):
-        content = _converted(job, weights, activations)
-        parity = _parity(content, model, weights, job)
         last = k == len(job["activations"]) - 1
-        fast = {**job["bounds"], "top1_agreement": job["fast_agreement"]}
-        bounds = job["bounds"] if last else fast
+        try:
+            content = _converted(job, weights, activations)
+        except (RuntimeError, ValueError) as e:  # the converter's or LiteRT's own errors
+            if last:
+                raise
+            rejected = f"their conversion failed ({type(e).__name__}: {str(e)[:200]})"
+            continue
+        parity = _parity(content, model, weights, job)
+        bounds = job["bounds"]
+        if not last:  # the fast try: FAST_INT8_AGREEMENT, or a stricter bound asked for
+            asked = bounds["top1_agreement"] or 0.0
+            bounds = {**bounds, "top1_agreement": max(job["fast_agreement"], asked)}
         failure = ParityBounds(**bounds).failure(parity)
         if failure is None:
             break
@@ -450,7 +481,10 @@ def _convert(job: dict) -> dict:
                 f"the converted file does not compute what the Keras model does on "
                 f"{parity['probes']} probe sequences: {failure}; nothing was written"
             )
-        rejected = parity["top1_agreement"]
+        rejected = (
+            f"they agreed with Keras on {parity['top1_agreement']:.1%} of the probes, "
+            f"below {bounds['top1_agreement']:.1%}"
+        )
     with open(job["out"], "wb") as f:
         f.write(content)
     return {
@@ -504,7 +538,7 @@ def _converted(job: dict, weights, activations: str | None) -> bytes:
         # accuracy; a Bidirectional GRU-8 (sum, pooled): 98.9% vs 99.6% agreement.
         converter._experimental_disable_per_channel = not job["per_channel"]
     if pinned:
-        content = calibration.quantize(converter, job["per_channel"])
+        content = calibration.quantize(converter)
     else:
         content = converter.convert()
     inputs = [spec.name for spec in function.structured_input_signature[0]]
@@ -542,7 +576,9 @@ def _probes(weights: model_reader.ModelGraph, job: dict) -> np.ndarray:
 
 
 def _parity(content: bytes, model, weights: model_reader.ModelGraph, job: dict) -> dict:
-    """Runs the file in LiteRT beside the Keras model on `_probes`.
+    """Runs the file in LiteRT beside the Keras model on `_probes`: with the builtin kernels,
+    and for target "litert" also with XNNPACK, which the runtime runs it with where it can
+    (the two round int8 differently); the worse of the two is what it measures.
 
     Returns:
         {"probes": n, "max_abs_diff", "relative_diff" (over the largest |Keras output|),
@@ -550,7 +586,24 @@ def _parity(content: bytes, model, weights: model_reader.ModelGraph, job: dict) 
     """
     probes = _probes(weights, job)
     expected = model.predict(probes, verbose=0, batch_size=256)
-    invoke = Invoker(content)
+    invokers = [Invoker(content)]
+    if job["target"] == "litert":
+        try:
+            invokers.append(Invoker(content, "xnnpack"))
+        except RuntimeError:  # XNNPACK cannot prepare it: the runtime runs the builtin kernels
+            pass
+    measures = [_measure(invoke, probes, expected, weights, job) for invoke in invokers]
+    agreements = [m["top1_agreement"] for m in measures]
+    return {
+        "probes": len(probes),
+        "max_abs_diff": max(m["max_abs_diff"] for m in measures),
+        "relative_diff": max(m["relative_diff"] for m in measures),
+        "top1_agreement": None if agreements[0] is None else min(agreements),
+    }
+
+
+def _measure(invoke: Invoker, probes, expected, weights: model_reader.ModelGraph, job: dict):
+    """One interpreter's outputs on the probes against Keras's (see `_parity`)."""
     if job["stream"]:
         got = []
         for sequence in probes:
@@ -569,7 +622,6 @@ def _parity(content: bytes, model, weights: model_reader.ModelGraph, job: dict) 
     diff = float(np.abs(got - expected).max())
     scale = float(np.abs(expected).max()) or 1.0
     return {
-        "probes": len(probes),
         "max_abs_diff": diff,
         "relative_diff": diff / scale,
         "top1_agreement": (

@@ -353,7 +353,8 @@ def build_firmware(
     )
     run = None
     if config.run:
-        run = _run(binary, config, len(x))
+        binary, arena, result = _allocating(project, sources, config, cmsis_nn_dir, binary, arena)
+        run = _finished(result, config, len(x))
         if config.fit_arena:
             arena = _smallest_arena(project, sources, config, cmsis_nn_dir, run.arena_used, arena)
             arena += config.arena_margin_bytes
@@ -658,6 +659,33 @@ def _write_arena(out_dir: str, arena: int) -> str:
     return path
 
 
+def _allocating(
+    project: list[str],
+    tflm: list[str],
+    config: FirmwareConfig,
+    cmsis_nn_dir: str | None,
+    binary: str,
+    arena: int,
+) -> tuple[str, int, subprocess.CompletedProcess]:
+    """(the firmware, its arena, its run) once the arena is large enough for AllocateTensors
+    on the target: doubled while the firmware fails to allocate, up to what the board's RAM
+    holds (twice the Python TFLM's measure is not always enough: CMSIS-NN's kernels
+    optimized for speed keep more scratch, as an unrolled int8 LSTM-64 on the M55 did).
+    Where it never allocates, the last run's failure is what `_finished` reports."""
+    board = firmware_build.BOARDS.get(config.target)
+    limit = board.ram_bytes if board is not None else 64 * arena
+    out_dir = os.path.dirname(project[0])
+    result = _execute(binary, config)
+    while result.returncode in (1, 4) and 2 * arena <= limit:
+        arena *= 2
+        log.info("the arena did not hold the model on %s: trying %d bytes", config.target, arena)
+        binary = firmware_build.build(
+            [*project, _write_arena(out_dir, arena)], tflm, config, cmsis_nn_dir
+        )
+        result = _execute(binary, config)
+    return binary, arena, result
+
+
 def _smallest_arena(
     project: list[str],
     tflm: list[str],
@@ -748,7 +776,11 @@ class _Run:
 
 def _run(binary: str, config: FirmwareConfig, digits: int) -> _Run:
     """Runs the firmware and reads what it printed."""
-    result = _execute(binary, config)
+    return _finished(_execute(binary, config), config, digits)
+
+
+def _finished(result: subprocess.CompletedProcess, config: FirmwareConfig, digits: int) -> _Run:
+    """What a firmware run printed; raises `FirmwareError` naming its exit code otherwise."""
     if result.returncode != 0:
         meaning = _EXIT_CODES.get(result.returncode, "unexpected exit code")
         lines = [line for line in (result.stderr + result.stdout).splitlines() if line.strip()]

@@ -12,6 +12,9 @@ TensorFlow Lite Micro:
   and, where a Masking mask keeps the state, old + mask * (new - old));
 - a zero initial state skips the first step's recurrent product; a learnable h0 folds
   into a constant;
+- or, joined (int8 activations, `sequence_function(joined=True)`), each Elman step is one
+  FULLY_CONNECTED of the concatenated [x_t, h_{t-1}], so that int8 rounds its
+  pre-activation once;
 - a Legendre Memory Unit that returns its last h is one FULLY_CONNECTED of the flattened
   sequence and its activation: its memory, and so its readout's pre-activation, is linear
   in the inputs (`model_reader.MemoryWeights.readout_over`);
@@ -156,7 +159,9 @@ def _recurrent(stage: mr.Recurrent, x, mask, joined: bool = False):
     layer = stage.weights
     if _in_parallel(stage):
         return _memory_over_sequence(layer, x)
-    if joined and layer.recurrence == "elman" and not stage.masked:
+    # not where every h is also output: the quantizer ties a tensor's scale to both the
+    # next step's CONCATENATION and the PACK of the sequence, and refuses the two
+    if joined and layer.recurrence == "elman" and not (stage.masked or stage.return_sequences):
         return _joined_elman(stage, x)
     steps = x.shape[1]
     xw = _last_axis(x, lambda v: tf.matmul(v, layer.w_x) + layer.b_x)
@@ -182,22 +187,21 @@ def _recurrent(stage: mr.Recurrent, x, mask, joined: bool = False):
 
 def _joined_elman(stage: mr.Recurrent, x):
     """An Elman layer whose step is one FULLY_CONNECTED of the joined [x_t, h_{t-1}] and
-    [W_x; W_h]: x [batch, steps, features] -> [batch, units] or [batch, steps, units]. The
-    first step's h0 @ W_h is a constant, folded into its bias."""
+    [W_x; W_h]: x [batch, steps, features] -> the last h [batch, units]. The first step's
+    h0 @ W_h is a constant, folded into its bias."""
     layer = stage.weights
     kernel = np.concatenate([layer.w_x, layer.w_h])
     first_bias = layer.b_x + layer.h0 @ layer.w_h
     xs = tf.unstack(x, axis=1)
     order = range(len(xs) - 1, -1, -1) if stage.go_backwards else range(len(xs))
-    h, outputs = None, []
+    h = None
     for t in order:
         if h is None:
             z = tf.matmul(xs[t], layer.w_x) + first_bias
         else:
             z = tf.matmul(tf.concat([xs[t], h], axis=-1), kernel) + layer.b_x
         h = _ACTIVATIONS[layer.activation](z)
-        outputs.append(h)
-    return tf.stack(outputs, axis=1) if stage.return_sequences else outputs[-1]
+    return h
 
 
 def _keep(mask, new, old):
@@ -330,10 +334,11 @@ def sequence_function(
             WHILE whose body runs a step of every layer; smaller, but the int8 converter
             crashes on it; see `can_loop`) or "fused" (LSTM stacks, see `can_fuse`:
             TFLite's UNIDIRECTIONAL_SEQUENCE_LSTM).
-        joined: unrolled form: each unmasked Elman layer's step is one FULLY_CONNECTED of
-            the joined [x_t, h_{t-1}], not x_t's projection (all steps at once, outside the
-            recurrence) added to h_{t-1}'s. In an int8 file the pre-activation is then
-            rounded once, not three times (`calibration`: files with int8 activations).
+        joined: unrolled form: each Elman layer that gives its last h alone, unmasked, has
+            its step as one FULLY_CONNECTED of the joined [x_t, h_{t-1}], not x_t's
+            projection (all steps at once, outside the recurrence) added to h_{t-1}'s. In an
+            int8 file the pre-activation is then rounded once, not three times
+            (`calibration`: files with int8 activations).
 
     Returns:
         A concrete function: sequence [batch, steps, features] float32 -> [batch, outputs].

@@ -95,10 +95,14 @@ class Invoker:
 
     Args:
         content: the model's bytes.
+        kernels: "builtin" or "xnnpack" (see `config.RUNTIME_KERNELS`).
+
+    Raises:
+        RuntimeError: LiteRT cannot prepare the model with these kernels.
     """
 
-    def __init__(self, content: bytes):
-        self._interpreter = _interpreter(content)
+    def __init__(self, content: bytes, kernels: str = "builtin"):
+        self._interpreter = _interpreter(content, kernels)
 
     def __call__(self, *positional: np.ndarray, **named: np.ndarray) -> dict[str, np.ndarray]:
         """One invoke on inputs given in the file's input order or by tensor name;

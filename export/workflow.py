@@ -13,7 +13,12 @@ from kerasrnn._io import TEMPORARY_PREFIX, check_replaceable, temporary_path, wr
 from kerasrnn.config import CLASS_NAMES, DataConfig
 from kerasrnn.errors import ConfigError, ConversionError, MicroError
 from kerasrnn.evaluation import load_model, model_view
-from kerasrnn.export.config import MICRO_QUANTIZATIONS, ExportConfig, ParityBounds
+from kerasrnn.export.config import (
+    FAST_INT8_AGREEMENT,
+    MICRO_QUANTIZATIONS,
+    ExportConfig,
+    ParityBounds,
+)
 from kerasrnn.export.convert import TfliteFile, to_tflite
 from kerasrnn.export.integrity import is_sealed_model
 from kerasrnn.export.micro import c_array_paths, check_c_array_replaceable, write_c_array
@@ -129,7 +134,7 @@ def export_model(
     written = dataclasses.replace(written, path=out_path)
     report.tflite_path, report.form, report.why = out_path, written.form, written.why
     write_json(_outputs(out_path, config)["report"], report.as_dict())
-    _warn_about(written, report)
+    _warn_about(written, report, config)
     extras = {}
     if config.stream:
         extras["stream"] = _outputs(out_path, config)["stream"]
@@ -140,9 +145,8 @@ def export_model(
             "int8" if config.quantization == "int8" else "none",
             calibration,
             stream=True,
-            # the whole-sequence file's, which the test data verified (fused: the int16
-            # activations of its cell state)
-            activations=written.activations or "int16",
+            # the whole-sequence file's where asked; "auto" keeps a stream's int16
+            activations=config.activations,
             **options,
         )
     if config.c_array:
@@ -278,10 +282,34 @@ def _put_in_place(staged: str, out_path: str) -> None:
     os.replace(staged, out_path)
 
 
-def _warn_about(written: TfliteFile, report: Report) -> None:
+def _warn_about(written: TfliteFile, report: Report, config: ExportConfig) -> None:
     """One line for each way an int8 file falls short of what int8 promises."""
     if written.quantization != "int8":
         return
+    if config.c_array and written.target != "micro":
+        log.warning(
+            "%s: its C array holds a file made for LiteRT; --target micro makes the one for "
+            "microcontrollers (int16 activations, the smallest arena)",
+            written.path,
+        )
+    classifier = report.keras_accuracy is not None
+    chosen = config.activations == "auto" and written.target == "litert" and classifier
+    if chosen and written.activations == "int16":
+        log.warning(
+            "%s: int16 activations, which XNNPACK has no kernels for: in LiteRT this int8 "
+            "file runs about 10x slower than float32 (%s)",
+            written.path,
+            written.why,
+        )
+    if chosen and written.activations == "int8" and report.top1_agreement < FAST_INT8_AGREEMENT:
+        log.warning(
+            "%s: its int8 activations agree with Keras on %.2f%% of the test sequences, "
+            "below the %.1f%% they kept on the calibration data (--activations int16 keeps "
+            "more, slower)",
+            written.path,
+            100 * report.top1_agreement,
+            100 * FAST_INT8_AGREEMENT,
+        )
     if written.size_ratio > 1.0:
         log.warning(
             "%s: the int8 file (%s bytes) is larger than the float32 parameters "

@@ -356,7 +356,7 @@ def cmd_run(args) -> None:
         args.out,
         resume=args.resume,
         firmware=firmware,
-        target=args.target,
+        target=args.target or ("micro" if firmware else "litert"),
     )
     _say(summary_table(summary))
 
@@ -535,7 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.path.join("..", "shared", "tflm"),
         help="the TFLM source tree for --firmware",
     )
-    _add_target_flag(p)
+    _add_target_flag(p, None, "micro with --firmware, else litert; micro adds the C arrays")
     p.set_defaults(func=cmd_run)
 
     p = commands.add_parser(
@@ -566,7 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=QUANTIZATIONS,
         help="none: float32; float16 weights; dynamic: int8 weights; int8: full integer",
     )
-    _add_target_flag(p)
+    _add_target_flag(p, _default(ExportConfig, "target"), "litert")
     p.add_argument(
         "--activations",
         default=_default(ExportConfig, "activations"),
@@ -779,16 +779,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_target_flag(p) -> None:
+def _add_target_flag(p, default: str | None, default_text: str) -> None:
     p.add_argument(
         "--target",
-        default=_default(ExportConfig, "target"),
+        default=default,
         choices=TARGETS,
         help="the runtime the .tflite files are made for: litert (LiteRT with XNNPACK, "
         "`kerasrnn predict`: the fastest file that keeps the accuracy, unrolled, int8 "
         "activations where they agree with Keras on 99.5%% of the probes) or micro "
         "(TensorFlow Lite Micro: the smallest file and arena, int16 activations, the "
-        "fused LSTM) (default: litert)",
+        f"fused LSTM) (default: {default_text})",
     )
 
 

@@ -32,9 +32,9 @@ def run(
     target: str = "litert",
 ) -> dict:
     """Trains into `out_dir`, then exports and verifies `model.tflite` (float32) and
-    `model_int8.tflite` (full integer, with its streaming model and C array), both made
-    for `target` (see `ExportConfig.target`), and with `firmware` builds and runs the int8
-    file as firmware (`out_dir/firmware-TARGET`).
+    `model_int8.tflite` (full integer, with its streaming model; for target "micro" also
+    its C arrays), both made for `target` (see `ExportConfig.target`), and with
+    `firmware` builds and runs the int8 file as firmware (`out_dir/firmware-TARGET`).
 
     Returns:
         The summary also written to `out_dir/pipeline.json`: test accuracy, per exported
@@ -52,7 +52,10 @@ def run(
     model_path = os.path.join(result.run_dir, "model.keras")
     for name, config in (
         ("model.tflite", ExportConfig("none", target=target)),
-        ("model_int8.tflite", ExportConfig("int8", target=target, stream=True, c_array=True)),
+        (
+            "model_int8.tflite",
+            ExportConfig("int8", target=target, stream=True, c_array=target == "micro"),
+        ),
     ):
         written, report, extras = export_model(
             model_path, os.path.join(result.run_dir, name), config, data_config

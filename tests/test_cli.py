@@ -108,10 +108,13 @@ def test_not_a_keras_file_is_a_clear_error(tmp_path):
 
 @pytest.fixture(scope="module")
 def pipeline_run(tmp_path_factory):
-    """`kerasrnn run` on a slice of the sample: train, export float and int8, verify."""
+    """`kerasrnn run --target micro` on a slice of the sample: train, export float and int8
+    with the int8 file's C arrays, verify."""
     out = tmp_path_factory.mktemp("run") / "run"
     result = kerasrnn(
         "run",
+        "--target",
+        "micro",
         "--data",
         "sample",
         "--units",

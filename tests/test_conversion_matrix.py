@@ -2,8 +2,8 @@
 matrix (`conversion_matrix.ROWS`, the README's table) either exports builtin-only and agrees
 with Keras on real digits in LiteRT and TFLM, or is refused by name with nothing written.
 
-The default run converts a row per layer kind to float32 and a few to int8 (int16
-activations); every row x every quantization runs with `make test-slow`."""
+The default run converts a row per layer kind to float32 and a few to int8 (the default
+target's choice of activations); every row x every quantization runs with `make test-slow`."""
 
 import os
 import re
@@ -227,6 +227,33 @@ def test_file_that_differs_from_its_keras_model_is_refused(tmp_path):
         r"max \|difference\| \S+ is \S+ of the largest output, above 0\.0001", failure
     )
     assert measured["probes"] == 1000
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Bidirectional: SimpleRNN, merge_mode ave, GlobalMaxPooling1D",
+        "GRU: stacked with SimpleRNN",
+    ],
+)
+def test_int8_activations_export_elman_layers_joined_where_they_may_be(name, tmp_path, digits):
+    """int8 activations join an Elman layer's step inputs (`graph`, `calibration`) only
+    where it gives its last h alone: where every h is also output (a PACK of the sequence),
+    the quantizer ties h's scale to the PACK's and the CONCATENATION's, and refused the
+    file (the Bidirectional SimpleRNN); a last SimpleRNN over a GRU's sequence joins."""
+    import keras
+
+    row = SUPPORTED[name]
+    keras.utils.set_random_seed(0)
+    model = matrix.build(row)
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x = matrix.inputs(row, digits[0][:600])
+    model.fit(x, digits[1][:600], epochs=1, verbose=0)
+    written = convert.to_tflite(
+        model, str(tmp_path / "b.tflite"), "int8", x[:300], activations="int8", min_agreement=0
+    )
+    assert written.activations == "int8"
+    assert ("CONCATENATION" in written.operators) == name.startswith("GRU")
 
 
 def test_int8_file_below_its_agreement_is_not_written(tmp_path, digits):
