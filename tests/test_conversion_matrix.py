@@ -220,6 +220,7 @@ def test_file_that_differs_from_its_keras_model_is_refused(tmp_path):
         "batch_size": 1,
         "bounds": vars(ParityBounds.for_file("none")),
         "input_range": [0.0, 1.0],
+        "target": "litert",
     }
     measured = convert._parity(content, other, model_reader.read_model(other), job)
     failure = ParityBounds(**job["bounds"]).failure(measured)

@@ -36,8 +36,10 @@ def test_export_never_overwrites_the_model_it_reads(tmp_path, out, config):
     assert model_path.read_bytes() == before
 
 
-def _written(size: int, parameters: int) -> TfliteFile:
-    return TfliteFile("m.tflite", size, parameters, ("ADD",), "int8", "unrolled", {})
+def _written(size: int, parameters: int, activations=None, target="litert") -> TfliteFile:
+    return TfliteFile(
+        "m.tflite", size, parameters, ("ADD",), "int8", "unrolled", {}, target, activations, "why"
+    )
 
 
 def _report(agreement: float) -> Report:
@@ -45,16 +47,52 @@ def _report(agreement: float) -> Report:
 
 
 @pytest.mark.parametrize(
-    "written,report,warnings",
+    "written,report,config,warnings",
     [
-        (_written(9_000, 12_000), _report(0.995), []),
-        (_written(37_500, 28_600), _report(0.995), ["larger than the float32 parameters"]),
-        (_written(9_000, 12_000), _report(0.924), ["agrees with Keras on only 92.4%"]),
+        (_written(9_000, 12_000), _report(0.995), ExportConfig(), []),
+        (
+            _written(37_500, 28_600),
+            _report(0.995),
+            ExportConfig(),
+            ["larger than the float32 parameters"],
+        ),
+        (
+            _written(9_000, 12_000),
+            _report(0.924),
+            ExportConfig(),
+            ["agrees with Keras on only 92.4%"],
+        ),
+        (
+            _written(9_000, 12_000, activations="int16"),
+            _report(0.999),
+            ExportConfig(),
+            ["int16 activations, which XNNPACK has no kernels for"],
+        ),
+        (
+            _written(9_000, 12_000, activations="int8"),
+            _report(0.990),
+            ExportConfig(),
+            ["agree with Keras on 99.00% of the test sequences"],
+        ),
+        (
+            _written(9_000, 12_000, activations="int8"),
+            _report(0.999),
+            ExportConfig(c_array=True),
+            ["its C array holds a file made for LiteRT"],
+        ),
+        (
+            _written(9_000, 12_000, activations="int16", target="micro"),
+            _report(0.999),
+            ExportConfig(c_array=True, target="micro"),
+            [],
+        ),
     ],
 )
-def test_int8_files_that_fall_short_are_flagged_in_one_line(caplog, written, report, warnings):
+def test_int8_files_that_fall_short_are_flagged_in_one_line(
+    caplog, written, report, config, warnings
+):
     with caplog.at_level(logging.WARNING):
-        _warn_about(written, report)
+        _warn_about(written, report, config)
     assert len(caplog.records) == len(warnings)
     for record, text in zip(caplog.records, warnings):
         assert text in record.getMessage() and "\n" not in record.getMessage()
