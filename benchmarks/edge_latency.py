@@ -146,10 +146,11 @@ def _rows(args):
     from kerasrnn import data
     from kerasrnn.export.convert import to_tflite
     from kerasrnn.export.runtime import Classifier
+    from kerasrnn.export.workflow import CALIBRATION_IMAGES
 
     config = data_config(args.data, args.data_dir)
-    calibration, _ = data.load_sequences(
-        data_config(args.data, args.data_dir, max_examples=1000), "train"
+    calibration, _ = data.load_sequences(  # as `kerasrnn export` calibrates
+        data_config(args.data, args.data_dir, max_examples=CALIBRATION_IMAGES), "train"
     )
     test_x, test_y = data.load_sequences(config, "test")
     with tempfile.TemporaryDirectory() as tmp:

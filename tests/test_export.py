@@ -191,28 +191,41 @@ def test_auto_activations_try_int8_first_for_litert_only():
     assert trials("int8", "auto", "litert", "unrolled", measured=False) == ("int16",)
 
 
-@pytest.mark.parametrize("bound, activations", [(0.0, "int8"), (1.01, "int16")])
-def test_litert_int8_keeps_int8_activations_only_where_they_agree_with_keras(
-    trained_models, calibration, tmp_path, monkeypatch, bound, activations
+@pytest.mark.parametrize(
+    "bound, gain, activations",
+    [(0.0, 0.001, "int8"), (1.01, -1.0, "int16"), (1.01, 1.0, "int8, int16 no better")],
+)
+def test_litert_int8_keeps_int8_activations_unless_int16_agrees_better(
+    trained_models, calibration, tmp_path, monkeypatch, bound, gain, activations
 ):
     """The default int8 file for LiteRT: int8 activations (XNNPACK's kernels) where they keep
-    `FAST_INT8_AGREEMENT` with Keras on the probes, else int16, saying why."""
+    `FAST_INT8_AGREEMENT` with Keras on the probes; else int16 where int16 agrees with Keras
+    on `INT16_MIN_GAIN` more of them (gain -1: always, 1: never); saying why."""
     monkeypatch.setattr(convert, "FAST_INT8_AGREEMENT", bound)
+    monkeypatch.setattr(convert, "INT16_MIN_GAIN", gain)
     path = str(tmp_path / "e.tflite")
     written = convert.to_tflite(trained_models["elman"], path, "int8", calibration[:300])
-    assert (written.target, written.activations) == ("litert", activations)
-    assert written.form == f"unrolled, batch 1, {activations} activations"
+    chosen = activations.split(",")[0]
+    assert (written.target, written.activations) == ("litert", chosen)
+    assert written.form == f"unrolled, batch 1, {chosen} activations"
     assert written.why.startswith("unrolled: the fastest form for LiteRT with XNNPACK; ")
     if activations == "int8":
-        assert "int8 activations: XNNPACK's kernels" in written.why
+        assert "int8 activations: XNNPACK's kernels, " in written.why
         assert Classifier(path).kernels == "xnnpack"
-    else:
+    elif activations == "int16":
         assert re.search(
             r"int16 activations: int8 ones were passed over, they agreed with Keras on "
             r"\d+\.\d% of the probes, below 101\.0%",
             written.why,
         )
         assert Classifier(path).kernels == "builtin"  # XNNPACK has no int16 kernels
+    else:  # int16 converted and measured, and passed over
+        assert re.search(
+            r"int8 activations: XNNPACK's kernels, \d+\.\d\d% top-1 agreement with Keras on "
+            r"the probes, below 101\.0%, but int16 ones agreed no better \(\d+\.\d\d%\)",
+            written.why,
+        )
+        assert Classifier(path).kernels == "xnnpack"
 
 
 @pytest.mark.parametrize("kind", KINDS)
