@@ -154,6 +154,7 @@ EXTRA_EXPORTS = {
     **{(kind, "stream"): {"stream": True, "target": "micro"} for kind in KINDS},
     ("elman", "int8 stream"): {"quantization": "int8", "stream": True, "target": "micro"},
     ("elman", "int8 activations"): {"quantization": "int8", "activations": "int8"},
+    ("stacked", "int8 activations"): {"quantization": "int8", "activations": "int8"},
     ("elman", "dynamic batch"): {"batch_size": None, "target": "micro"},
     ("gru", "dynamic batch"): {"batch_size": None, "target": "micro"},
 }

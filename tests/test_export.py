@@ -160,6 +160,19 @@ def test_litert_int8_file_joins_elman_steps_and_pins_their_ranges(exported):
             assert subgraph.tensors[op.inputs[0]].quantization.scale[0] <= 6.4 / 255 + 1e-7
 
 
+def test_stacked_int8_activations_never_requantize_h(exported, trained_models, test_digits):
+    """A stacked Elman's first layer returns its sequence: a PACK of TANH outputs that the
+    second layer's UNPACK reads. With TANH's fixed int8 range passed along
+    (`calibration._pin_fixed_outputs`) no h is rounded again by a QUANTIZE (there were 81)."""
+    images, _ = test_digits
+    written = exported["stacked", "int8 activations"]
+    assert written.activations == "int8"
+    assert "PACK" in written.operators and "QUANTIZE" not in written.operators
+    keras_top1 = trained_models["stacked"].predict(images, verbose=0).argmax(1)
+    litert_top1 = Classifier(written.path).predict(images).argmax(1)
+    assert (litert_top1 == keras_top1).mean() >= 0.97  # int8 h: README "int8 activations"
+
+
 @pytest.mark.parametrize(
     "quantization, fusable, loopable, target, steps, form",
     [
