@@ -8,7 +8,10 @@ Each kind trains `--epochs` epochs at the default rate held constant (`--recipe`
 default recipe, `TrainConfig()`), and is converted the way `kerasrnn export` does by
 default for each target (`--target litert`, float32 and int8; `--target micro`, int8) and,
 with `--cases all`, in every quantization x graph form x int8 activations that `to_tflite`
-writes (int8 calibrated on 1,000 training digits). Each file is timed in a fresh process
+writes (int8 calibrated on the training digits `kerasrnn export` calibrates on:
+`CALIBRATION_IMAGES`, 4,000). Each kind trains once per `--seeds` seed (the model is named
+with its seed where there are several): the int8 defaults depend on the trained weights.
+Each file is timed in a fresh process
 (an abort costs that process only) with LiteRT's builtin kernels
 (`BUILTIN_WITHOUT_DEFAULT_DELEGATES`) and with its XNNPACK delegate, on one thread and on
 `--threads` (4, a phone's big cores; more threads than cores only slow it): `--repeats`
@@ -140,12 +143,12 @@ def _train(cell: str, units: int, config, args, folder: str):
 
 
 def _rows(args):
-    """Trains each kind, converts it every way and times each file; yields table rows."""
+    """Trains each kind once per seed, converts it every way and times each file; yields
+    table rows."""
+    import keras
     from bench_data import data_config
 
     from kerasrnn import data
-    from kerasrnn.export.convert import to_tflite
-    from kerasrnn.export.runtime import Classifier
     from kerasrnn.export.workflow import CALIBRATION_IMAGES
 
     config = data_config(args.data, args.data_dir)
@@ -158,40 +161,53 @@ def _rows(args):
         np.save(digit, test_x[:1])
         for cell in args.cells:
             for units in args.units:
-                model = _train(cell, units, config, args, os.path.join(tmp, f"{cell}{units}"))
-                expected = model.predict(test_x, verbose=0, batch_size=500).argmax(-1)
-                for target, quantization, form, activations in CASES[args.cases]:
-                    if form == "fused" and cell != "lstm":  # the fused op exists for LSTM only
-                        continue
-                    name = f"{cell}{units}-{target}-{quantization}-{form}-{activations}"
-                    path = os.path.join(tmp, f"{name}.tflite")
-                    written = to_tflite(
-                        model,
-                        path,
-                        quantization,
-                        calibration if quantization == "int8" else None,
-                        form=form,
-                        activations=activations,
-                        target=target or "litert",
-                    )
-                    classifier = Classifier(path)
-                    predicted = classifier.predict(test_x).argmax(-1)
-                    yield {
-                        "model": f"{cell}-{units}",
-                        "default": f"{target} default" if target else "-",
-                        "quantization": quantization,
-                        "form": written.form.split(",")[0],
-                        "activations": written.activations or "-",
-                        "bytes": written.size_bytes,
-                        "accuracy": float((predicted == test_y).mean()),
-                        "agreement": float((predicted == expected).mean()),
-                        "keras_accuracy": float((expected == test_y).mean()),
-                        "runtime": classifier.kernels,
-                        **{
-                            f"{kernels} {threads}t": _timed(path, digit, kernels, threads, args)
-                            for kernels, threads in timings(args.threads)
-                        },
-                    }
+                for seed in args.seeds:
+                    keras.utils.set_random_seed(seed)
+                    label = f"{cell}-{units}" + (f" s{seed}" if len(args.seeds) > 1 else "")
+                    folder = os.path.join(tmp, f"{cell}{units}s{seed}")
+                    model = _train(cell, units, config, args, folder)
+                    yield from _model_rows(model, label, calibration, test_x, test_y, digit, args)
+
+
+def _model_rows(model, label: str, calibration, test_x, test_y, digit: str, args):
+    """The rows of one trained model: each case of `--cases` converted and timed."""
+    from kerasrnn.export.convert import to_tflite
+    from kerasrnn.export.runtime import Classifier
+
+    expected = model.predict(test_x, verbose=0, batch_size=500).argmax(-1)
+    folder = os.path.dirname(digit)
+    for target, quantization, form, activations in CASES[args.cases]:
+        if form == "fused" and not label.startswith("lstm"):  # the fused op is LSTM's only
+            continue
+        name = f"{label.replace(' ', '')}-{target}-{quantization}-{form}-{activations}"
+        path = os.path.join(folder, f"{name}.tflite")
+        written = to_tflite(
+            model,
+            path,
+            quantization,
+            calibration if quantization == "int8" else None,
+            form=form,
+            activations=activations,
+            target=target or "litert",
+        )
+        classifier = Classifier(path)
+        predicted = classifier.predict(test_x).argmax(-1)
+        yield {
+            "model": label,
+            "default": f"{target} default" if target else "-",
+            "quantization": quantization,
+            "form": written.form.split(",")[0],
+            "activations": written.activations or "-",
+            "bytes": written.size_bytes,
+            "accuracy": float((predicted == test_y).mean()),
+            "agreement": float((predicted == expected).mean()),
+            "keras_accuracy": float((expected == test_y).mean()),
+            "runtime": classifier.kernels,
+            **{
+                f"{kernels} {threads}t": _timed(path, digit, kernels, threads, args)
+                for kernels, threads in timings(args.threads)
+            },
+        }
 
 
 def _speedups(rows: list[dict]) -> list[str]:
@@ -212,7 +228,7 @@ def _speedups(rows: list[dict]) -> list[str]:
             continue
         best, median = (times[1][key] / times[0][key] for key in ("best_us", "median_us"))
         lines.append(
-            f"{model:<10} {float32['form']:<9} {_shown(times[0]):>15} "
+            f"{model:<12} {float32['form']:<9} {_shown(times[0]):>15} "
             f"{int8['form']:<9} {int8['activations']:<5} {_shown(times[1]):>15} "
             f"{best:>6.2f} {median:>6.2f}"
         )
@@ -228,6 +244,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="training epochs of each kind")
     parser.add_argument(
         "--recipe", action="store_true", help="train with the default recipe, not --epochs"
+    )
+    parser.add_argument(
+        "--seeds", nargs="+", type=int, default=[0], help="train each kind once per seed"
     )
     parser.add_argument("--cases", default="all", choices=tuple(CASES))
     parser.add_argument("--threads", type=int, default=4, help="XNNPACK's threads, beside 1")
@@ -251,7 +270,7 @@ def main() -> None:
         f"test digits"
     )
     header = (
-        f"{'model':<10} {'default':<14} {'quant':<8} {'form':<10} {'act':<5} {'bytes':>8} "
+        f"{'model':<12} {'default':<14} {'quant':<8} {'form':<10} {'act':<5} {'bytes':>8} "
         f"{'accuracy':>8} {'agree':>7} {'Keras':>7} {'runtime':>8} "
         + " ".join(f"{f'{k} {t}t':>15}" for k, t in timings(args.threads))
     )
@@ -261,7 +280,7 @@ def main() -> None:
     for row in _rows(args):
         rows.append(row)
         print(
-            f"{row['model']:<10} {row['default']:<14} {row['quantization']:<8} "
+            f"{row['model']:<12} {row['default']:<14} {row['quantization']:<8} "
             f"{row['form']:<10} {row['activations']:<5} {row['bytes']:>8,} "
             f"{row['accuracy']:>8.2%} {row['agreement']:>7.2%} {row['keras_accuracy']:>7.2%} "
             f"{row['runtime']:>8} "
@@ -271,7 +290,7 @@ def main() -> None:
     print()
     print("LiteRT's defaults in the runtime's kernels, one thread: int8 / float32 latency")
     header = (
-        f"{'model':<10} {'float32':<9} {'us':>15} {'int8':<9} {'act':<5} {'us':>15} "
+        f"{'model':<12} {'float32':<9} {'us':>15} {'int8':<9} {'act':<5} {'us':>15} "
         f"{'best':>6} {'median':>6}"
     )
     print(header)
