@@ -65,6 +65,9 @@ benchmark: $(STAMP)
 	$(BIN)/python benchmarks/firmware_sizes.py
 	$(BIN)/python benchmarks/edge_latency.py --data mnist --cells simple elman lstm gru --units 64 \
 		--epochs 3 --threads 2 --json $(BENCH_OUT)/edge_latency_64.json
+	$(BIN)/python benchmarks/edge_latency.py --data mnist --cases defaults --cells simple elman \
+		lstm gru --units 64 --epochs 3 --threads 2 --seeds 1 2 3 4 \
+		--json $(BENCH_OUT)/edge_latency_64_seeds.json
 	$(BIN)/python benchmarks/edge_latency.py --data mnist --recipe --cases defaults \
 		--cells elman lstm --units 128 --threads 2 --json $(BENCH_OUT)/edge_latency_128_recipe.json
 
