@@ -170,7 +170,8 @@ def test_stacked_int8_activations_never_requantize_h(exported, trained_models, t
     assert "PACK" in written.operators and "QUANTIZE" not in written.operators
     keras_top1 = trained_models["stacked"].predict(images, verbose=0).argmax(1)
     litert_top1 = Classifier(written.path).predict(images).argmax(1)
-    assert (litert_top1 == keras_top1).mean() >= 0.97  # int8 h: README "int8 activations"
+    # int8 h; measured 97.7-97.8% (README, `benchmarks/int8_agreement.py`, seeds 0 and 1)
+    assert (litert_top1 == keras_top1).mean() >= 0.96
 
 
 @pytest.mark.parametrize(
