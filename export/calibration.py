@@ -117,9 +117,9 @@ def _pin_fixed_outputs(model, graph) -> None:
             fixed = FIXED_OUTPUT[name]
         elif name in MOVES_VALUES:
             ranges = {_range(graph.tensors[i]) for i in op.inputs if i >= 0}
-            if len(ranges) != 1 or ranges.pop() not in FIXED_OUTPUT.values():
+            fixed = ranges.pop() if len(ranges) == 1 else None
+            if fixed not in FIXED_OUTPUT.values():
                 continue
-            fixed = _range(graph.tensors[op.inputs[0]])
         else:
             continue
         for o in op.outputs:

@@ -25,7 +25,7 @@ ACTIVATION_CHOICES = ("auto", *INT8_ACTIVATIONS)
 #   predict`): every form unrolled (XNNPACK runs the whole unrolled graph as one delegated
 #   piece, but not a WHILE op; up to `LITERT_UNROLL_MAX_STEPS` steps for float), int8
 #   activations where they keep `FAST_INT8_AGREEMENT` (XNNPACK has int8 kernels, no int16
-#   ones), else int16;
+#   ones), else int16 where those agree better by `INT16_MIN_GAIN`;
 # - "micro": TensorFlow Lite Micro: the smallest file and arena, int16 activations (LiteRT
 #   and TFLM give the same bytes), the WHILE loop for float, the fused LSTM op for int8.
 TARGETS = ("litert", "micro")
