@@ -1,7 +1,5 @@
 """`python -m kerasrnn` runs the command line."""
 
-import sys
+from kerasrnn.cli import run
 
-from kerasrnn.cli import main
-
-sys.exit(main())
+run()

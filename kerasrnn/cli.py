@@ -846,12 +846,31 @@ def _error_line(e: Exception, out: str | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs the command line; returns the exit status (130 when interrupted by Ctrl-C).
+    """Runs the command line in this process; returns the exit status (130 when interrupted
+    by Ctrl-C). Training and tuning keep their folders resumable when interrupted.
 
-    Once the command is over, SIGINT is ignored: a late Ctrl-C, while the process exits,
-    cannot turn a printed success into a death by signal, nor an interruption into a
-    traceback. Training and tuning keep their folders resumable when interrupted.
+    SIGINT is handled as before once it returns: a caller's Ctrl-C (and the processes it
+    starts, which inherit an ignored SIGINT) still work after a command run from Python.
     """
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        return _command(argv)
+    finally:
+        if previous is not None:  # None: a handler installed outside Python, left as is
+            signal.signal(signal.SIGINT, previous)
+
+
+def run() -> None:
+    """The `kerasrnn` program (and `python -m kerasrnn`): the command, then exit with its
+    status. Once the command is over, SIGINT is ignored until the process ends: a late
+    Ctrl-C, while it exits, cannot turn a printed success into a death by signal, nor an
+    interruption into a traceback."""
+    sys.exit(_command(None))
+
+
+def _command(argv: list[str] | None) -> int:
+    """The command of `argv` (None: the program's arguments); its exit status, with SIGINT
+    ignored from the moment the command is over."""
     args = build_parser().parse_args(argv)
     if not args.debug:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -889,4 +908,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

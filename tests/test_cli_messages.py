@@ -22,11 +22,8 @@ from kerasrnn.config import CLASS_NAMES, DataConfig, ModelConfig
 def run_cli(*argv: str) -> tuple[int, str, str]:
     """Runs `kerasrnn.cli.main` in this process: (exit status, stdout, stderr).
 
-    `main` leaves SIGINT ignored once a command is over (a late Ctrl-C cannot kill a
-    finished command) and sets the levels of its loggers; both are put back, so that
-    the processes later tests start still take Ctrl-C.
+    `main` sets the levels of its loggers; they are put back for the later tests.
     """
-    handler = signal.getsignal(signal.SIGINT)
     loggers = [logging.getLogger(name) for name in ("kerasrnn", "kerasrnn.tuning", "tensorflow")]
     levels = [logger.level for logger in loggers]
     out, err = io.StringIO(), io.StringIO()
@@ -34,10 +31,18 @@ def run_cli(*argv: str) -> tuple[int, str, str]:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             status = cli.main(list(argv))
     finally:
-        signal.signal(signal.SIGINT, handler)
         for logger, level in zip(loggers, levels):
             logger.setLevel(level)
     return status, out.getvalue(), err.getvalue()
+
+
+def test_main_run_from_python_leaves_ctrl_c_as_it_found_it(tmp_path):
+    """`main` ignores SIGINT once its command is over (a late Ctrl-C cannot kill a finished
+    command); called from Python it puts the caller's handler back, or the caller's Ctrl-C,
+    and every process it starts later (an ignored SIGINT is inherited), would stop working."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    _error_line("train", "--data", "idx", "--out", str(tmp_path / "run"))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def _error_line(*argv: str) -> str:
