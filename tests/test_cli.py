@@ -276,12 +276,21 @@ def _train_args(out: str, epochs: int) -> list[str]:
 
 
 def _start(*args) -> subprocess.Popen:
+    """`kerasrnn ARGS` in a child that takes Ctrl-C as a terminal's foreground job does."""
     return subprocess.Popen(
         [sys.executable, "-m", "kerasrnn", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_take_ctrl_c,
     )
+
+
+def _take_ctrl_c() -> None:
+    """SIGINT back to its default in the child before it runs Python: a shell starts a
+    background job with SIGINT ignored, the ignored disposition is inherited, and Python
+    keeps it (a suite run with `&` saw every child ignore the test's SIGINT and exit 0)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def test_ctrl_c_during_training_exits_130_and_the_run_resumes(tmp_path):
