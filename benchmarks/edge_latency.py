@@ -166,18 +166,21 @@ def _rows(args):
                     label = f"{cell}-{units}" + (f" s{seed}" if len(args.seeds) > 1 else "")
                     folder = os.path.join(tmp, f"{cell}{units}s{seed}")
                     model = _train(cell, units, config, args, folder)
-                    yield from _model_rows(model, label, calibration, test_x, test_y, digit, args)
+                    yield from _model_rows(
+                        model, cell, label, calibration, test_x, test_y, digit, args
+                    )
 
 
-def _model_rows(model, label: str, calibration, test_x, test_y, digit: str, args):
-    """The rows of one trained model: each case of `--cases` converted and timed."""
+def _model_rows(model, cell: str, label: str, calibration, test_x, test_y, digit: str, args):
+    """The rows of one trained model of `cell`, named `label` in the table: each case of
+    `--cases` converted and timed."""
     from kerasrnn.export.convert import to_tflite
     from kerasrnn.export.runtime import Classifier
 
     expected = model.predict(test_x, verbose=0, batch_size=500).argmax(-1)
     folder = os.path.dirname(digit)
     for target, quantization, form, activations in CASES[args.cases]:
-        if form == "fused" and not label.startswith("lstm"):  # the fused op is LSTM's only
+        if form == "fused" and cell != "lstm":  # the fused op exists for LSTM only
             continue
         name = f"{label.replace(' ', '')}-{target}-{quantization}-{form}-{activations}"
         path = os.path.join(folder, f"{name}.tflite")
