@@ -275,22 +275,24 @@ def _train_args(out: str, epochs: int) -> list[str]:
     ]
 
 
+# The child puts SIGINT back to Python's own handler before it runs the program: a shell
+# starts a background job (a suite run with `&`) with SIGINT ignored, the child inherits
+# that, and Python keeps it. Done in the child's Python, not in a `preexec_fn`: a fork of
+# this threaded process that runs Python before exec can crash (CI saw one die by SIGSEGV).
+_AS_A_FOREGROUND_JOB = (
+    "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "runpy.run_module('kerasrnn', run_name='__main__', alter_sys=True)"
+)
+
+
 def _start(*args) -> subprocess.Popen:
     """`kerasrnn ARGS` in a child that takes Ctrl-C as a terminal's foreground job does."""
     return subprocess.Popen(
-        [sys.executable, "-m", "kerasrnn", *args],
+        [sys.executable, "-c", _AS_A_FOREGROUND_JOB, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=_take_ctrl_c,
     )
-
-
-def _take_ctrl_c() -> None:
-    """SIGINT back to its default in the child before it runs Python: a shell starts a
-    background job with SIGINT ignored, the ignored disposition is inherited, and Python
-    keeps it (a suite run with `&` saw every child ignore the test's SIGINT and exit 0)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def test_ctrl_c_during_training_exits_130_and_the_run_resumes(tmp_path):
