@@ -894,10 +894,10 @@ def _command(argv: list[str] | None) -> int:
                 _import_tensorflow_quietly()
         args.func(args)
     except KeyboardInterrupt:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        print("kerasrnn: interrupted", file=sys.stderr)
-        return 130
+        return _interrupted()
     except Exception as e:  # one line, whatever went wrong
+        if _caused_by_ctrl_c(e):
+            return _interrupted()
         if args.debug:
             raise
         print(f"kerasrnn: {printable(_error_line(e, getattr(args, 'out', None)))}", file=sys.stderr)
@@ -905,6 +905,26 @@ def _command(argv: list[str] | None) -> int:
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     return 0
+
+
+def _interrupted() -> int:
+    """Says that Ctrl-C ended the command; its exit status, 130."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    print("kerasrnn: interrupted", file=sys.stderr)
+    return 130
+
+
+def _caused_by_ctrl_c(error: BaseException) -> bool:
+    """Whether Ctrl-C is behind `error`: a KeyboardInterrupt that Python wrapped on its way
+    out (one raised inside an import's class body comes out as a RuntimeError), or that
+    was being handled when `error` was raised."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
 
 
 if __name__ == "__main__":

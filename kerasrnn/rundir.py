@@ -234,12 +234,18 @@ class EventLog:
                         kept[key] = _event(wall_times.get(key, now), row["epoch"], value)
             _rewrite(folder, paths, [kept[key] for key in sorted(kept)])
 
-    def write(self, row: dict, model: keras.Model) -> None:
-        """Writes one finished epoch (a row of the history) and flushes it to disk."""
+    def open(self) -> None:
+        """Opens the event files, when not open. The first writer imports TensorBoard: a run
+        opens them before its first epoch, so that a Ctrl-C as an epoch ends never lands
+        inside that import (Python then reports a RuntimeError, not the interruption)."""
         if not self._writers:
             self._writers = {
                 name: tf.summary.create_file_writer(folder) for name, folder in self.folders.items()
             }
+
+    def write(self, row: dict, model: keras.Model) -> None:
+        """Writes one finished epoch (a row of the history) and flushes it to disk."""
+        self.open()
         for name, writer in self._writers.items():
             with writer.as_default(step=row["epoch"]):
                 for tag, column in TENSORBOARD_SCALARS[name].items():
@@ -384,6 +390,9 @@ class RunRecorder(keras.callbacks.Callback):
         if self.patience is None or not self.history:
             return False
         return self.history[-1]["epoch"] - self.best_epoch() >= self.patience
+
+    def on_train_begin(self, logs=None):
+        self.events.open()
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()

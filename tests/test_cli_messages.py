@@ -45,6 +45,24 @@ def test_main_run_from_python_leaves_ctrl_c_as_it_found_it(tmp_path):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_ctrl_c_inside_an_import_is_an_interruption_not_an_unexpected_error(monkeypatch):
+    """A KeyboardInterrupt raised in a class body's `__set_name__` (as in a module being
+    imported when Ctrl-C lands) reaches the command line wrapped in a RuntimeError."""
+    from kerasrnn import training_run
+
+    class PressedCtrlC:
+        def __set_name__(self, owner, name):
+            raise KeyboardInterrupt
+
+    def train(*args, **kwargs):
+        class ImportedClass:
+            attribute = PressedCtrlC()
+
+    monkeypatch.setattr(training_run, "train", train)
+    status, stdout, stderr = run_cli("train", "--data", "sample", "--out", "runs/x")
+    assert (status, stdout, stderr) == (130, "", "kerasrnn: interrupted\n")
+
+
 def _error_line(*argv: str) -> str:
     status, stdout, stderr = run_cli(*argv)
     assert status == 1, stdout

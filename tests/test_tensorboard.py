@@ -158,3 +158,27 @@ def test_resumed_run_logs_every_epoch_once_in_order(tmp_path):
     for path in glob.glob(os.path.join(out, "logs", "*", "events.out.tfevents.*")):
         for _ in tf.data.TFRecordDataset(path):  # every record whole: no DataLossError
             pass
+
+
+def test_event_files_are_open_before_the_first_epoch_begins(tmp_path):
+    """Opening them imports TensorBoard, and a Ctrl-C that lands inside an import comes out
+    as a RuntimeError: they are opened before training, not as the first epoch ends."""
+    run_dir = str(tmp_path / "run")
+    open_at_first_epoch = []
+
+    class LookAtTheLogs(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 0:
+                pattern = os.path.join(run_dir, "logs", "*", "events.out.tfevents.*")
+                open_at_first_epoch.extend(
+                    sorted(os.path.basename(os.path.dirname(p)) for p in glob.glob(pattern))
+                )
+
+    train(
+        MODEL,
+        TINY,
+        TrainConfig(epochs=1, patience=None, verbose=0),
+        run_dir,
+        callbacks=[LookAtTheLogs()],
+    )
+    assert open_at_first_epoch == ["train", "validation"]
