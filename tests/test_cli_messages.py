@@ -71,6 +71,28 @@ def _error_line(*argv: str) -> str:
     return line
 
 
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (
+            ["evaluate", "missing.keras", "--data", "sample"],
+            "model file missing.keras does not exist",
+        ),
+        (["train", "--data", "idx", "--out", "x"], "source 'idx' needs data_dir"),
+        (["train", "--data", "sample", "--units", "0", "--out", "x"], "units must be a positive"),
+        (["train", "--data", "sample", "--shift", "28", "--out", "x"], "shift must be a whole"),
+        (
+            ["train", "--data", "idx", "--data-dir", "nowhere", "--out", "x"],
+            "IDX folder nowhere does not exist",
+        ),
+    ],
+)
+def test_bad_arguments_are_one_clear_line_and_write_nothing(tmp_path, monkeypatch, argv, message):
+    monkeypatch.chdir(tmp_path)
+    assert _error_line(*argv).startswith(f"kerasrnn: error: {message}")
+    assert os.listdir(tmp_path) == []
+
+
 @pytest.fixture(scope="module")
 def pixels_model(tmp_path_factory):
     """An untrained classifier of pixel sequences, saved as .keras."""

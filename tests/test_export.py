@@ -343,17 +343,25 @@ def test_pixel_view_model_exports(tmp_path, test_digits):
 
 
 @pytest.mark.parametrize(
-    "cell, form, gates",
-    [("elman", "loop", 1), ("lstm", "fused", 4), ("gru", "loop", 3)],
+    "kind, quantization, gates, form",
+    [
+        ("elman", "none", 1, "WHILE loop"),
+        ("lstm", "int8", 4, "fused"),
+        ("gru", "none", 3, "WHILE loop"),
+    ],
 )
-def test_multiply_accumulates_count_every_step_of_the_recurrence(tmp_path, cell, form, gates):
-    """A 16-unit model on 28 x 28 digits: every step multiplies the row and the state by the
-    gates' weights (a WHILE body counted once per step of its trip count), then the head."""
-    model = build_classifier(cell=cell, units=16)
-    path = convert.to_tflite(model, str(tmp_path / "m.tflite"), form=form).path
-    with open(path, "rb") as f:
+def test_multiply_accumulates_count_every_step_of_the_recurrence(
+    exported, kind, quantization, gates, form
+):
+    """A model of 28 x 28 digits: every step multiplies the row and the state by the gates'
+    weights (a WHILE body counted once per step of its trip count, a fused LSTM once per
+    step of its sequence), then the head."""
+    written = exported[kind, quantization]
+    assert written.form.startswith(form)
+    with open(written.path, "rb") as f:
         macs = flatbuffer.multiply_accumulates(f.read())
-    assert macs == 28 * gates * (28 * 16 + 16 * 16) + 16 * 10
+    _, units, _ = KINDS[kind]
+    assert macs == 28 * gates * (28 * units + units * units) + units * 10
 
 
 def test_fused_stacked_lstm_starts_every_sequence_from_zero(tmp_path, test_digits):

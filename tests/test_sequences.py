@@ -107,7 +107,8 @@ def user_model(tmp_path_factory):
     return folder
 
 
-@pytest.mark.parametrize("quantization", ["none", "int8"])
+# float32: the same path with fewer checks than int8 (`make test-slow` runs it)
+@pytest.mark.parametrize("quantization", [pytest.param("none", marks=pytest.mark.slow), "int8"])
 def test_user_model_and_data_export_verified_through_the_cli(user_model, quantization):
     out = user_model / f"sensor-{quantization}.tflite"
     result = kerasrnn(
