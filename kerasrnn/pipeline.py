@@ -7,6 +7,7 @@ import os
 
 from kerasrnn import data
 from kerasrnn._io import write_json
+from kerasrnn._lock import folder_lock
 from kerasrnn.config import DataConfig, ModelConfig, TrainConfig
 from kerasrnn.errors import FirmwareError
 from kerasrnn.export.config import ExportConfig, FirmwareConfig
@@ -17,7 +18,7 @@ from kerasrnn.export.firmware import (
     mark_project_folder,
 )
 from kerasrnn.export.workflow import export_model
-from kerasrnn.training_run import train
+from kerasrnn.training_run import TrainResult, train
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,22 @@ def run(
         The summary also written to `out_dir/pipeline.json`: test accuracy, per exported
         file its size, operators, parity, accuracy and TFLM arena, and the firmware's
         result (None when its toolchain is missing, which a warning names).
+
+    Raises:
+        RunFolderError: another process trains or exports into `out_dir` (see
+            `kerasrnn._lock`); what it already wrote is kept.
     """
     result = train(model_config, data_config, train_config, out_dir, resume=resume)
+    # The exports are the run folder's writes too: one process at a time (another
+    # `kerasrnn run --resume` of the folder is refused until this one ends).
+    with folder_lock(result.run_dir, "run folder"):
+        return _export(result, data_config, firmware, target)
+
+
+def _export(
+    result: TrainResult, data_config: DataConfig, firmware: FirmwareConfig | None, target: str
+) -> dict:
+    """The export stage of `run`, into the trained run's folder; returns its summary."""
     summary = {
         "run_dir": result.run_dir,
         "parameters": result.test["parameters"],

@@ -160,6 +160,28 @@ def test_a_second_train_of_a_run_folder_is_refused_until_the_first_ends(tmp_path
     assert len(result.history) == 1
 
 
+def test_kerasrnn_runs_export_is_refused_while_another_process_holds_the_folder(
+    tmp_path, lock_holder, monkeypatch
+):
+    """`pipeline.run` trains, then exports into the run folder: another process that took the
+    folder in between (a second `kerasrnn run --resume`) keeps it, and nothing is exported."""
+    from kerasrnn import pipeline
+
+    run = str(tmp_path / "run")
+    holders = []
+
+    def train_then_another_process_takes_the_folder(*args, **kwargs):
+        result = train(*args, **kwargs)
+        holders.append(lock_holder(run))
+        return result
+
+    monkeypatch.setattr(pipeline, "train", train_then_another_process_takes_the_folder)
+    with pytest.raises(RunFolderError, match=r"is in use by process \d+; wait"):
+        pipeline.run(ModelConfig(units=8), SMALL, TrainConfig(epochs=1, verbose=0), run)
+    assert holders and not os.path.exists(os.path.join(run, "model.tflite"))
+    assert not os.path.exists(os.path.join(run, "pipeline.json"))
+
+
 _KILLED_RUN = textwrap.dedent("""
     import os, signal, sys, keras
     from kerasrnn.config import DataConfig, ModelConfig, TrainConfig
