@@ -8,6 +8,7 @@ second writer of the same file in the same moment gets a unique one instead.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -130,6 +131,15 @@ def check_replaceable(path: str, kind: str, is_own: Callable[[str], bool]) -> No
         f"{path} exists and is {other or f'not {kind} that kerasrnn wrote'}: it is never "
         f"replaced; remove it or choose another --out"
     )
+
+
+def file_sha256(path: str) -> str:
+    """The SHA-256 of a file's bytes, as hex (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_json(path: str, obj: Any) -> None:

@@ -13,7 +13,7 @@ import keras
 import tensorflow as tf
 
 from kerasrnn import data, distribute, plots
-from kerasrnn._io import atomic_write, write_json
+from kerasrnn._io import atomic_write, file_sha256, write_json
 from kerasrnn._lock import folder_lock
 from kerasrnn.config import CLASS_NAMES, DataConfig, ModelConfig, TrainConfig
 from kerasrnn.errors import DataError
@@ -111,7 +111,11 @@ def train(
     # `train` of it (a second --resume) is refused while this one runs.
     with folder_lock(run.path, "run folder") if chief else contextlib.nullcontext():
         if chief:
-            run.begin(_settings(model_config, data_config, config), resume, _settings_of_old_runs())
+            run.begin(
+                _settings(model_config, data_config, config),
+                resume,
+                _settings_of_old_runs(data_config),
+            )
         # Each epoch's batches in an order fixed by the seeds and the epoch, so that a resumed
         # run reads what an uninterrupted one would (see `data.epochs`).
         train_batches = data.epochs(data_config, "train")
@@ -179,10 +183,12 @@ def _settings(
     config: TrainConfig | None = None,
 ) -> dict:
     """A run's settings as `config.json` holds them (by default, the defaults'). Not
-    `_HOW_TRAINED`: they say how a run is trained, not what, so a run resumes with others."""
+    `_HOW_TRAINED`: they say how a run is trained, not what, so a run resumes with others.
+    A .npz's settings hold its SHA-256 beside its path: a run resumes on the same data."""
+    data_config = data_config or DataConfig()
     return {
         "model": dataclasses.asdict(model_config or ModelConfig()),
-        "data": dataclasses.asdict(data_config or DataConfig()),
+        "data": {**dataclasses.asdict(data_config), "npz_sha256": _npz_sha256(data_config)},
         "train": {
             k: v
             for k, v in dataclasses.asdict(config or TrainConfig()).items()
@@ -191,13 +197,20 @@ def _settings(
     }
 
 
-def _settings_of_old_runs() -> dict:
+def _settings_of_old_runs(data_config: DataConfig) -> dict:
     """What a run made by an older kerasrnn did for each setting its config.json lacks:
     the setting's first default, which is today's unless it changed since."""
     settings = _settings()
     # Added with a constant rate as default; 20 epochs of "cosine" became the recipe later.
     settings["train"]["schedule"] = "constant"
+    # Runs made before the digest was recorded resume on the .npz as it is now.
+    settings["data"]["npz_sha256"] = _npz_sha256(data_config)
     return settings
+
+
+def _npz_sha256(data_config: DataConfig) -> str | None:
+    """The SHA-256 of the config's .npz file; None for the other sources."""
+    return file_sha256(data_config.npz) if data_config.source == "npz" else None
 
 
 # The training settings that config.json leaves out (see `_settings`).

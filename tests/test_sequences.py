@@ -315,3 +315,24 @@ def test_without_x_test_export_verifies_on_the_split_training_scored(signals_run
         DataConfig(source="npz", npz=str(tmp_path / "train_only.npz")),
     )
     assert report.examples == 120  # the validation split (10%), never the training data
+
+
+def test_a_run_resumes_only_on_the_npz_it_was_trained_on(tmp_path):
+    """The run folder records the file's SHA-256 beside its path: a file replaced by other
+    sequences under the same name is refused, naming the digest, and the run is kept."""
+    from kerasrnn.config import DataConfig, ModelConfig, TrainConfig
+    from kerasrnn.errors import RunExistsError
+    from kerasrnn.training_run import train
+
+    path, out = tmp_path / "signals.npz", str(tmp_path / "run")
+    x, y = _signals(120, 4)
+    np.savez(path, x=x, y=y)
+    data = DataConfig(source="npz", npz=str(path))
+    model, config = ModelConfig(cell="elman", units=4), TrainConfig(epochs=1, verbose=0)
+    train(model, data, config, out)
+    assert len(train(model, data, config, out, resume=True).history) == 1  # same file: resumes
+    metrics = (tmp_path / "run" / "metrics.json").read_bytes()
+    np.savez(path, x=x[::-1], y=y[::-1])
+    with pytest.raises(RunExistsError, match=r"different configuration \(data\.npz_sha256 "):
+        train(model, data, config, out, resume=True)
+    assert (tmp_path / "run" / "metrics.json").read_bytes() == metrics
