@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from kerasrnn import idx
+from kerasrnn._io import file_sha256
 from kerasrnn.config import FASHION_MNIST_DIR, SPLITS, VIEWS, DataConfig, check_choice
 from kerasrnn.errors import DataError, DataUnavailableError
 from kerasrnn.sequences import Sequences, load_npz
@@ -199,6 +200,18 @@ def lacks_test_split(config: DataConfig) -> bool:
     """Whether the data is a .npz without x_test/y_test, whose test split is then the
     validation split (see `load_arrays`)."""
     return config.source == "npz" and labelled_sequences(config.npz).x_test is None
+
+
+def recorded_settings(config: DataConfig) -> dict:
+    """The data settings as a run or search folder records them (config.json,
+    search.json): the config's fields and, for a .npz, its SHA-256, so that a folder
+    resumes only on the data it began with (see `npz_sha256`)."""
+    return {**dataclasses.asdict(config), "npz_sha256": npz_sha256(config)}
+
+
+def npz_sha256(config: DataConfig) -> str | None:
+    """The SHA-256 of the config's .npz file, as hex; None for the other sources."""
+    return file_sha256(config.npz) if config.source == "npz" else None
 
 
 def model_shape(config: DataConfig) -> dict:

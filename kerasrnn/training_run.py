@@ -13,7 +13,7 @@ import keras
 import tensorflow as tf
 
 from kerasrnn import data, distribute, plots
-from kerasrnn._io import atomic_write, file_sha256, write_json
+from kerasrnn._io import atomic_write, write_json
 from kerasrnn._lock import folder_lock
 from kerasrnn.config import CLASS_NAMES, DataConfig, ModelConfig, TrainConfig
 from kerasrnn.errors import DataError
@@ -185,10 +185,9 @@ def _settings(
     """A run's settings as `config.json` holds them (by default, the defaults'). Not
     `_HOW_TRAINED`: they say how a run is trained, not what, so a run resumes with others.
     A .npz's settings hold its SHA-256 beside its path: a run resumes on the same data."""
-    data_config = data_config or DataConfig()
     return {
         "model": dataclasses.asdict(model_config or ModelConfig()),
-        "data": {**dataclasses.asdict(data_config), "npz_sha256": _npz_sha256(data_config)},
+        "data": data.recorded_settings(data_config or DataConfig()),
         "train": {
             k: v
             for k, v in dataclasses.asdict(config or TrainConfig()).items()
@@ -204,13 +203,8 @@ def _settings_of_old_runs(data_config: DataConfig) -> dict:
     # Added with a constant rate as default; 20 epochs of "cosine" became the recipe later.
     settings["train"]["schedule"] = "constant"
     # Runs made before the digest was recorded resume on the .npz as it is now.
-    settings["data"]["npz_sha256"] = _npz_sha256(data_config)
+    settings["data"]["npz_sha256"] = data.npz_sha256(data_config)
     return settings
-
-
-def _npz_sha256(data_config: DataConfig) -> str | None:
-    """The SHA-256 of the config's .npz file; None for the other sources."""
-    return file_sha256(data_config.npz) if data_config.source == "npz" else None
 
 
 # The training settings that config.json leaves out (see `_settings`).

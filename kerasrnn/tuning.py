@@ -262,7 +262,7 @@ def _search_definition(space: SearchSpace, data_config: DataConfig, config: Tune
         name: dataclasses.asdict(domain) if dataclasses.is_dataclass(domain) else domain
         for name, domain in space.domains
     }
-    return {"space": domains, "data": dataclasses.asdict(data_config), "tune": settings}
+    return {"space": domains, "data": data.recorded_settings(data_config), "tune": settings}
 
 
 def _begin_search(out_dir: str, definition: dict) -> None:
@@ -274,10 +274,13 @@ def _begin_search(out_dir: str, definition: dict) -> None:
     """
     path = os.path.join(out_dir, "search.json")
     definition = json.loads(json.dumps(definition))  # compare as stored
+    digest = definition["data"]["npz_sha256"]
     if os.path.exists(path):
         with open(path) as f:
-            # A data setting that a search made by an older kerasrnn lacks had its default.
-            saved = with_defaults(json.load(f), {"data": dataclasses.asdict(DataConfig())})
+            # A data setting that a search made by an older kerasrnn lacks had its default;
+            # one made before digests were recorded resumes on the .npz as it is now.
+            old = {**data.recorded_settings(DataConfig()), "npz_sha256": digest}
+            saved = with_defaults(json.load(f), {"data": old})
         changed = differences(saved, definition)
         if changed:
             raise RunExistsError(

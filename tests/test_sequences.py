@@ -336,3 +336,26 @@ def test_a_run_resumes_only_on_the_npz_it_was_trained_on(tmp_path):
     with pytest.raises(RunExistsError, match=r"different configuration \(data\.npz_sha256 "):
         train(model, data, config, out, resume=True)
     assert (tmp_path / "run" / "metrics.json").read_bytes() == metrics
+
+
+def test_a_search_resumes_only_on_the_npz_it_began_with(tmp_path):
+    from kerasrnn.config import DataConfig, TuneConfig
+    from kerasrnn.errors import RunExistsError
+    from kerasrnn.search_space import SearchSpace
+    from kerasrnn.tuning import tune
+
+    path, out = tmp_path / "signals.npz", tmp_path / "search"
+    x, y = _signals(120, 4)
+    np.savez(path, x=x, y=y)
+    search = (
+        SearchSpace.parse(["cell=elman", "units=4"]),
+        DataConfig(source="npz", npz=str(path)),
+        TuneConfig(max_trials=1, max_epochs=1, patience=None),
+        str(out),
+    )
+    tune(*search, retrain=False)
+    recorded = (out / "search.json").read_bytes()
+    np.savez(path, x=x[::-1], y=y[::-1])
+    with pytest.raises(RunExistsError, match=r"other settings \(data\.npz_sha256 "):
+        tune(*search, retrain=False)
+    assert (out / "search.json").read_bytes() == recorded
