@@ -301,17 +301,20 @@ def _add_strategy_flags(parser: argparse.ArgumentParser) -> None:
 
 
 # Each command imports what it needs when it runs: `kerasrnn --help` and `predict` (the
-# device side) start without TensorFlow.
+# device side) start without TensorFlow, and the others check their flags before starting
+# it (`_start_tensorflow`), so that a bad flag is refused at once, not seconds later.
 
 
 def cmd_train(args) -> None:
-    from kerasrnn.training_run import train
-
     model_config, train_config = _train_configs(args)
     train_config = dataclasses.replace(train_config, strategy=args.strategy, devices=args.devices)
+    data_config = _training_data_config(args)
+    _start_tensorflow(args)
+    from kerasrnn.training_run import train
+
     result = train(
         model_config,
-        _training_data_config(args),
+        data_config,
         train_config,
         args.out,
         resume=args.resume,
@@ -331,9 +334,11 @@ def cmd_train(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
+    data_config = _data_config(args)
+    _start_tensorflow(args)
     from kerasrnn.evaluation import evaluate_file
 
-    scores = evaluate_file(args.model, _data_config(args))
+    scores = evaluate_file(args.model, data_config)
     _say(
         json.dumps(scores)
         if args.json
@@ -343,15 +348,17 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_run(args) -> None:
-    from kerasrnn.pipeline import run, summary_table
-
     model_config, train_config = _train_configs(args)
     firmware = None
     if args.firmware:
         firmware = FirmwareConfig(tflm_dir=args.tflm_dir, target=args.firmware)
+    data_config = _training_data_config(args)
+    _start_tensorflow(args)
+    from kerasrnn.pipeline import run, summary_table
+
     summary = run(
         model_config,
-        _training_data_config(args),
+        data_config,
         train_config,
         args.out,
         resume=args.resume,
@@ -362,8 +369,6 @@ def cmd_run(args) -> None:
 
 
 def cmd_export(args) -> None:
-    from kerasrnn.export.workflow import export_model, export_saved_model
-
     export_config = ExportConfig(
         quantization=args.quantize,
         activations=args.activations,
@@ -376,6 +381,10 @@ def cmd_export(args) -> None:
         min_agreement=args.min_agreement,
         per_channel=args.per_channel,
     )
+    data_config = _data_config(args)
+    _start_tensorflow(args)
+    from kerasrnn.export.workflow import export_model, export_saved_model
+
     if export_config.format == "saved_model":
         path = export_saved_model(args.model, args.out)
         _say(f'wrote {path}: a SavedModel, signature "serving_default" (float32 logits)')
@@ -386,7 +395,7 @@ def cmd_export(args) -> None:
 
         sequences = load_npz(args.npz)
     written, report, extras = export_model(
-        args.model, args.out, export_config, _data_config(args), sequences
+        args.model, args.out, export_config, data_config, sequences
     )
     _say(
         f"wrote {written.path}: {written.size_bytes:,} bytes, {written.size_ratio:.2f}x the "
@@ -399,9 +408,6 @@ def cmd_export(args) -> None:
 
 
 def cmd_firmware(args) -> None:
-    from kerasrnn.data import load_sequences
-    from kerasrnn.export.firmware import build_firmware
-
     firmware_config = FirmwareConfig(
         tflm_dir=args.tflm_dir,
         target=args.target,
@@ -413,6 +419,10 @@ def cmd_firmware(args) -> None:
         optimize=args.optimize,
     )
     data_config = _data_config(args)  # refuses --npz with --data
+    _start_tensorflow(args)
+    from kerasrnn.data import load_sequences
+    from kerasrnn.export.firmware import build_firmware
+
     if args.npz:
         from kerasrnn.sequences import load_npz
 
@@ -444,9 +454,6 @@ def cmd_predict(args) -> None:
 
 
 def cmd_tune(args) -> None:
-    from kerasrnn.tuning import tune
-    from kerasrnn.tuning_results import report
-
     if args.quiet:  # the search logs a line per finished trial (kerasrnn.tuning)
         logging.getLogger("kerasrnn.tuning").setLevel(logging.WARNING)
     space = SearchSpace.parse(args.set or [], args.range or [])
@@ -461,9 +468,14 @@ def cmd_tune(args) -> None:
         time_budget_s=args.time_budget,
         seed=args.seed,
     )
+    data_config = _training_data_config(args)
+    _start_tensorflow(args)
+    from kerasrnn.tuning import tune
+    from kerasrnn.tuning_results import report
+
     outcome = tune(
         space,
-        _training_data_config(args),
+        data_config,
         tune_config,
         args.out,
         role=args.role,
@@ -775,7 +787,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="LiteRT's kernels: auto (XNNPACK where it runs the file, else builtin), "
         "xnnpack, builtin (default: auto)",
     )
-    p.set_defaults(func=cmd_predict, tensorflow=False)
+    p.set_defaults(func=cmd_predict)
     return parser
 
 
@@ -792,15 +804,26 @@ def _add_target_flag(p, default: str | None, default_text: str) -> None:
     )
 
 
-def _import_tensorflow_quietly() -> None:
-    """Imports TensorFlow with its C++ start-up chatter (oneDNN, CUDA probing) hidden.
+def _start_tensorflow(args) -> None:
+    """Imports TensorFlow for a command whose flags are checked, with its C++ start-up
+    chatter (oneDNN, CUDA probing) hidden unless --debug: TF writes those lines straight
+    to file descriptor 2 before any log level applies.
 
-    TF writes those lines straight to file descriptor 2 before any log level applies.
+    Raises:
+        KerasRnnError: TensorFlow is not installed (a device's runtime-only install).
     """
+    if importlib.util.find_spec("tensorflow") is None:
+        raise KerasRnnError(
+            f"kerasrnn {args.command} needs TensorFlow, which is not installed here "
+            "(a runtime-only install runs `kerasrnn predict`): install the full "
+            "package with its dependencies, e.g. pip install . in the checkout"
+        )
+    if args.debug:
+        return
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
     try:
-        import tensorflow as tf  # the one place the CLI imports TensorFlow up front
+        import tensorflow as tf
 
         tf.config.list_physical_devices()  # probes CUDA now, while stderr is hidden
     finally:
@@ -883,15 +906,6 @@ def _command(argv: list[str] | None) -> int:
     if not args.debug:
         logging.getLogger("tensorflow").setLevel(logging.ERROR)
     try:
-        if getattr(args, "tensorflow", True):
-            if importlib.util.find_spec("tensorflow") is None:  # a device (runtime-only) install
-                raise KerasRnnError(
-                    f"kerasrnn {args.command} needs TensorFlow, which is not installed here "
-                    "(a runtime-only install runs `kerasrnn predict`): install the full "
-                    "package with its dependencies, e.g. pip install . in the checkout"
-                )
-            if not args.debug:
-                _import_tensorflow_quietly()
         args.func(args)
     except KeyboardInterrupt:
         return _interrupted()

@@ -69,6 +69,37 @@ def test_train_then_evaluate(tmp_path):
     assert scores["examples"] == 512
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--data", "sample", "--units", "0", "--out", "x"], "units must be a positive"),
+        (
+            ["export", "m.keras", "--out", "m.tflite", "--min-agreement", "2"],
+            "min_agreement must lie in [0, 1]",
+        ),
+        (["tune", "--set", "cells=gru", "--out", "x"], "unknown hyperparameter 'cells'"),
+    ],
+    ids=["train", "export", "tune"],
+)
+def test_a_bad_flag_is_refused_before_tensorflow_starts(tmp_path, args, message):
+    """Seconds sooner: the flags are checked before the command imports TensorFlow."""
+    show = (
+        "import sys; from kerasrnn import cli; "
+        "print(cli.main(sys.argv[1:]), 'tensorflow' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", show, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert result.stdout.split() == ["1", "False"], result.stderr
+    assert result.stderr.startswith(f"kerasrnn: error: {message}")
+    assert os.listdir(tmp_path) == []
+
+
 def test_an_error_is_one_clear_line_from_the_program(tmp_path):
     """The program's own process (the messages of each bad input: test_cli_messages.py)."""
     result = subprocess.run(
