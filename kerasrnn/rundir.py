@@ -9,7 +9,7 @@ RUN/logs/train/        TensorBoard, as Keras's callback writes it: epoch_loss, e
 RUN/logs/validation/   epoch_learning_rate (train) by epoch, and weight histograms on request
 RUN/model.keras        the final model; RUN/summary.json its test scores
 RUN/curves.png, RUN/confusion.png
-RUN/.lock              held by the process training into RUN (see `kerasrnn._lock`)
+RUN/.lock              held by the process training or exporting into RUN (see `kerasrnn._lock`)
 """
 
 from __future__ import annotations
@@ -235,10 +235,13 @@ class EventLog:
             _rewrite(folder, paths, [kept[key] for key in sorted(kept)])
 
     def open(self) -> None:
-        """Opens the event files, when not open. The first writer imports TensorBoard: a run
-        opens them before its first epoch, so that a Ctrl-C as an epoch ends never lands
-        inside that import (Python then reports a RuntimeError, not the interruption)."""
+        """Opens the event files, when not open, and imports the TensorBoard summaries that
+        `write` uses (tf.summary imports them at its first call). A run calls it before its
+        first epoch, so that a Ctrl-C as an epoch ends never lands inside an import (Python
+        3.11 reports one as a RuntimeError, not as the interruption)."""
         if not self._writers:
+            import tensorboard.summary.v2  # noqa: F401
+
             self._writers = {
                 name: tf.summary.create_file_writer(folder) for name, folder in self.folders.items()
             }
