@@ -910,10 +910,10 @@ def _command(argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         return _interrupted()
     except Exception as e:  # one line, whatever went wrong
+        if args.debug:  # the traceback, which shows a Ctrl-C behind the error too
+            raise
         if _caused_by_ctrl_c(e):
             return _interrupted()
-        if args.debug:
-            raise
         print(f"kerasrnn: {printable(_error_line(e, getattr(args, 'out', None)))}", file=sys.stderr)
         return 1
     finally:

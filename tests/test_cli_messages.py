@@ -45,22 +45,56 @@ def test_main_run_from_python_leaves_ctrl_c_as_it_found_it(tmp_path):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-def test_ctrl_c_inside_an_import_is_an_interruption_not_an_unexpected_error(monkeypatch):
-    """A KeyboardInterrupt raised in a class body's `__set_name__` (as in a module being
-    imported when Ctrl-C lands) reaches the command line wrapped in a RuntimeError."""
+class _PressedCtrlC:
+    def __set_name__(self, owner, name):
+        raise KeyboardInterrupt
+
+
+def _ctrl_c_in_a_class_body():
+    """As in a module being imported when Ctrl-C lands: Python 3.11 wraps the interrupt in
+    a RuntimeError (3.12 lets it through)."""
+
+    class ImportedClass:
+        attribute = _PressedCtrlC()
+
+
+def _ctrl_c_as_the_cause():
+    raise RuntimeError("a library wrapped it") from KeyboardInterrupt()
+
+
+def _error_while_handling_ctrl_c():
+    try:
+        raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        raise OSError("a clean-up failed on the way out") from None
+
+
+@pytest.mark.parametrize(
+    "work", [_ctrl_c_in_a_class_body, _ctrl_c_as_the_cause, _error_while_handling_ctrl_c]
+)
+def test_an_error_that_ctrl_c_raised_is_an_interruption(monkeypatch, work):
     from kerasrnn import training_run
 
-    class PressedCtrlC:
-        def __set_name__(self, owner, name):
-            raise KeyboardInterrupt
-
-    def train(*args, **kwargs):
-        class ImportedClass:
-            attribute = PressedCtrlC()
-
-    monkeypatch.setattr(training_run, "train", train)
+    monkeypatch.setattr(training_run, "train", lambda *args, **kwargs: work())
     status, stdout, stderr = run_cli("train", "--data", "sample", "--out", "runs/x")
     assert (status, stdout, stderr) == (130, "", "kerasrnn: interrupted\n")
+
+
+def test_an_error_without_ctrl_c_behind_it_is_not_an_interruption(monkeypatch):
+    from kerasrnn import training_run
+
+    def train(*args, **kwargs):
+        try:
+            raise ValueError("first")
+        except ValueError:
+            raise RuntimeError("second") from None
+
+    monkeypatch.setattr(training_run, "train", train)
+    status, _, stderr = run_cli("train", "--data", "sample", "--out", "runs/x")
+    assert (status, stderr) == (
+        1,
+        "kerasrnn: unexpected error: RuntimeError: second (run with --debug for the traceback)\n",
+    )
 
 
 def _error_line(*argv: str) -> str:
