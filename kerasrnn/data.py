@@ -202,11 +202,16 @@ def lacks_test_split(config: DataConfig) -> bool:
     return config.source == "npz" and labelled_sequences(config.npz).x_test is None
 
 
-def recorded_settings(config: DataConfig) -> dict:
+def recorded_settings(config: DataConfig, digest: str | None = None) -> dict:
     """The data settings as a run or search folder records them (config.json,
     search.json): the config's fields and, for a .npz, its SHA-256, so that a folder
-    resumes only on the data it began with (see `npz_sha256`)."""
-    return {**dataclasses.asdict(config), "npz_sha256": npz_sha256(config)}
+    resumes only on the data it began with.
+
+    Args:
+        config: the data.
+        digest: `npz_sha256(config)` when the caller has it (None: read here).
+    """
+    return {**dataclasses.asdict(config), "npz_sha256": digest or npz_sha256(config)}
 
 
 def npz_sha256(config: DataConfig) -> str | None:

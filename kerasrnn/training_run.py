@@ -111,10 +111,11 @@ def train(
     # `train` of it (a second --resume) is refused while this one runs.
     with folder_lock(run.path, "run folder") if chief else contextlib.nullcontext():
         if chief:
+            digest = data.npz_sha256(data_config)  # read once: a .npz may be large
             run.begin(
-                _settings(model_config, data_config, config),
+                _settings(model_config, data_config, config, digest),
                 resume,
-                _settings_of_old_runs(data_config),
+                _settings_of_old_runs(digest),
             )
         # Each epoch's batches in an order fixed by the seeds and the epoch, so that a resumed
         # run reads what an uninterrupted one would (see `data.epochs`).
@@ -181,13 +182,15 @@ def _settings(
     model_config: ModelConfig | None = None,
     data_config: DataConfig | None = None,
     config: TrainConfig | None = None,
+    npz_sha256: str | None = None,
 ) -> dict:
     """A run's settings as `config.json` holds them (by default, the defaults'). Not
     `_HOW_TRAINED`: they say how a run is trained, not what, so a run resumes with others.
-    A .npz's settings hold its SHA-256 beside its path: a run resumes on the same data."""
+    A .npz's settings hold its SHA-256 (`data.npz_sha256`) beside its path: a run resumes
+    on the same data."""
     return {
         "model": dataclasses.asdict(model_config or ModelConfig()),
-        "data": data.recorded_settings(data_config or DataConfig()),
+        "data": data.recorded_settings(data_config or DataConfig(), npz_sha256),
         "train": {
             k: v
             for k, v in dataclasses.asdict(config or TrainConfig()).items()
@@ -196,14 +199,13 @@ def _settings(
     }
 
 
-def _settings_of_old_runs(data_config: DataConfig) -> dict:
+def _settings_of_old_runs(npz_sha256: str | None) -> dict:
     """What a run made by an older kerasrnn did for each setting its config.json lacks:
-    the setting's first default, which is today's unless it changed since."""
-    settings = _settings()
+    the setting's first default, which is today's unless it changed since; a run made
+    before digests were recorded resumes on its .npz as it is now (`npz_sha256`)."""
+    settings = _settings(npz_sha256=npz_sha256)
     # Added with a constant rate as default; 20 epochs of "cosine" became the recipe later.
     settings["train"]["schedule"] = "constant"
-    # Runs made before the digest was recorded resume on the .npz as it is now.
-    settings["data"]["npz_sha256"] = data.npz_sha256(data_config)
     return settings
 
 

@@ -274,12 +274,11 @@ def _begin_search(out_dir: str, definition: dict) -> None:
     """
     path = os.path.join(out_dir, "search.json")
     definition = json.loads(json.dumps(definition))  # compare as stored
-    digest = definition["data"]["npz_sha256"]
     if os.path.exists(path):
         with open(path) as f:
             # A data setting that a search made by an older kerasrnn lacks had its default;
             # one made before digests were recorded resumes on the .npz as it is now.
-            old = {**data.recorded_settings(DataConfig()), "npz_sha256": digest}
+            old = data.recorded_settings(DataConfig(), definition["data"]["npz_sha256"])
             saved = with_defaults(json.load(f), {"data": old})
         changed = differences(saved, definition)
         if changed:

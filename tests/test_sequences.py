@@ -331,6 +331,13 @@ def test_a_run_resumes_only_on_the_npz_it_was_trained_on(tmp_path):
     model, config = ModelConfig(cell="elman", units=4), TrainConfig(epochs=1, verbose=0)
     train(model, data, config, out)
     assert len(train(model, data, config, out, resume=True).history) == 1  # same file: resumes
+    settings = json.loads((tmp_path / "run" / "config.json").read_text())
+    digest = settings["data"].pop("npz_sha256")  # as a run from before digests were recorded
+    (tmp_path / "run" / "config.json").write_text(json.dumps(settings))
+    train(model, data, config, out, resume=True)  # resumes on the file as it is now
+    assert (
+        json.loads((tmp_path / "run" / "config.json").read_text())["data"]["npz_sha256"] == digest
+    )
     metrics = (tmp_path / "run" / "metrics.json").read_bytes()
     np.savez(path, x=x[::-1], y=y[::-1])
     with pytest.raises(RunExistsError, match=r"different configuration \(data\.npz_sha256 "):
