@@ -9,7 +9,7 @@ from kerasrnn import data
 from kerasrnn._io import write_json
 from kerasrnn._lock import folder_lock
 from kerasrnn.config import DataConfig, ModelConfig, TrainConfig
-from kerasrnn.errors import FirmwareError
+from kerasrnn.errors import ConfigError, FirmwareError
 from kerasrnn.export.config import ExportConfig, FirmwareConfig
 from kerasrnn.export.firmware import (
     PROJECT_MARKER,
@@ -43,9 +43,17 @@ def run(
         result (None when its toolchain is missing, which a warning names).
 
     Raises:
+        ConfigError: `train_config` asks for a multi-worker strategy (train with
+            `training_run.train` on every worker, then export the chief's model.keras).
         RunFolderError: another process trains or exports into `out_dir` (see
             `kerasrnn._lock`); what it already wrote is kept.
     """
+    if train_config.strategy == "multi-worker":
+        raise ConfigError(
+            "run trains and exports in one process: a multi-worker run trains with train "
+            "(kerasrnn train) on every worker, then the chief's model.keras is exported "
+            "(kerasrnn export)"
+        )
     result = train(model_config, data_config, train_config, out_dir, resume=resume)
     # The exports are the run folder's writes too: one process at a time (another
     # `kerasrnn run --resume` of the folder is refused until this one ends).

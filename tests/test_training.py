@@ -182,6 +182,19 @@ def test_kerasrnn_runs_export_is_refused_while_another_process_holds_the_folder(
     assert not os.path.exists(os.path.join(run, "pipeline.json"))
 
 
+def test_kerasrnn_run_refuses_a_multi_worker_strategy_before_writing(tmp_path):
+    from kerasrnn import pipeline
+
+    with pytest.raises(ConfigError, match="run trains and exports in one process"):
+        pipeline.run(
+            ModelConfig(units=8),
+            SMALL,
+            TrainConfig(epochs=1, verbose=0, strategy="multi-worker"),
+            str(tmp_path / "run"),
+        )
+    assert os.listdir(tmp_path) == []
+
+
 _KILLED_RUN = textwrap.dedent("""
     import os, signal, sys, keras
     from kerasrnn.config import DataConfig, ModelConfig, TrainConfig
